@@ -1,0 +1,87 @@
+r"""Adam with parameter scaling ([E]'s "Adafactor" in its main sweeps).
+
+.. math::
+
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+    s_t &= \max\big(\text{floor},\ \operatorname{rms}(w_{t-1})\big), \qquad
+    \operatorname{rms}(w) = \lVert w \rVert_F / \sqrt{\operatorname{numel}(w)} \\
+    w_t &= w_{t-1} - \eta\, s_t\, \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
+
+i.e. Adam's normalized step multiplied, per tensor, by the weight RMS (at least ``floor``), so
+the relative change of each tensor is set by ``lr``. Defaults: betas (0.9, 0.95), eps 1e-8,
+floor 1e-3 (optax's ``scale_by_param_block_rms`` default; [E]'s value is not stated).
+
+Weight decay is a shrink applied before the update and is NOT multiplied by ``s_t``: coupled
+``w *= 1 - lr * wd`` or independent ``w *= 1 - wd * lr / initial_lr`` (see
+:mod:`hptransfer.optim`). ``s_t`` uses the weights before the decay.
+
+Reference: Everett et al. 2024 ([E]), and Shazeer & Stern 2018 (Adafactor's parameter scaling);
+the parity test checks against the formula written out above.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from hptransfer.optim import apply_decay
+
+
+class AdamPS(torch.optim.Optimizer):
+    """Adam with parameter scaling. Per-group keys: lr, betas, eps, floor, weight_decay."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        floor: float = 1e-3,
+        weight_decay: float = 0.0,
+        wd_mode: str = "coupled",
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, floor=floor, weight_decay=weight_decay, wd_mode=wd_mode
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            states = [self.state[p] for p in params]
+            for p, st in zip(params, states):
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                st["step"] += 1
+            beta1, beta2 = group["betas"]
+            ms = [st["exp_avg"] for st in states]
+            vs = [st["exp_avg_sq"] for st in states]
+            torch._foreach_lerp_(ms, grads, 1.0 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+            # per-tensor scale max(floor, rms(w)) from the weights before this step
+            rms = torch.stack(torch._foreach_norm(params)).to("cpu", torch.float64)
+            rms /= torch.tensor([math.sqrt(p.numel()) for p in params], dtype=torch.float64)
+            scale = rms.clamp_min_(group["floor"])
+            denom = torch._foreach_mul(vs, [1.0 / (1.0 - beta2 ** st["step"]) for st in states])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, group["eps"])
+            bc1 = torch.tensor([1.0 - beta1 ** st["step"] for st in states], dtype=torch.float64)
+            step_sizes = scale.mul_(-group["lr"]).div_(bc1)
+            apply_decay(group, params)
+            torch._foreach_addcdiv_(params, ms, denom, step_sizes)
+        return loss

@@ -1,0 +1,115 @@
+r"""LAMB (You et al. 2020): Adam direction rescaled per tensor by a trust ratio.
+
+.. math::
+
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+    r_t &= \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon} + \lambda w_{t-1} \\
+    w_t &= w_{t-1} - \eta\, \frac{\phi(\lVert w_{t-1} \rVert_F)}{\lVert r_t \rVert_F}\, r_t
+
+with Frobenius norms per tensor and ``phi(x) = min(x, clamp)`` (``clamp`` = 10 by default;
+``None`` makes ``phi`` the identity). When either norm is zero the trust ratio is 1. With
+``bias_correction=False``, ``m_hat = m`` and ``v_hat = v`` (pytorch_optimizer's ``Lamb``,
+"version 3 without bias correction"). Defaults: betas (0.9, 0.999), eps 1e-6.
+
+Width scaling (parameterizations.md section 6): the step has Frobenius norm
+``lr * phi(||w||)``; with the clamp active it is width-free at constant LR, without it hidden
+updates grow like ``sqrt(width)`` (LAMB then behaves like Adam with parameter scaling).
+
+Weight decay: in ``"coupled"`` mode ``lambda * w`` is inside ``r`` as above (the paper's form;
+its size is then set by the trust ratio). In ``"independent"`` mode ``r`` has no decay term and
+the weights are shrunk by ``w *= 1 - wd * lr / initial_lr`` before the update (see
+:mod:`hptransfer.optim`). The last trust ratio of each tensor is kept in
+``state["trust_ratio"]`` (a 0-d tensor) for diagnostics.
+
+Reference: You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76
+minutes", ICLR 2020. Parity: pytorch_optimizer ``Lamb(weight_decouple=False,
+adam_debias=True)`` (its default also divides the final step by ``1 - beta1^t``) equals
+``bias_correction=False`` here, up to the ``eps`` it adds to ``||r||`` in the trust ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from hptransfer.optim import apply_decay
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB. Per-group keys: lr, betas, eps, clamp, bias_correction, weight_decay."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        clamp: float | None = 10.0,
+        bias_correction: bool = True,
+        weight_decay: float = 0.0,
+        wd_mode: str = "coupled",
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            clamp=clamp,
+            bias_correction=bias_correction,
+            weight_decay=weight_decay,
+            wd_mode=wd_mode,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            states = [self.state[p] for p in params]
+            for p, st in zip(params, states):
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                st["step"] += 1
+            beta1, beta2 = group["betas"]
+            ms = [st["exp_avg"] for st in states]
+            vs = [st["exp_avg_sq"] for st in states]
+            torch._foreach_mul_(ms, beta1)
+            torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+            if group["bias_correction"]:
+                denom = torch._foreach_mul(vs, [1.0 / (1.0 - beta2 ** st["step"]) for st in states])
+                torch._foreach_sqrt_(denom)
+                torch._foreach_add_(denom, group["eps"])
+                torch._foreach_mul_(denom, [1.0 - beta1 ** st["step"] for st in states])
+            else:
+                denom = torch._foreach_sqrt(vs)
+                torch._foreach_add_(denom, group["eps"])
+            update = torch._foreach_div(ms, denom)
+            wd = group["weight_decay"]
+            if group["wd_mode"] == "coupled":
+                if wd:
+                    torch._foreach_add_(update, params, alpha=wd)
+            else:
+                apply_decay(group, params)
+            w_norm = torch.stack(torch._foreach_norm(params))
+            r_norm = torch.stack(torch._foreach_norm(update))
+            phi = w_norm if group["clamp"] is None else w_norm.clamp(max=group["clamp"])
+            ratio = torch.where((w_norm > 0) & (r_norm > 0), phi / r_norm, torch.ones_like(phi))
+            ratios = ratio.unbind()
+            for st, r in zip(states, ratios):
+                st["trust_ratio"] = r
+            torch._foreach_mul_(update, ratios)
+            torch._foreach_add_(params, update, alpha=-group["lr"])
+        return loss

@@ -1,0 +1,107 @@
+r"""Muon on hidden matrices, AdamW on everything else, as one optimizer.
+
+Groups whose ``"role"`` is ``"hidden"`` and whose parameters are all 2-D go to
+``torch.optim.Muon``:
+
+.. math::
+
+    B_t &= \mu B_{t-1} + g_t, \qquad \tilde B_t = g_t + \mu B_t \ \text{(Nesterov)} \\
+    O_t &= \mathrm{NS}_5(\tilde B_t) \quad\text{(quintic Newton-Schulz, coefficients
+        (3.4445, -4.7750, 2.0315), on } \tilde B_t / \max(\lVert \tilde B_t\rVert_F, 10^{-7})) \\
+    w &\leftarrow w (1 - \eta\lambda) - \eta'\, O_t
+
+with ``eta' = eta * sqrt(max(1, fan_out / fan_in))`` (``adjust_lr_fn="original"``, width-free
+at constant LR) or ``eta * 0.2 * sqrt(max(fan_out, fan_in))`` (``"match_rms_adamw"``: scale the
+hidden LR by ``1/sqrt(width_mult)``; never stack both). torch runs the Newton-Schulz iteration
+in bfloat16 whatever the parameter dtype. All other groups (routing uses ``"role"`` only, never
+parameter names) go to ``torch.optim.AdamW`` with ``adamw_betas`` and ``eps``.
+
+Defaults: momentum 0.95, nesterov True, ns_steps 5, adjust_lr_fn "original", adamw_betas
+(0.9, 0.95), eps 1e-8. A group's ``eps`` applies to AdamW-routed groups; Muon-routed groups use
+torch's Newton-Schulz normalization floor (1e-7) instead.
+
+The object is a single :class:`torch.optim.Optimizer` with one ``param_groups`` list (LR
+schedulers scale every group), one ``state``/``state_dict``: the torch optimizers doing the
+work share these group dicts and this state.
+
+Weight decay: coupled ``w *= 1 - lr * wd`` (both torch optimizers' form; for Muon groups with
+the unadjusted lr) or independent ``w *= 1 - wd * lr / initial_lr`` (see :mod:`hptransfer.optim`).
+
+Reference: K. Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024);
+``torch.optim.Muon``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from hptransfer.optim import step_with_independent_decay
+
+_MUON_NS_EPS = 1e-7
+
+
+def routes_to_muon(group: dict[str, Any]) -> bool:
+    """Whether a param group is optimized by Muon (hidden role, all params 2-D)."""
+    return group.get("role") == "hidden" and all(p.ndim == 2 for p in group["params"])
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for hidden 2-D groups plus AdamW for the rest, presented as one optimizer."""
+
+    def __init__(
+        self,
+        params: Iterable[dict[str, Any]],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        adjust_lr_fn: str = "original",
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        wd_mode: str = "coupled",
+    ) -> None:
+        groups = [dict(g) for g in params]
+        self._muon_kw = dict(
+            momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn
+        )
+        self._adamw_kw: dict[str, Any] = dict(betas=adamw_betas, eps=eps)
+        for g in groups:
+            g["use_muon"] = routes_to_muon(g)
+            if g["use_muon"]:
+                g["eps"] = _MUON_NS_EPS
+        super().__init__(groups, dict(lr=lr, weight_decay=weight_decay, wd_mode=wd_mode))
+        self._link()
+
+    def _link(self) -> None:
+        """(Re)build the torch optimizers over this object's group dicts and state."""
+        self._inner: list[torch.optim.Optimizer] = []
+        for use_muon, cls, kw in (
+            (True, torch.optim.Muon, self._muon_kw),
+            (False, torch.optim.AdamW, self._adamw_kw),
+        ):
+            groups = [g for g in self.param_groups if g["use_muon"] is use_muon]
+            if not groups:
+                continue
+            inner = cls([{"params": g["params"]} for g in groups], lr=groups[0]["lr"], **kw)
+            for mine, theirs in zip(groups, inner.param_groups):
+                for key, value in theirs.items():
+                    mine.setdefault(key, value)
+            inner.param_groups = groups
+            inner.state = self.state
+            self._inner.append(inner)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        def inner_step() -> None:
+            for inner in self._inner:
+                inner.step()
+
+        return step_with_independent_decay(self, inner_step, closure)
