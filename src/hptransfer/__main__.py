@@ -1,0 +1,3 @@
+from hptransfer.cli import main
+
+raise SystemExit(main())

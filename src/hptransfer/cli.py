@@ -1,0 +1,221 @@
+"""hptransfer command line: one subcommand per stage, each a thin adapter over the library.
+
+Heavy imports (torch, pandas, matplotlib) happen inside the command functions, so
+`hptransfer --help` stays fast. Bad input prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+from hptransfer.config import (
+    ALIGNMENT_PRESETS,
+    OPTIMIZERS,
+    PARAMETERIZATIONS,
+    ConfigError,
+    RunConfig,
+    load_recipe,
+    parse_sets,
+)
+
+
+class UsageError(ConfigError):
+    """Bad command-line input."""
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    overrides = parse_sets(args.set or [])
+    if getattr(args, "recipe", None):
+        return load_recipe(args.recipe, overrides)
+    return RunConfig().replace(**overrides).validate()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    out = Path(args.out) if args.out else Path("hpt-results") / "train" / cfg.run_id()
+    from hptransfer.train import train
+
+    def progress(rec: dict) -> None:
+        if "eval_loss" in rec and not args.quiet:
+            print(
+                f"step {rec['step'] + 1:>6}  loss {rec['loss']:.4f}  eval {rec['eval_loss']:.4f}",
+                file=sys.stderr,
+            )
+
+    summary = train(cfg, out, progress=progress)
+    final = summary["final_eval_loss"]
+    print(
+        f"{summary['status']}: final eval loss "
+        f"{'n/a' if final is None else f'{final:.4f}'} after {summary['steps']} steps "
+        f"({summary['wall_time_s']:.1f} s) -> {out}/summary.json"
+    )
+    return 0
+
+
+def _fmt(x) -> str:
+    if isinstance(x, Fraction):
+        return str(x)
+    return f"{x:g}"
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from hptransfer.param.rules import make_rule
+
+    rule = make_rule(args.param, args.optimizer, args.alignment, lr_exponents=args.lr_exponents)
+    if args.model:
+        return _rules_for_model(args, rule)
+    if args.format == "json":
+        d = rule.as_dict()
+        print(json.dumps(d, indent=1))
+        return 0
+    print(
+        f"{rule.parameterization} + {rule.optimizer} (family {rule.family}), alignment "
+        f"{rule.alignment}, LR exponents {args.lr_exponents}"
+    )
+    print(
+        "  W = n^-a w   init std n^-b   LR = beta * gamma * width_mult^-c   "
+        "per-layer eps ~ width_mult^-g"
+    )
+    print(f"  {'role':<8}{'a':>6}{'b':>6}{'c':>6}{'g':>6}")
+    for role, r in rule.roles.items():
+        print(f"  {role:<8}{_fmt(r.a):>6}{_fmt(r.b):>6}{_fmt(r.c):>6}{_fmt(r.g):>6}")
+    return 0
+
+
+def _rules_for_model(args: argparse.Namespace, rule) -> int:
+    if args.width is None or args.base_width is None:
+        raise UsageError("--model needs --width and --base-width")
+    cfg = (
+        RunConfig()
+        .replace(
+            **{
+                "model.name": args.model,
+                "model.width": args.width,
+                "model.depth": args.depth,
+                "model.head_dim": args.head_dim,
+                "param.base_width": args.base_width,
+                "param.name": args.param,
+                "optimizer.name": args.optimizer,
+                "param.alignment": args.alignment,
+                "param.lr_exponents": args.lr_exponents,
+            }
+        )
+        .validate()
+    )
+    from hptransfer.param.apply import compute_specs
+    from hptransfer.param.roles import roles_from_factory
+    from hptransfer.train import model_factory
+
+    roles = roles_from_factory(model_factory(cfg), args.width, args.base_width)
+    specs = compute_specs(roles, rule)
+    if args.format == "json":
+        print(json.dumps({**rule.as_dict(), "params": [vars(s) for s in specs.values()]}, indent=1))
+        return 0
+    from hptransfer.param.apply import Parameterization
+
+    print(Parameterization(rule, specs, []).format())
+    return 0
+
+
+def cmd_coord_check(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    try:
+        widths = [int(w) for w in args.widths.split(",")]
+    except ValueError:
+        raise UsageError(
+            f"--widths expects integers separated by commas, got {args.widths!r}"
+        ) from None
+    for w in widths:
+        cfg.replace(**{"model.width": w}).validate()
+    out = Path(args.out)
+    from hptransfer.analysis.coord import coord_slopes
+    from hptransfer.plots import plot_coord_check
+    from hptransfer.probes import coord_check
+
+    df = coord_check(cfg, widths, steps=args.steps, seeds=range(args.seeds))
+    slopes = coord_slopes(df)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "coord.csv", index=False)
+    slopes.to_csv(out / "slopes.csv", index=False)
+    ax = plot_coord_check(df, step=args.steps - 1)
+    ax.figure.savefig(out / "coord.png", dpi=120, bbox_inches="tight")
+    last = slopes[slopes.step == args.steps - 1]
+    print(
+        f"log-log slope of activation RMS vs width at step {args.steps - 1} "
+        f"({cfg.param.name} + {cfg.optimizer.name}, widths {widths}):"
+    )
+    for _, row in last.iterrows():
+        print(f"  {row.layer:<28} {row.slope:+.3f}")
+    print(f"-> {out}/coord.csv, {out}/coord.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hptransfer",
+        description="Width-scaling parameterizations and hyperparameter transfer.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser, recipe_required: bool) -> None:
+        if recipe_required:
+            p.add_argument("recipe", help="recipe TOML file")
+        else:
+            p.add_argument("recipe", nargs="?", help="recipe TOML file (default: built-in)")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set model.width=256 (repeatable)",
+        )
+
+    p = sub.add_parser("train", help="train one run from a recipe")
+    with_config(p, True)
+    p.add_argument("--out", help="run directory (default hpt-results/train/RUN_ID)")
+    p.add_argument("--quiet", action="store_true", help="no per-eval progress lines")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "rules",
+        help="print the exponents of a parameterization (per role or per parameter of a model)",
+    )
+    p.add_argument("--param", default="mup", choices=PARAMETERIZATIONS)
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--alignment", default="full", choices=ALIGNMENT_PRESETS)
+    p.add_argument("--lr-exponents", default="per_layer", choices=("per_layer", "global"))
+    p.add_argument("--format", default="table", choices=("table", "json"))
+    p.add_argument(
+        "--model", choices=("nanodo", "mlp"), help="print the per-parameter table for this model"
+    )
+    p.add_argument("--width", type=int)
+    p.add_argument("--base-width", type=int)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.set_defaults(func=cmd_rules)
+
+    p = sub.add_parser("coord-check", help="activation RMS per layer across widths")
+    with_config(p, False)
+    p.add_argument("--widths", default="64,128,256,512", help="comma-separated widths")
+    p.add_argument("--steps", type=int, default=6, help="training steps recorded")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds averaged")
+    p.add_argument("--out", default="hpt-results/coord-check", help="output directory")
+    p.set_defaults(func=cmd_coord_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"hptransfer {args.command}: error: {msg}", file=sys.stderr)
+        return 2

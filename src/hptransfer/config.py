@@ -1,0 +1,384 @@
+"""Run configuration: frozen dataclasses, TOML recipes, ``--set`` overrides, run ids.
+
+Every stage reads its settings from one :class:`RunConfig`. A recipe is a TOML file whose
+tables mirror the dataclasses (``[model]``, ``[param]``, ``[optimizer]``, ``[train]``,
+``[data]``, top-level ``seed``). Unknown keys and wrongly typed values are rejected with a
+one-line :class:`ConfigError` that names the key. This module must not import torch: the CLI
+validates input before any heavy import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+PARAMETERIZATIONS = ("sp", "ntk", "mup", "mfp")
+ALIGNMENT_PRESETS = ("full", "none")
+MODELS = ("nanodo", "mlp")
+OPTIMIZERS = (
+    "sgd",
+    "adam",
+    "adamw",
+    "adam_atan2",
+    "adam_ps",
+    "adafactor",
+    "adopt",
+    "lamb",
+    "sophia",
+    "shampoo",
+    "muon",
+)
+SCHEDULES = ("constant", "cosine", "wsd")
+DTYPES = ("float32", "float64", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """Bad user input. The CLI prints the message on one line and exits with code 2."""
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "nanodo"
+    """Architecture: nanodo (the decoder of [E]) or mlp (a per-token model for quick checks)."""
+    width: int = 128
+    """Model dimension D (the width n)."""
+    depth: int = 2
+    """Number of transformer blocks (hidden layers for mlp)."""
+    head_dim: int = 32
+    """Attention head dimension, fixed across widths (heads = width / head_dim)."""
+    attn_scale: str = "sqrt"
+    """Attention logit scale: sqrt = 1/sqrt(head_dim), linear = 1/head_dim (muP's)."""
+
+    def validate(self) -> None:
+        _check_choice("model.name", self.name, MODELS)
+        _check_choice("model.attn_scale", self.attn_scale, ("sqrt", "linear"))
+        for key in ("width", "depth", "head_dim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.name == "nanodo" and self.width % self.head_dim:
+            raise ConfigError(
+                f"model.width={self.width} is not divisible by model.head_dim={self.head_dim}"
+            )
+
+
+@dataclass(frozen=True)
+class ParamConfig:
+    name: str = "mup"
+    """Parameterization: sp, ntk, mup or mfp (the (a, b) table of [E])."""
+    alignment: str = "full"
+    """Alignment assumption the LR exponents c are derived for: full or none."""
+    base_width: int = 64
+    """Width n0 at which hyperparameters are tuned; width_mult = width / base_width."""
+    lr_exponents: str = "per_layer"
+    """per_layer: c from the solver; global: c = 0 for every role (one LR per width)."""
+    anchor: str = "relative"
+    """relative: a and b use width_mult (every parameterization equals SP at base_width);
+    absolute: a and b use the layer's n itself, as [E] does."""
+    form: str = "multiplier"
+    """multiplier: forward multipliers n^-a; folded: no multipliers, init/LR/eps absorb them."""
+    gamma_input: float = 1.0
+    """Per-role LR constant for input (embedding) parameters."""
+    gamma_hidden: float = 1.0
+    gamma_output: float = 1.0
+    gamma_vector: float = 1.0
+    init_input: float = 1.0
+    """Multiplies the rule's init std for input parameters (0 gives a zero init)."""
+    init_hidden: float = 1.0
+    init_output: float = 1.0
+    eps_mode: str = "constant"
+    """constant: one epsilon; per_layer: eps * width_mult^-g (g = the role's gradient exponent)."""
+    tied: str = "error"
+    """What to do with tied input/output weights: error, input, output, untie."""
+    overrides: dict[str, str] = field(default_factory=dict)
+    """Name pattern (fnmatch) -> role, applied before automatic role inference."""
+
+    def validate(self) -> None:
+        _check_choice("param.name", self.name, PARAMETERIZATIONS)
+        _check_choice("param.alignment", self.alignment, ALIGNMENT_PRESETS)
+        _check_choice("param.lr_exponents", self.lr_exponents, ("per_layer", "global"))
+        _check_choice("param.anchor", self.anchor, ("relative", "absolute"))
+        _check_choice("param.form", self.form, ("multiplier", "folded"))
+        _check_choice("param.eps_mode", self.eps_mode, ("constant", "per_layer"))
+        _check_choice("param.tied", self.tied, ("error", "input", "output", "untie"))
+        if self.base_width < 1:
+            raise ConfigError(f"param.base_width must be >= 1, got {self.base_width}")
+        for pattern, role in self.overrides.items():
+            _check_choice(f"param.overrides[{pattern!r}]", role, ROLES)
+
+
+ROLES = ("input", "hidden", "output", "vector", "fixed")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adam"
+    """Optimizer name (see `hptransfer rules --help` for the list)."""
+    lr: float = 1e-3
+    """Base learning rate beta; each role gets beta * gamma * width_mult^-c."""
+    eps: float | None = None
+    """Base epsilon; None = the optimizer's default."""
+    betas: tuple[float, float] | None = None
+    """Adam-family betas; None = the optimizer's default."""
+    momentum: float | None = None
+    """SGD momentum; None = the optimizer's default."""
+    weight_decay: float = 0.0
+    wd_mode: str = "coupled"
+    """coupled: shrink = lr * wd (PyTorch AdamW); independent: shrink follows only the schedule."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Optimizer-specific knobs, passed through (e.g. a, b for adam_atan2; clamp for lamb)."""
+
+    def validate(self) -> None:
+        _check_choice("optimizer.name", self.name, OPTIMIZERS)
+        _check_choice("optimizer.wd_mode", self.wd_mode, ("coupled", "independent"))
+        if not self.lr > 0:
+            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
+        if self.eps is not None and self.eps < 0:
+            raise ConfigError(f"optimizer.eps must be >= 0, got {self.eps}")
+        if self.betas is not None and len(self.betas) != 2:
+            raise ConfigError(f"optimizer.betas must have two values, got {list(self.betas)}")
+
+    def hparams(self) -> dict[str, Any]:
+        """Knobs for ``build_optimizer`` (epsilon travels in the param groups instead)."""
+        out: dict[str, Any] = dict(self.options)
+        if self.betas is not None:
+            out["betas"] = tuple(self.betas)
+        if self.momentum is not None:
+            out["momentum"] = self.momentum
+        if self.weight_decay:
+            out["weight_decay"] = self.weight_decay
+            out["wd_mode"] = self.wd_mode
+        return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 16
+    seq_len: int = 64
+    schedule: str = "cosine"
+    """constant, cosine (warmup then cosine to final_lr_frac), wsd (warmup-stable-decay)."""
+    warmup_steps: int = 20
+    final_lr_frac: float = 0.1
+    """LR at the end of cosine / wsd, as a fraction of the peak."""
+    decay_frac: float = 0.2
+    """wsd: fraction of the steps spent in the final linear decay."""
+    eval_every: int = 50
+    eval_batches: int = 10
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 = off."""
+    dtype: str = "float32"
+    """float32, float64 (parity tests), or bfloat16 (autocast; loss in float32)."""
+    diverge_factor: float = 3.0
+    """The run stops as diverged when its loss exceeds this factor times the step-0 loss."""
+
+    def validate(self) -> None:
+        _check_choice("train.schedule", self.schedule, SCHEDULES)
+        _check_choice("train.dtype", self.dtype, DTYPES)
+        for key in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.decay_frac <= 1:
+            raise ConfigError(f"train.decay_frac must be in [0, 1], got {self.decay_frac}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    """A local text file; empty = the built-in corpus (the Python standard library's source)."""
+
+    def validate(self) -> None:
+        if self.path and not Path(self.path).is_file():
+            raise ConfigError(f"data.path: no such file: {self.path}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    param: ParamConfig = field(default_factory=ParamConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+
+    def validate(self) -> RunConfig:
+        for section in (self.model, self.param, self.optimizer, self.train, self.data):
+            section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def run_id(self) -> str:
+        """Stable 12-hex-digit id: hash of the canonical JSON of the whole config."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def replace(self, **dotted: Any) -> RunConfig:
+        """A copy with dotted keys set, e.g. ``cfg.replace(**{"model.width": 256})``."""
+        return apply_overrides(self, dotted)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the dataclass field type ``hint``; return the stored value."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return dict(value)
+    raise TypeError(f"unsupported config field type {hint!r} for {key}")
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def all_keys() -> list[str]:
+    """Every dotted key a recipe may set."""
+    keys = ["seed"]
+    for name, hint in _section_types(RunConfig).items():
+        if dataclasses.is_dataclass(hint):
+            keys += [f"{name}.{k}" for k in _section_types(hint)]
+    return keys
+
+
+def apply_overrides(cfg: RunConfig, dotted: dict[str, Any]) -> RunConfig:
+    """Set dotted keys (``model.width``; ``optimizer.options.a`` inside a table field)."""
+    sections = {
+        name: dataclasses.asdict(getattr(cfg, name))
+        for name, hint in _section_types(RunConfig).items()
+        if dataclasses.is_dataclass(hint)
+    }
+    top: dict[str, Any] = {"seed": cfg.seed}
+    for key, value in dotted.items():
+        parts = key.split(".")
+        if parts == ["seed"]:
+            top["seed"] = _coerce("seed", value, int)
+            continue
+        if len(parts) < 2 or parts[0] not in sections:
+            raise _unknown_key(key, all_keys())
+        section_cls = _section_types(RunConfig)[parts[0]]
+        hints = _section_types(section_cls)
+        fname = parts[1]
+        if fname not in hints:
+            raise _unknown_key(key, all_keys())
+        if len(parts) > 2:
+            if typing.get_origin(hints[fname]) is not dict:
+                raise _unknown_key(key, all_keys())
+            table = dict(sections[parts[0]][fname])
+            table[".".join(parts[2:])] = value
+            sections[parts[0]][fname] = table
+        else:
+            sections[parts[0]][fname] = _coerce(key, value, hints[fname])
+    built = {name: _section_types(RunConfig)[name](**values) for name, values in sections.items()}
+    return RunConfig(**built, seed=top["seed"])
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables -> dotted keys; stops at dict-typed fields (overrides, options)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in _DICT_FIELDS:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+_DICT_FIELDS = {"param.overrides", "optimizer.options"}
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax where it parses (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"no such recipe file: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+
+
+def from_dict(table: dict[str, Any]) -> RunConfig:
+    """A config from nested tables (as in a recipe) or dotted keys; validated."""
+    return apply_overrides(RunConfig(), flatten(table)).validate()
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a recipe, apply dotted overrides, validate."""
+    dotted = flatten(read_toml(path))
+    dotted.update(overrides or {})
+    return apply_overrides(RunConfig(), dotted).validate()

@@ -1,0 +1,267 @@
+"""Apply a rule to a model: re-initialize, install forward multipliers, build param groups.
+
+For each parameter of role input / hidden / output with exponents (a, b, c, g) and per-role
+constants gamma (LR) and s (init scale):
+
+    anchor "absolute" ([E]):   multiplier n^-a,   init std s * n^-b
+    anchor "relative" (mup):   multiplier m^-a,   init std s * n0^-b_sp * m^-b
+    LR  beta * gamma * m^-c          per-layer epsilon  eps * m^-g
+
+with n the layer's growing dimension, n0 its value at base width, m = n / n0 and b_sp the SP
+init exponent, so that with the relative anchor every parameterization is SP at m = 1.
+Vectors keep their constant init (norm gains 1, biases 0) and take the vector row's LR.
+
+form "folded" moves each multiplier into the init, the LR and epsilon (the symmetry
+(a, b, c) -> (a + t, b - t, c - k t)): std * mult, LR * mult^k, eps / mult, coupled weight
+decay / mult^k. It needs no hooks, so it works for any module type.
+
+Multipliers are forward hooks on the owning module (nn.Linear, convolutions: the input is
+scaled, which also keeps biases unscaled; nn.Embedding: the output), never edits of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hptransfer.param.roles import RoleTable
+from hptransfer.param.rules import DEFAULT_EPS, SP_B, Rule
+
+SCALED = ("input", "hidden", "output")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What the rule does to one parameter; one row of `hptransfer rules --model ...`."""
+
+    name: str
+    role: str
+    fan_in: int
+    fan_out: int
+    width_mult: float
+    init_std: float | None
+    """None: the module's own (constant) init is kept."""
+    multiplier: float
+    """Forward multiplier applied by a hook (1.0 in folded form)."""
+    lr_factor: float
+    """This parameter's LR divided by the base LR beta."""
+    eps: float | None
+    """Epsilon for optimizers that have one; None otherwise."""
+    weight_decay: float
+
+
+@dataclass
+class Parameterization:
+    """The outcome of `parameterize`: the per-parameter table, param groups and hooks."""
+
+    rule: Rule
+    table: dict[str, ParamSpec]
+    param_groups: list[dict]
+    handles: list = field(default_factory=list, repr=False)
+
+    def remove(self) -> None:
+        """Remove the forward multipliers from the model."""
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def rows(self) -> list[dict]:
+        return [vars(s).copy() for s in self.table.values()]
+
+    def format(self) -> str:
+        head = ("name", "role", "fan_in", "fan_out", "init_std", "multiplier", "lr_factor", "eps")
+        rows = [head]
+        for s in self.table.values():
+            rows.append(
+                (
+                    s.name,
+                    s.role,
+                    str(s.fan_in),
+                    str(s.fan_out),
+                    "keep" if s.init_std is None else f"{s.init_std:.4g}",
+                    f"{s.multiplier:.4g}",
+                    f"{s.lr_factor:.4g}",
+                    "-" if s.eps is None else f"{s.eps:.3g}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    out = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, _ in module.named_parameters(recurse=False):
+            out.setdefault(f"{mname}.{pname}" if mname else pname, (module, pname))
+    return out
+
+
+def compute_specs(
+    roles: RoleTable,
+    rule: Rule,
+    *,
+    eps: float | None = None,
+    weight_decay: float = 0.0,
+    wd_mode: str = "coupled",
+    anchor: str = "relative",
+    form: str = "multiplier",
+    eps_mode: str = "constant",
+    init_scale: dict[str, float] | None = None,
+) -> dict[str, ParamSpec]:
+    """The per-parameter table, without touching any model (used by `hptransfer rules`)."""
+    if anchor not in ("relative", "absolute"):
+        raise ValueError(f"anchor={anchor!r}; choose relative or absolute")
+    if form not in ("multiplier", "folded"):
+        raise ValueError(f"form={form!r}; choose multiplier or folded")
+    if eps_mode not in ("constant", "per_layer"):
+        raise ValueError(f"eps_mode={eps_mode!r}; choose constant or per_layer")
+    init_scale = init_scale or {}
+    base_eps = eps if eps is not None else DEFAULT_EPS.get(rule.optimizer)
+    specs = {}
+    for e in roles:
+        if e.tied_to is not None and roles[e.tied_to].role == e.role:
+            continue  # one tensor, one entry: it was handled under its first name
+        m = e.width_mult
+        r = rule.roles.get(e.role)
+        if e.role in SCALED:
+            n, a, b = (m, r.a, r.b) if anchor == "relative" else (e.n, r.a, r.b)
+            mult = float(n) ** -float(a)
+            std = init_scale.get(e.role, 1.0) * float(n) ** -float(b)
+            if anchor == "relative":
+                std *= float(e.n_base) ** -float(SP_B[e.role])
+        else:
+            mult, std = 1.0, None
+        if e.role == "fixed":
+            lr_factor, g = 1.0, 0.0
+        else:
+            lr_factor, g = r.gamma * m ** -float(r.c), float(r.g)
+        p_eps = None
+        if base_eps is not None:
+            p_eps = base_eps * (m**-g if eps_mode == "per_layer" else 1.0)
+        wd = weight_decay
+        if form == "folded" and mult != 1.0:
+            std = std * mult
+            lr_factor *= mult**rule.k
+            p_eps = None if p_eps is None else p_eps / mult
+            if wd_mode == "coupled":
+                wd = wd / mult**rule.k
+            mult = 1.0
+        specs[e.name] = ParamSpec(
+            e.name, e.role, e.fan_in, e.fan_out, m, std, mult, lr_factor, p_eps, wd
+        )
+    return specs
+
+
+def _scale_output(mult: float):
+    def hook(module, args, output):
+        return output * mult
+
+    return hook
+
+
+def _scale_input(mult: float):
+    def hook(module, args):
+        return (args[0] * mult, *args[1:])
+
+    return hook
+
+
+def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float):
+    if isinstance(module, nn.Embedding) and pname == "weight":
+        return module.register_forward_hook(_scale_output(mult))
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
+        if (
+            getattr(module, "bias", None) is None
+            and isinstance(module, nn.Linear)
+            and (module.out_features <= module.in_features)
+        ):
+            return module.register_forward_hook(_scale_output(mult))  # the smaller tensor
+        return module.register_forward_pre_hook(_scale_input(mult))
+    raise ValueError(
+        f"{name}: no forward multiplier for {type(module).__name__}.{pname}; "
+        "use form='folded' (param.form = \"folded\"), which needs no hooks"
+    )
+
+
+@torch.no_grad()
+def parameterize(
+    model: nn.Module,
+    roles: RoleTable,
+    rule: Rule,
+    *,
+    lr: float,
+    eps: float | None = None,
+    weight_decay: float = 0.0,
+    wd_mode: str = "coupled",
+    anchor: str = "relative",
+    form: str = "multiplier",
+    eps_mode: str = "constant",
+    init_scale: dict[str, float] | None = None,
+    generator: torch.Generator | None = None,
+) -> Parameterization:
+    """Re-initialize ``model`` in place per ``rule``, install its forward multipliers, and
+    return the param groups (``lr``, ``eps``, ``weight_decay``, ``role``, ``name`` per group)
+    for any torch optimizer. ``lr`` is the base LR beta. Parameters are re-initialized in the
+    roles table's order from ``generator``, so a seed fixes the init.
+    """
+    owners = _owners(model)
+    missing = [e.name for e in roles if e.name not in owners]
+    if missing:
+        raise ValueError(f"roles table names parameters the model lacks: {missing[:5]}")
+    for e in roles:  # untie first, so each name owns its tensor
+        if e.tied_to is not None and roles[e.tied_to].role != e.role:
+            module, pname = owners[e.name]
+            setattr(module, pname, nn.Parameter(getattr(module, pname).detach().clone()))
+    specs = compute_specs(
+        roles,
+        rule,
+        eps=eps,
+        weight_decay=weight_decay,
+        wd_mode=wd_mode,
+        anchor=anchor,
+        form=form,
+        eps_mode=eps_mode,
+        init_scale=init_scale,
+    )
+    handles = []
+    groups: dict[tuple, dict] = {}
+    for name, s in specs.items():
+        module, pname = owners[name]
+        p = getattr(module, pname)
+        if s.init_std is not None:
+            if s.init_std == 0.0:
+                p.zero_()
+            else:
+                p.normal_(0.0, s.init_std, generator=generator)
+        if s.multiplier != 1.0:
+            handles.append(_install_multiplier(module, pname, name, s.multiplier))
+            for e in roles:  # a tied tensor used by a second module needs the same multiplier
+                if e.tied_to == name and e.name not in specs:
+                    tmod, tpname = owners[e.name]
+                    handles.append(_install_multiplier(tmod, tpname, e.name, s.multiplier))
+        key = (s.role, s.lr_factor, s.eps, s.weight_decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "lr": lr * s.lr_factor,
+                "weight_decay": s.weight_decay,
+                "role": s.role,
+                "name": s.role,
+                "param_names": [],
+            }
+            if s.eps is not None:
+                groups[key]["eps"] = s.eps
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    group_list = list(groups.values())
+    counts: dict[str, int] = {}
+    for g in group_list:
+        counts[g["role"]] = counts.get(g["role"], 0) + 1
+    seen: dict[str, int] = {}
+    for g in group_list:
+        if counts[g["role"]] > 1:
+            seen[g["role"]] = seen.get(g["role"], 0) + 1
+            g["name"] = f"{g['role']}{seen[g['role']]}"
+    return Parameterization(rule, specs, group_list, handles)

@@ -1,0 +1,103 @@
+import json
+import math
+
+import pytest
+from golden import GOLDEN
+from golden import run as golden_run
+
+from hptransfer.config import RunConfig
+from hptransfer.train import lr_schedule, train
+
+TINY = {
+    "model.width": 32,
+    "model.depth": 1,
+    "model.head_dim": 16,
+    "param.base_width": 32,
+    "train.steps": 12,
+    "train.batch_size": 4,
+    "train.seq_len": 32,
+    "train.eval_every": 6,
+    "train.eval_batches": 2,
+    "train.warmup_steps": 2,
+}
+
+
+def tiny(**kw) -> RunConfig:
+    return RunConfig().replace(**{**TINY, **kw}).validate()
+
+
+def test_golden_losses():
+    expected = json.loads(GOLDEN.read_text())["losses"]
+    got = golden_run()
+    assert len(got) == len(expected) == 30
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_same_seed_same_losses_and_other_seed_differs():
+    a, b = train(tiny()), train(tiny())
+    assert a["losses"] == b["losses"]
+    assert train(tiny(seed=1))["losses"] != a["losses"]
+
+
+def test_summary_and_files(tmp_path):
+    s = train(tiny(), tmp_path / "run")
+    assert s["status"] == "ok" and s["steps"] == 12
+    assert s["tokens"] == 12 * 4 * 32
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("status", "final_eval_loss", "best_eval_loss", "steps", "wall_time_s"):
+        assert key in on_disk
+    assert on_disk["best_eval_loss"] <= on_disk["final_eval_loss"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and "eval_loss" in json.loads(lines[5])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["width"] == 32
+
+
+def test_divergence_is_a_result_not_an_exception(tmp_path):
+    s = train(
+        tiny(
+            **{
+                "optimizer.lr": 1e4,
+                "param.name": "sp",
+                "param.lr_exponents": "global",
+                "train.warmup_steps": 0,
+            }
+        ),
+        tmp_path,
+    )
+    assert s["status"] == "diverged"
+    assert s["final_eval_loss"] is None and s["steps"] < 12
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "wsd"])
+def test_schedules(schedule):
+    cfg = tiny(
+        **{
+            "train.schedule": schedule,
+            "train.steps": 100,
+            "train.warmup_steps": 10,
+            "train.final_lr_frac": 0.1,
+            "train.decay_frac": 0.2,
+        }
+    )
+    f = lr_schedule(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    if schedule == "constant":
+        assert f(99) == 1.0
+    elif schedule == "cosine":
+        assert f(99) == pytest.approx(0.1, abs=1e-3) and 0.1 < f(55) < 1.0
+    else:
+        assert f(79) == 1.0 and f(99) == pytest.approx(0.1) and 0.1 < f(90) < 1.0
+
+
+def test_bfloat16_autocast_trains():
+    s = train(tiny(**{"train.dtype": "bfloat16", "train.steps": 30, "optimizer.lr": 1e-2}))
+    assert s["status"] == "ok" and math.isfinite(s["final_eval_loss"])
+    assert s["losses"][-1] < s["losses"][0]
+
+
+def test_local_text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("hello width scaling world. " * 2000)
+    s = train(tiny(**{"data.path": str(path)}))
+    assert s["corpus_sha256"] != train(tiny())["corpus_sha256"]
