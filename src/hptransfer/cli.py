@@ -73,7 +73,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
         print(json.dumps(d, indent=1))
         return 0
     print(
-        f"{rule.parameterization} + {rule.optimizer} (family {rule.family}), alignment "
+        f"{rule.parameterization} + {rule.optimizer} (rule {rule.family}), alignment "
         f"{rule.alignment}, LR exponents {args.lr_exponents}"
     )
     print(

@@ -75,6 +75,7 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
             "output": p.gamma_output,
             "vector": p.gamma_vector,
         },
+        options=o.options,
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     par = parameterize(

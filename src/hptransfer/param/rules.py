@@ -246,6 +246,56 @@ DEFAULT_EPS = {
 }
 
 
+#: Spectral muP ([S], parameterizations.md §6): LR exponents c in the DIRECT form, where the
+#: readout has no multiplier ((a, b) = input (0, 0), hidden (0, 1/2), output (0, 1)), and the
+#: update's homogeneity k in the gradient scale (1: scale-free steps; 0: steps proportional to
+#: the weight norm). From ||dW||_* = Theta(sqrt(fan_out / fan_in)) for each optimizer's rank-1
+#: step: Adam-type entries are O(lr), so a hidden step has spectral norm lr * fan_in (c = 1);
+#: LAMB (clamped) and Muon (built-in sqrt(fan_out/fan_in)) steps are width-free (c = 0); Shampoo
+#: with -1/4 roots on both sides scales like sqrt(fan_out/fan_in) itself, so c = 0 at a fixed
+#: aspect ratio, -1/2 for the input (fan_in fixed) and +1/2 for the direct-form readout.
+SPECTRAL_DIRECT_C: dict[str, tuple[Fraction, Fraction, Fraction, int]] = {
+    "adam": (Fraction(0), Fraction(1), Fraction(1), 1),
+    "lamb_clamped": (Fraction(0), Fraction(0), Fraction(0), 0),
+    "shampoo": (-HALF, Fraction(0), HALF, 1),
+    "muon": (Fraction(0), Fraction(0), Fraction(1), 1),
+    "muon_match_rms_adamw": (Fraction(0), HALF, Fraction(1), 1),
+}
+
+
+def optimizer_regime(optimizer: str, options: dict | None = None) -> tuple[str, str]:
+    """(kind, key): kind "family" -> key is an [E] family for the solver; kind "spectral" ->
+    key indexes SPECTRAL_DIRECT_C. Encodes the caveats of parameterizations.md §6:
+    LAMB is width-free only with its weight-norm clamp (unclamped it acts like Adam + parameter
+    scaling); Shampoo with Adam grafting takes the AdamW rules; Muon's "match_rms_adamw" LR
+    adjustment needs an extra 1/sqrt(m) on hidden layers (never stack it with another)."""
+    options = options or {}
+    if optimizer == "lamb":
+        clamped = options.get("clamp", 10.0) is not None
+        return ("spectral", "lamb_clamped") if clamped else ("family", "adam_ps")
+    if optimizer == "shampoo":
+        grafted = options.get("grafting") == "adam"
+        return ("family", "adam") if grafted else ("spectral", "shampoo")
+    if optimizer == "muon":
+        if options.get("adjust_lr_fn", "original") == "match_rms_adamw":
+            return ("spectral", "muon_match_rms_adamw")
+        return ("spectral", "muon")
+    if optimizer in OPTIMIZER_FAMILY:
+        return ("family", OPTIMIZER_FAMILY[optimizer])
+    raise ValueError(f"unknown optimizer {optimizer!r}")
+
+
+def spectral_c(key: str, abc: dict[str, tuple[Number, Number]]) -> dict[str, Number]:
+    """Spectral-muP exponents moved into the gauge ``abc`` (whose init must be muP's up to the
+    symmetry): c = c_direct - k * (a - a_direct) per role; vectors c = 0."""
+    ci, ch, co, k = SPECTRAL_DIRECT_C[key]
+    direct_a = {"input": 0, "hidden": 0, "output": 0}
+    c = {"input": ci, "hidden": ch, "output": co}
+    out = {r: c[r] - k * (abc[r][0] - direct_a[r]) for r in ROLES3}
+    out["vector"] = Fraction(0)
+    return out
+
+
 @dataclass(frozen=True)
 class RoleRule:
     """Exponents and constant of one role: W = n^-a w, std n^-b, LR gamma m^-c, eps m^-g."""
@@ -267,8 +317,10 @@ class Rule:
 
     @property
     def k(self) -> int:
-        """Symmetry constant of the family: folding a multiplier m^-a rescales the LR by m^-ka."""
-        return FAMILIES[self.family]
+        """Symmetry constant: folding a multiplier m^-a rescales the LR by m^-ka."""
+        if self.family in FAMILIES:
+            return FAMILIES[self.family]
+        return SPECTRAL_DIRECT_C[self.family.removeprefix("spectral:")][3]
 
     def as_dict(self) -> dict:
         """JSON-ready exponents (as numbers) per role."""
@@ -296,28 +348,37 @@ def make_rule(
     *,
     lr_exponents: str = "per_layer",
     gammas: dict[str, float] | None = None,
+    options: dict | None = None,
 ) -> Rule:
     """The full rule for a (parameterization, optimizer, alignment) cell.
 
+    Optimizers with an [E] update family get c from the solver, for any parameterization and
+    alignment. The others (Shampoo, Muon, clamped LAMB) have only a spectral muP rule, so they
+    accept ``parameterization="mup"`` (any alignment: the spectral condition assumes the
+    full-alignment rank-1 step) or ``lr_exponents="global"``. ``options`` are the optimizer's
+    knobs that change its regime (see `optimizer_regime`).
     ``lr_exponents="global"`` is [E]'s global-LR baseline: c = 0 for every role.
     """
     if parameterization not in ABC:
         raise ValueError(
             f"unknown parameterization {parameterization!r}; choose one of {', '.join(ABC)}"
         )
-    family = OPTIMIZER_FAMILY.get(optimizer)
-    if family is None:
-        raise ValueError(
-            f"optimizer {optimizer!r} has no [E] update family; its width rules are spectral"
-            " (see the spectral rules), not an abc table"
-        )
+    kind, key = optimizer_regime(optimizer, options)
     if lr_exponents not in ("per_layer", "global"):
         raise ValueError(f"lr_exponents={lr_exponents!r}; choose per_layer or global")
     abc = ABC[parameterization]
+    family = key if kind == "family" else f"spectral:{key}"
     if lr_exponents == "global":
         cs = {r: Fraction(0) for r in (*ROLES3, "vector")}
+    elif kind == "family":
+        cs = solve_c(abc, key, alignment)
+    elif parameterization == "mup":
+        cs = spectral_c(key, abc)
     else:
-        cs = solve_c(abc, family, alignment)
+        raise ValueError(
+            f"{optimizer} has no [E] update family in this configuration, only a spectral muP"
+            f" rule: use param.name = mup, or param.lr_exponents = global (got {parameterization})"
+        )
     gs = grad_exponents(abc)
     gammas = gammas or {}
     roles = {
