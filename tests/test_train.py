@@ -49,6 +49,9 @@ def test_summary_and_files(tmp_path):
     assert on_disk["best_eval_loss"] <= on_disk["final_eval_loss"]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 12 and "eval_loss" in json.loads(lines[5])
+    diag = json.loads(lines[5])
+    assert 0 < diag["update/head.weight"] < 1 and 0 <= diag["underflow/head.weight"] <= 1
+    assert "update/head.weight" not in json.loads(lines[4])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["width"] == 32
 
 

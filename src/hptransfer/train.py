@@ -22,6 +22,7 @@ from hptransfer import data as data_mod
 from hptransfer.config import RunConfig
 from hptransfer.models import build_model
 from hptransfer.optim import build_optimizer
+from hptransfer.optim.diagnostics import optimizer_diagnostics
 from hptransfer.param.apply import Parameterization, parameterize
 from hptransfer.param.roles import RoleTable, roles_from_factory
 from hptransfer.param.rules import make_rule
@@ -124,6 +125,18 @@ def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool) 
 
 
 @torch.no_grad()
+def update_ratios(named: dict[str, torch.Tensor], before: list[torch.Tensor]) -> dict[str, float]:
+    """Per layer: RMS of this step's update divided by RMS of the weight ("update/NAME")."""
+    names = list(named)
+    after = list(named.values())
+    deltas = torch._foreach_sub(after, before)
+    upd = torch.stack(torch._foreach_norm(deltas)).double()
+    wts = torch.stack(torch._foreach_norm(after)).double().clamp_min(1e-30)
+    ratios = (upd / wts).tolist()  # the sqrt(numel) of the two RMS cancel
+    return {f"update/{n}": r for n, r in zip(names, ratios)}
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, batches: list, autocast: bool) -> float:
     was_training = model.training
     model.eval()
@@ -151,6 +164,7 @@ def train(
     eval_set = data_mod.eval_batches(s.corpus.eval, t.eval_batches, t.batch_size, t.seq_len)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
     refresh = getattr(opt, "refresh_curvature", None)  # Sophia's Hessian estimate
+    named = dict(model.named_parameters())
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -174,6 +188,8 @@ def train(
         loss.backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        eval_step = (step + 1) % t.eval_every == 0 or step + 1 == t.steps
+        before = [p.detach().clone() for p in named.values()] if eval_step else None
         opt.step()
         sched.step()
         losses.append(loss_value)
@@ -182,7 +198,9 @@ def train(
             "loss": loss_value,
             "lr_factor": sched.get_last_lr()[0] / (opt.param_groups[0]["initial_lr"] or 1.0),
         }
-        if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
+        if eval_step:  # per-layer diagnostics ride along with the evals
+            record.update(update_ratios(named, before))
+            record.update(optimizer_diagnostics(opt, {p: n for n, p in named.items()}))
             record["eval_loss"] = evaluate(model, eval_set, autocast)
             evals.append((step + 1, record["eval_loss"]))
             if not math.isfinite(record["eval_loss"]):
