@@ -69,6 +69,4 @@ def test_sophia_clip_rate() -> None:
 def test_unnamed_and_stateless_params_are_skipped() -> None:
     (small, large), opt = _setup("adamw")
     fresh = torch.nn.Parameter(torch.ones(2))
-    assert set(optimizer_diagnostics(opt, {large: "large", fresh: "fresh"})) == {
-        "underflow/large"
-    }
+    assert set(optimizer_diagnostics(opt, {large: "large", fresh: "fresh"})) == {"underflow/large"}

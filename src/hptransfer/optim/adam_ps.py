@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from hptransfer.optim import apply_decay
+from hptransfer.optim import apply_decay, foreach_chunks
 
 
 class AdamPS(torch.optim.Optimizer):
@@ -67,21 +68,28 @@ class AdamPS(torch.optim.Optimizer):
                     st["exp_avg"] = torch.zeros_like(p)
                     st["exp_avg_sq"] = torch.zeros_like(p)
                 st["step"] += 1
-            beta1, beta2 = group["betas"]
-            ms = [st["exp_avg"] for st in states]
-            vs = [st["exp_avg_sq"] for st in states]
-            torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-            torch._foreach_mul_(vs, beta2)
-            torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
-            # per-tensor scale max(floor, rms(w)) from the weights before this step
-            rms = torch.stack(torch._foreach_norm(params)).to("cpu", torch.float64)
-            rms /= torch.tensor([math.sqrt(p.numel()) for p in params], dtype=torch.float64)
-            scale = rms.clamp_min_(group["floor"])
-            denom = torch._foreach_mul(vs, [1.0 / (1.0 - beta2 ** st["step"]) for st in states])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, group["eps"])
-            bc1 = torch.tensor([1.0 - beta1 ** st["step"] for st in states], dtype=torch.float64)
-            step_sizes = scale.mul_(-group["lr"]).div_(bc1)
-            apply_decay(group, params)
-            torch._foreach_addcdiv_(params, ms, denom, step_sizes)
+            for sl in foreach_chunks(params):
+                self._update(group, params[sl], grads[sl], states[sl])
         return loss
+
+    @staticmethod
+    def _update(
+        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        ms = [st["exp_avg"] for st in states]
+        vs = [st["exp_avg_sq"] for st in states]
+        torch._foreach_lerp_(ms, grads, 1.0 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+        # per-tensor scale max(floor, rms(w)) from the weights before this step
+        rms = torch.stack(torch._foreach_norm(params)).to("cpu", torch.float64)
+        rms /= torch.tensor([math.sqrt(p.numel()) for p in params], dtype=torch.float64)
+        scale = rms.clamp_min_(group["floor"])
+        denom = torch._foreach_mul(vs, [1.0 / (1.0 - beta2 ** st["step"]) for st in states])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, group["eps"])
+        bc1 = torch.tensor([1.0 - beta1 ** st["step"] for st in states], dtype=torch.float64)
+        step_sizes = scale.mul_(-group["lr"]).div_(bc1)
+        apply_decay(group, params)
+        torch._foreach_addcdiv_(params, ms, denom, step_sizes)

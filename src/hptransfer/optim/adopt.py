@@ -31,8 +31,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from hptransfer.optim import apply_decay
+from hptransfer.optim import apply_decay, foreach_chunks
 
 
 class ADOPT(torch.optim.Optimizer):
@@ -65,7 +66,6 @@ class ADOPT(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             fresh, params, grads, states = [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
@@ -88,20 +88,28 @@ class ADOPT(torch.optim.Optimizer):
                     self.state[p]["step"] = 1
             if not params:
                 continue
-            ms = [st["exp_avg"] for st in states]
-            vs = [st["exp_avg_sq"] for st in states]
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_clamp_min_(denom, group["eps"])
-            normed = torch._foreach_div(grads, denom)
-            if group["clip_exponent"] is not None:
-                clips = [float(st["step"]) ** group["clip_exponent"] for st in states]
-                torch._foreach_clamp_min_(normed, [-c for c in clips])
-                torch._foreach_clamp_max_(normed, clips)
-            torch._foreach_lerp_(ms, normed, 1.0 - beta1)
-            apply_decay(group, params)
-            torch._foreach_add_(params, ms, alpha=-group["lr"])
-            torch._foreach_mul_(vs, beta2)
-            torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
-            for st in states:
-                st["step"] += 1
+            for sl in foreach_chunks(params):
+                self._update(group, params[sl], grads[sl], states[sl])
         return loss
+
+    @staticmethod
+    def _update(
+        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        ms = [st["exp_avg"] for st in states]
+        vs = [st["exp_avg_sq"] for st in states]
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_clamp_min_(denom, group["eps"])
+        normed = torch._foreach_div(grads, denom)
+        if group["clip_exponent"] is not None:
+            clips = [float(st["step"]) ** group["clip_exponent"] for st in states]
+            torch._foreach_clamp_min_(normed, [-c for c in clips])
+            torch._foreach_clamp_max_(normed, clips)
+        torch._foreach_lerp_(ms, normed, 1.0 - beta1)
+        apply_decay(group, params)
+        torch._foreach_add_(params, ms, alpha=-group["lr"])
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+        for st in states:
+            st["step"] += 1

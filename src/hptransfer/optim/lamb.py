@@ -34,8 +34,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from hptransfer.optim import apply_decay
+from hptransfer.optim import apply_decay, foreach_chunks
 
 
 class Lamb(torch.optim.Optimizer):
@@ -81,35 +82,42 @@ class Lamb(torch.optim.Optimizer):
                     st["exp_avg"] = torch.zeros_like(p)
                     st["exp_avg_sq"] = torch.zeros_like(p)
                 st["step"] += 1
-            beta1, beta2 = group["betas"]
-            ms = [st["exp_avg"] for st in states]
-            vs = [st["exp_avg_sq"] for st in states]
-            torch._foreach_mul_(ms, beta1)
-            torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
-            torch._foreach_mul_(vs, beta2)
-            torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
-            if group["bias_correction"]:
-                denom = torch._foreach_mul(vs, [1.0 / (1.0 - beta2 ** st["step"]) for st in states])
-                torch._foreach_sqrt_(denom)
-                torch._foreach_add_(denom, group["eps"])
-                torch._foreach_mul_(denom, [1.0 - beta1 ** st["step"] for st in states])
-            else:
-                denom = torch._foreach_sqrt(vs)
-                torch._foreach_add_(denom, group["eps"])
-            update = torch._foreach_div(ms, denom)
-            wd = group["weight_decay"]
-            if group["wd_mode"] == "coupled":
-                if wd:
-                    torch._foreach_add_(update, params, alpha=wd)
-            else:
-                apply_decay(group, params)
-            w_norm = torch.stack(torch._foreach_norm(params))
-            r_norm = torch.stack(torch._foreach_norm(update))
-            phi = w_norm if group["clamp"] is None else w_norm.clamp(max=group["clamp"])
-            ratio = torch.where((w_norm > 0) & (r_norm > 0), phi / r_norm, torch.ones_like(phi))
-            ratios = ratio.unbind()
-            for st, r in zip(states, ratios):
-                st["trust_ratio"] = r
-            torch._foreach_mul_(update, ratios)
-            torch._foreach_add_(params, update, alpha=-group["lr"])
+            for sl in foreach_chunks(params):
+                self._update(group, params[sl], grads[sl], states[sl])
         return loss
+
+    @staticmethod
+    def _update(
+        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        ms = [st["exp_avg"] for st in states]
+        vs = [st["exp_avg_sq"] for st in states]
+        torch._foreach_mul_(ms, beta1)
+        torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+        if group["bias_correction"]:
+            denom = torch._foreach_mul(vs, [1.0 / (1.0 - beta2 ** st["step"]) for st in states])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_mul_(denom, [1.0 - beta1 ** st["step"] for st in states])
+        else:
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(ms, denom)
+        wd = group["weight_decay"]
+        if group["wd_mode"] == "coupled":
+            if wd:
+                torch._foreach_add_(update, params, alpha=wd)
+        else:
+            apply_decay(group, params)
+        w_norm = torch.stack(torch._foreach_norm(params))
+        r_norm = torch.stack(torch._foreach_norm(update))
+        phi = w_norm if group["clamp"] is None else w_norm.clamp(max=group["clamp"])
+        ratio = torch.where((w_norm > 0) & (r_norm > 0), phi / r_norm, torch.ones_like(phi))
+        ratios = ratio.unbind()
+        for st, r in zip(states, ratios):
+            st["trust_ratio"] = r
+        torch._foreach_mul_(update, ratios)
+        torch._foreach_add_(params, update, alpha=-group["lr"])

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hptransfer.optim import apply_decay
+from hptransfer.optim import apply_decay, foreach_chunks
 
 VARIANTS = ("g", "h")
 IGNORE_INDEX = -100
@@ -148,15 +148,22 @@ class Sophia(torch.optim.Optimizer):
             states = [self._state(p) for p in params]
             for st in states:
                 st["step"] += 1
-            ms = [st["exp_avg"] for st in states]
-            hs = [st["hessian"] for st in states]
-            torch._foreach_lerp_(ms, grads, 1.0 - group["betas"][0])
-            denom = torch._foreach_mul(hs, group["rho"])
-            torch._foreach_clamp_min_(denom, group["eps"])
-            ratio = torch._foreach_abs(ms)
-            torch._foreach_div_(ratio, denom)
-            torch._foreach_clamp_max_(ratio, 1.0)
-            torch._foreach_mul_(ratio, torch._foreach_sign(ms))
-            apply_decay(group, params)
-            torch._foreach_add_(params, ratio, alpha=-group["lr"])
+            for sl in foreach_chunks(params):
+                self._update(group, params[sl], grads[sl], states[sl])
         return loss
+
+    @staticmethod
+    def _update(
+        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+    ) -> None:
+        ms = [st["exp_avg"] for st in states]
+        hs = [st["hessian"] for st in states]
+        torch._foreach_lerp_(ms, grads, 1.0 - group["betas"][0])
+        denom = torch._foreach_mul(hs, group["rho"])
+        torch._foreach_clamp_min_(denom, group["eps"])
+        ratio = torch._foreach_abs(ms)
+        torch._foreach_div_(ratio, denom)
+        torch._foreach_clamp_max_(ratio, 1.0)
+        torch._foreach_mul_(ratio, torch._foreach_sign(ms))
+        apply_decay(group, params)
+        torch._foreach_add_(params, ratio, alpha=-group["lr"])
