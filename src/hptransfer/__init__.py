@@ -29,6 +29,11 @@ _EXPORTS = {
     "build_optimizer": "hptransfer.optim",
     "train": "hptransfer.train",
     "coord_check": "hptransfer.probes",
+    "load_runs": "hptransfer.store",
+    "run_sweep": "hptransfer.sweep",
+    "build_report": "hptransfer.report",
+    "find_optima": "hptransfer.analysis",
+    "fit_transfer": "hptransfer.analysis",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

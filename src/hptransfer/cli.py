@@ -204,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds averaged")
     p.add_argument("--out", default="hpt-results/coord-check", help="output directory")
     p.set_defaults(func=cmd_coord_check)
+
+    # stages owned by their own modules; each registers its parser (no heavy imports there)
+    from hptransfer import demo, report, tune
+    from hptransfer.sweep import command as sweep_command
+
+    for module in (demo, sweep_command, tune, report):
+        module.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""``hptransfer sweep SPEC``: a thin adapter over :func:`run_sweep` (no torch at parse time)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ROOT = Path("hpt-results")
+
+
+def add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """--executor / --workers / --address / --quiet, shared by sweep, tune and demo."""
+    parser.add_argument("--executor", choices=("local", "ray"), help="overrides sweep.executor")
+    parser.add_argument("--workers", type=int, help="concurrent runs (overrides sweep.workers)")
+    parser.add_argument("--address", help="Ray cluster address, e.g. auto or head:6379")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def executor_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The [sweep] settings given on the command line."""
+    out: dict[str, Any] = {}
+    for key in ("executor", "workers", "address"):
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a sweep spec (grid, adaptive LR search) into a results directory",
+        description="Expand a sweep spec (TOML: [base], [grid], [sweep]) and run every run "
+        "into DIR/runs/<run_id>/. Re-running resumes: finished runs are skipped.",
+    )
+    parser.add_argument("spec", help="sweep spec TOML file")
+    parser.add_argument("--out", help="results directory (default: hpt-results/<spec name>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs as JSON lines")
+    add_executor_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from hptransfer.sweep.runner import run_sweep
+    from hptransfer.sweep.spec import load_spec
+
+    spec = load_spec(args.spec, executor_settings(args))
+    if args.dry_run:
+        for r in spec.expand():
+            print(json.dumps({"run_id": r.run_id, **r.values}))
+        if spec.settings.adaptive:
+            print("# adaptive: LRs beyond this starting grid are added as results come in",
+                  file=sys.stderr)  # fmt: skip
+        return 0
+    out = Path(args.out) if args.out else DEFAULT_ROOT / Path(args.spec).stem
+    counts = run_sweep(spec, out, quiet=args.quiet)
+    print(f"{out}: {counts.line(spec.settings.workers)}")
+    return 1 if counts.failed else 0

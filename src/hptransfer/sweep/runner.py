@@ -1,0 +1,233 @@
+"""run_sweep(spec, dir): schedule a sweep's runs on an executor, resumably.
+
+The runner keeps at most ``workers`` runs in flight. Before submitting a run it looks at the
+store: a finished run (ok / diverged / failed) is skipped and counted. With ``adaptive = true``
+each (width, setting) owns an :class:`LRSearch`; when all of a search's runs (every seed of
+every LR proposed so far) are finished, its seed-averaged losses are recorded and the next LRs
+are queued; a seed that diverged makes its LR count as diverged, and a failed run stops its
+search (a failure says nothing about the LR). Because proposals depend only on results, a
+resumed sweep re-creates the same runs and skips the finished ones.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from hptransfer import store
+from hptransfer.config import ConfigError
+from hptransfer.sweep.executors import Executor, check_executor, make_executor
+from hptransfer.sweep.progress import Counts, Progress
+from hptransfer.sweep.search import LRSearch
+from hptransfer.sweep.spec import LR_KEY, Run, SweepSpec
+from hptransfer.sweep.worker import RunTask, record_failure, train_function
+
+SWEEP_JSON_EVERY_S = 2.0
+
+
+def prepare_dir(path: str | Path) -> Path:
+    """Create the results directory; ConfigError (nothing written) when it is not writable."""
+    root = Path(path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+        (root / "runs").mkdir(exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write results to {root}: {e.strerror or e}") from None
+    return root
+
+
+def outcome_of(root: Path, run_id: str) -> dict[str, Any]:
+    """The outcome record of a finished run, read from its summary."""
+    summary = store.read_json(store.run_dir(root, run_id) / "summary.json")
+    keys = ("status", "final_eval_loss", "best_eval_loss", "steps", "wall_time_s")
+    return {"run_id": run_id, "skipped": True, **{k: summary.get(k) for k in keys}}
+
+
+@dataclass
+class _Search:
+    """One adaptive search: its state, one template run per seed, its runs so far."""
+
+    search: LRSearch
+    templates: list[Run]
+    run_ids: list[str] = field(default_factory=list)
+
+
+class SweepRunner:
+    """The scheduling loop of one sweep (see the module docstring)."""
+
+    def __init__(
+        self, spec: SweepSpec, root: Path, executor: Executor, progress: Progress,
+        runs: list[Run] | None = None,
+    ) -> None:  # fmt: skip
+        self.spec, self.root, self.executor, self.progress = spec, root, executor, progress
+        self.initial = runs if runs is not None else spec.expand()
+        self.runs: dict[str, Run] = {}
+        self.status: dict[str, str] = {}
+        self.outcomes: dict[str, dict[str, Any]] = {}
+        self.queue: deque[Run] = deque()
+        self.attempts: Counter[str] = Counter()
+        self.searches: dict[tuple, _Search] = {}
+        self.search_of: dict[str, tuple] = {}
+        self.counts = Counts()
+        self.train_fn = train_function()
+        self._written = 0.0
+
+    def add(self, run: Run, key: tuple | None = None) -> None:
+        if run.run_id in self.runs:
+            return
+        self.runs[run.run_id] = run
+        self.status[run.run_id] = "pending"
+        self.queue.append(run)
+        self.counts.pending += 1
+        if key is not None:
+            self.search_of[run.run_id] = key
+            self.searches[key].run_ids.append(run.run_id)
+
+    def plan(self) -> None:
+        """Queue the expanded grid; with adaptive search, group it into searches."""
+        start = self.spec.grid.get(LR_KEY, [])
+        for run in self.initial:
+            key = None
+            if self.spec.settings.adaptive:
+                key = self.spec.settings_key(run)
+                if key not in self.searches:
+                    self.searches[key] = _Search(LRSearch(start=list(start)), [])
+                if run.values[LR_KEY] == start[0]:
+                    self.searches[key].templates.append(run)
+            self.add(run, key)
+
+    def task(self, run: Run) -> RunTask:
+        return RunTask(
+            root=str(self.root), run_id=run.run_id, config=run.config.to_dict(),
+            train_fn=self.train_fn, threads=self.executor.threads,
+            lock_timeout_s=self.spec.settings.lock_timeout_s,
+        )  # fmt: skip
+
+    def execute(self) -> Counts:
+        self.plan()
+        before = sum(store.finished_status(self.root, rid) is not None for rid in self.runs)
+        if before:
+            self.progress.message(f"skipping {before} finished run(s) in {self.root}")
+        in_flight = 0
+        while self.queue or in_flight:
+            while self.queue and in_flight < self.executor.workers:
+                run = self.queue.popleft()
+                if store.finished_status(self.root, run.run_id):
+                    self.handle(run, outcome_of(self.root, run.run_id))
+                    continue
+                self.executor.submit(self.task(run))
+                self._move(run.run_id, "running")
+                in_flight += 1
+            for task, outcome in self.executor.wait(timeout=1.0):
+                in_flight -= 1
+                self.handle(self.runs[task.run_id], outcome)
+            self.progress.show(self.counts)
+            self.write_listing()
+        self.write_listing(force=True)
+        self.progress.close(self.counts)
+        return self.counts
+
+    def _move(self, run_id: str, status: str) -> None:
+        for old_or_new, delta in ((self.status[run_id], -1), (status, 1)):
+            if old_or_new in ("pending", "running"):
+                setattr(self.counts, old_or_new, getattr(self.counts, old_or_new) + delta)
+        self.status[run_id] = status
+
+    def handle(self, run: Run, outcome: dict[str, Any]) -> None:
+        """Record a run's outcome; retry crashed workers; advance its search."""
+        status = outcome.get("status")
+        if status == "crashed":
+            self.attempts[run.run_id] += 1
+            if self.attempts[run.run_id] <= self.spec.settings.retries:
+                self._move(run.run_id, "pending")
+                self.queue.append(run)
+                return
+            outcome = self._record_crash(run, outcome.get("error", "worker died"))
+            status = "failed"
+        self._move(run.run_id, status if status in store.FINISHED else "failed")
+        self.outcomes[run.run_id] = outcome
+        if outcome.get("skipped"):
+            self.counts.skipped += 1
+        elif isinstance(outcome.get("wall_time_s"), (int, float)):
+            self.counts.run_seconds.append(float(outcome["wall_time_s"]))
+        counter = {"ok": "done", "diverged": "diverged"}.get(str(status), "failed")
+        setattr(self.counts, counter, getattr(self.counts, counter) + 1)
+        key = self.search_of.get(run.run_id)
+        if key is not None:
+            self.advance(self.searches[key])
+
+    def _record_crash(self, run: Run, reason: str) -> dict[str, Any]:
+        directory = store.run_dir(self.root, run.run_id)
+        if store.try_lock(directory, self.spec.settings.lock_timeout_s):
+            try:
+                record_failure(directory, run.run_id, reason)
+            finally:
+                store.unlock(directory)
+        return {"run_id": run.run_id, "status": "failed", "error": reason, "skipped": False}
+
+    def advance(self, s: _Search) -> None:
+        """When every run of a search is finished, record its losses and queue its next LRs."""
+        if any(self.status[rid] in ("pending", "running") for rid in s.run_ids):
+            return
+        if any(self.status[rid] == "failed" for rid in s.run_ids):
+            return  # a failing setting says nothing about its LRs: stop its search
+        by_lr: dict[float, list[float | None]] = {}
+        for rid in s.run_ids:
+            outcome = self.outcomes[rid]
+            loss = outcome.get("final_eval_loss") if outcome.get("status") == "ok" else None
+            by_lr.setdefault(self.runs[rid].values[LR_KEY], []).append(loss)
+        for lr, losses in by_lr.items():
+            finite = [v for v in losses if v is not None and math.isfinite(v)]
+            s.search.record(lr, sum(finite) / len(finite) if len(finite) == len(losses) else None)
+        for lr in s.search.propose():
+            for template in s.templates:
+                self.add(self.spec.run_at(template, lr), self.spec.settings_key(template))
+
+    def write_listing(self, force: bool = False) -> None:
+        """DIR/sweep.json: the swept keys, the settings, every known run and its status."""
+        now = time.monotonic()
+        if not force and now - self._written < SWEEP_JSON_EVERY_S:
+            return
+        self._written = now
+        runs = [{**run.to_dict(), "status": self.status[rid]} for rid, run in self.runs.items()]
+        keys = list(dict.fromkeys(k for run in self.runs.values() for k in run.values))
+        listing = {"keys": keys, "settings": asdict(self.spec.settings), "runs": runs}
+        store.write_json(self.root / "sweep.json", listing)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: str | Path,
+    *,
+    quiet: bool = False,
+    stream: TextIO | None = None,
+    executor: Executor | None = None,
+    runs: list[Run] | None = None,
+) -> Counts:
+    """Run (or resume) every run of ``spec`` into ``out_dir``; return the final counts.
+
+    Finished runs are skipped; a run left by a killed process is re-run from scratch; a run
+    that raises is recorded as failed and the sweep goes on. ``executor`` defaults to the one
+    the spec's ``[sweep]`` table names; ``runs`` replaces the spec's grid (as tune does).
+    """
+    settings = spec.settings
+    check_executor(settings.executor)
+    root = prepare_dir(out_dir)
+    own = executor is None
+    executor = executor or make_executor(settings.executor, settings.workers, settings.address)
+    try:
+        if spec.text:
+            store.write_text(root / "sweep.toml", spec.text)
+        progress = Progress(executor.workers, quiet, stream)
+        runner = SweepRunner(spec, root, executor, progress, runs)
+        return runner.execute()
+    finally:
+        if own:
+            executor.close()

@@ -1,0 +1,314 @@
+"""Sweep specs: a TOML file -> a validated :class:`SweepSpec` -> a deterministic run list.
+
+A spec has three tables::
+
+    [base]                    # a run config: nested tables as in a recipe, or
+    recipe = "quickstart.toml"    # a recipe path (relative to the spec) plus overrides
+    model.depth = 1
+
+    [grid]                    # dotted config key -> list of values
+    model.width = [32, 64, 128]
+    param.name = ["mup", "sp"]
+    optimizer.lr = {min = 2e-4, max = 3e-2, step = "2^(1/2)"}   # or a list; `lr` is an alias
+
+    [sweep]                   # sweep-level settings (see SweepSettings)
+    executor = "local"
+    workers = 2
+    adaptive = true
+    tokens_per_param = 20
+
+Expansion is the product over grid keys in a fixed order: keys sorted by name, except that
+seed and then optimizer.lr vary fastest. Everything is checked before any run starts; bad input
+raises a one-line :class:`ConfigError`. This module does not import torch unless
+``tokens_per_param`` asks for parameter counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hptransfer.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    flatten,
+    read_toml,
+)
+
+LR_KEY = "optimizer.lr"
+EXECUTORS = ("local", "ray")
+_RANGE_KEYS = {"min", "max", "step"}
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The ``[sweep]`` table."""
+
+    executor: str = "local"
+    """local (worker processes on this machine) or ray (Ray core tasks)."""
+    workers: int = 1
+    """Concurrent runs (local executor); torch threads per worker = max(1, cores // workers)."""
+    address: str = ""
+    """Ray cluster address ("auto" or host:port); empty starts a local Ray instance."""
+    adaptive: bool = False
+    """Extend each (width, setting) LR grid adaptively ([E]'s protocol, see search.py)."""
+    tokens_per_param: float = 0.0
+    """If > 0: train.steps per width = ceil(tpp * non-embedding params / (batch * seq_len))."""
+    lock_timeout_s: float = 600.0
+    """A run lock whose heartbeat is older than this is taken over."""
+    retries: int = 1
+    """Times a run whose worker process died is resubmitted before it is recorded as failed."""
+
+    def validate(self) -> SweepSettings:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"sweep.executor: unknown value {self.executor!r}; choose one of local, ray"
+            )
+        if self.workers < 1:
+            raise ConfigError(f"sweep.workers must be >= 1, got {self.workers}")
+        if self.tokens_per_param < 0:
+            raise ConfigError(f"sweep.tokens_per_param must be >= 0, got {self.tokens_per_param}")
+        if self.lock_timeout_s <= 0:
+            raise ConfigError(f"sweep.lock_timeout_s must be > 0, got {self.lock_timeout_s}")
+        if self.retries < 0:
+            raise ConfigError(f"sweep.retries must be >= 0, got {self.retries}")
+        return self
+
+
+@dataclass(frozen=True)
+class Run:
+    """One expanded run: its config and the swept values that produced it."""
+
+    config: RunConfig
+    values: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "values": self.values, "config": self.config.to_dict()}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep: the base config, the grid (ordered), and the sweep settings."""
+
+    base: RunConfig
+    grid: dict[str, list[Any]]
+    settings: SweepSettings = field(default_factory=SweepSettings)
+    text: str = ""
+    """The spec file's text, stored as DIR/sweep.toml."""
+
+    def settings_key(self, run: Run) -> tuple[tuple[str, Any], ...]:
+        """What identifies an LR search: every swept value except the LR and the seed."""
+        return tuple((k, _hashable(v)) for k, v in run.values.items() if k not in (LR_KEY, "seed"))
+
+    def expand(self) -> list[Run]:
+        """The runs of the grid, in a deterministic order (no duplicates)."""
+        runs: list[Run] = []
+        seen: set[str] = set()
+        steps_cache: dict[tuple, int] = {}
+        for combo in itertools.product(*self.grid.values()):
+            values = dict(zip(self.grid, combo))
+            cfg = self.base.replace(**values).validate()
+            if self.settings.tokens_per_param > 0:
+                steps = horizon_steps(cfg, self.settings.tokens_per_param, steps_cache)
+                cfg = cfg.replace(**{"train.steps": steps})
+                values["train.steps"] = steps
+            run = Run(cfg, values)
+            if run.run_id not in seen:
+                seen.add(run.run_id)
+                runs.append(run)
+        return runs
+
+    def run_at(self, template: Run, lr: float) -> Run:
+        """The run of ``template``'s setting and seed at another learning rate."""
+        values = {**template.values, LR_KEY: lr}
+        return Run(template.config.replace(**{LR_KEY: lr}), values)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _order(keys: list[str]) -> list[str]:
+    last = [k for k in ("seed", LR_KEY) if k in keys]
+    return sorted(k for k in keys if k not in last) + last
+
+
+def parse_step(text: Any) -> float:
+    """An LR grid step: "2^(1/2)", "2^(1/4)", "2^1", "2^2" or the number itself.
+
+    It must be a power of 2^(1/4) above 1, so every grid stays on the 2^(1/4) lattice that
+    the adaptive search refines on.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        exponent = math.log2(text) if text > 0 else -1.0
+    else:
+        m = re.fullmatch(r"\s*2\s*\^\s*\(?\s*(\d+)\s*(?:/\s*(\d+))?\s*\)?\s*", str(text))
+        if not m:
+            raise ConfigError(f'lr step: expected a power of 2 like "2^(1/2)", got {text!r}')
+        exponent = int(m.group(1)) / int(m.group(2) or 1)
+    quarters = exponent * 4
+    if exponent <= 0 or abs(quarters - round(quarters)) > 1e-9:
+        raise ConfigError(f"lr step must be 2^(k/4) with k >= 1, got {text!r}")
+    return 2.0 ** (round(quarters) / 4)
+
+
+def round_lr(lr: float) -> float:
+    """LRs rounded to 12 significant digits: stable run ids, readable configs."""
+    return float(f"{lr:.12g}")
+
+
+def lr_range(table: dict[str, Any]) -> list[float]:
+    """``{min, max, step}`` -> [min, min*step, ...] up to max (inclusive, within 1e-9)."""
+    missing = _RANGE_KEYS - set(table)
+    extra = set(table) - _RANGE_KEYS
+    if missing or extra:
+        raise ConfigError(
+            f"lr range needs exactly min, max, step; got {', '.join(sorted(table)) or 'nothing'}"
+        )
+    lo, hi = table["min"], table["max"]
+    for name, v in (("min", lo), ("max", hi)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"lr range {name} must be a positive number, got {v!r}")
+    if hi < lo:
+        raise ConfigError(f"lr range max {hi} is below min {lo}")
+    step = parse_step(table["step"])
+    n = math.floor(math.log(hi / lo) / math.log(step) + 1e-9)
+    return [round_lr(lo * step**i) for i in range(n + 1)]
+
+
+def _grid_items(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested grid tables -> dotted keys; an {min, max, step} table is an LR range."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and not (set(value) & _RANGE_KEYS):
+            out.update(_grid_items(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_grid(table: dict[str, Any]) -> dict[str, list[Any]]:
+    """Validate the ``[grid]`` table; return dotted key -> values in expansion order."""
+    grid: dict[str, list[Any]] = {}
+    for key, value in _grid_items(table).items():
+        dotted = LR_KEY if key == "lr" else key
+        if dotted in grid:
+            raise ConfigError(f"grid: {dotted} is given twice")
+        if isinstance(value, dict):
+            if dotted != LR_KEY:
+                raise ConfigError(f"grid.{dotted}: a {{min, max, step}} range is only for the LR")
+            value = lr_range(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"grid.{dotted}: expected a list of values, got {value!r}")
+        if not value:
+            raise ConfigError(f"grid.{dotted}: empty list")
+        if dotted == LR_KEY:
+            value = [round_lr(v) if isinstance(v, float) else v for v in value]
+        grid[dotted] = value
+    return {k: grid[k] for k in _order(list(grid))}
+
+
+def parse_settings(table: dict[str, Any]) -> SweepSettings:
+    known = {f.name: f.type for f in fields(SweepSettings)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown sweep setting {key!r}; known: {', '.join(known)}")
+        default = getattr(SweepSettings(), key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ConfigError(f"sweep.{key}: expected {type(default).__name__}, got {value!r}")
+        values[key] = value
+    return SweepSettings(**values).validate()
+
+
+def parse_base(table: dict[str, Any], relative_to: Path | None) -> RunConfig:
+    """``[base]``: nested config tables, optionally on top of ``recipe = "path"``."""
+    table = dict(table)
+    dotted: dict[str, Any] = {}
+    recipe = table.pop("recipe", None)
+    if recipe is not None:
+        if not isinstance(recipe, str):
+            raise ConfigError(f"base.recipe: expected a path, got {recipe!r}")
+        path = Path(recipe)
+        if not path.is_absolute() and relative_to is not None:
+            path = relative_to / path
+        dotted.update(flatten(read_toml(path)))
+    dotted.update(flatten(table))
+    return apply_overrides(RunConfig(), dotted).validate()
+
+
+def parse_spec(table: dict[str, Any], relative_to: Path | None = None, text: str = "") -> SweepSpec:
+    """A validated spec from the parsed TOML tables; expands it once to check every run."""
+    unknown = set(table) - {"base", "grid", "sweep"}
+    if unknown:
+        raise ConfigError(
+            f"unknown sweep spec table(s) {', '.join(sorted(unknown))}; use base, grid, sweep"
+        )
+    for name in ("base", "grid", "sweep"):
+        if not isinstance(table.get(name, {}), dict):
+            raise ConfigError(f"[{name}] must be a table")
+    spec = SweepSpec(
+        base=parse_base(table.get("base", {}), relative_to),
+        grid=parse_grid(table.get("grid", {})),
+        settings=parse_settings(table.get("sweep", {})),
+        text=text,
+    )
+    for key in spec.grid:
+        spec.base.replace(**{key: spec.grid[key][0]})  # unknown keys fail here, by name
+    if spec.settings.adaptive and LR_KEY not in spec.grid:
+        raise ConfigError("sweep.adaptive needs an LR grid (grid.optimizer.lr) to start from")
+    spec.expand()  # every config validated (e.g. a non-positive LR) before anything runs
+    return spec
+
+
+def load_spec(path: str | Path, settings: dict[str, Any] | None = None) -> SweepSpec:
+    """Read and validate a sweep spec file; ``settings`` override its ``[sweep]`` table."""
+    path = Path(path)
+    table = read_toml(path)
+    if settings:
+        table = {**table, "sweep": {**table.get("sweep", {}), **settings}}
+    return parse_spec(table, relative_to=path.parent, text=path.read_text())
+
+
+def horizon_steps(cfg: RunConfig, tokens_per_param: float, cache: dict | None = None) -> int:
+    """Steps that give ``tokens_per_param`` tokens per non-embedding parameter."""
+    cache = {} if cache is None else cache
+    key = (cfg.model.name, cfg.model.width, cfg.model.depth, cfg.model.head_dim,
+           cfg.train.seq_len)  # fmt: skip
+    if key not in cache:
+        cache[key] = non_embedding_params(cfg)
+    n = cache[key]
+    return max(1, math.ceil(tokens_per_param * n / (cfg.train.batch_size * cfg.train.seq_len)))
+
+
+def non_embedding_params(cfg: RunConfig) -> int:
+    """Parameters outside nn.Embedding modules, counted on the meta device (no memory)."""
+    import torch
+    from torch import nn
+
+    from hptransfer.train import model_factory
+
+    with torch.device("meta"):
+        model = model_factory(cfg)(cfg.model.width)
+    embedded = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+                for p in m.parameters()}  # fmt: skip
+    return sum(p.numel() for p in model.parameters() if id(p) not in embedded)

@@ -1,0 +1,261 @@
+"""Sweeps end to end with a fast fake train function (HPTRANSFER_TRAIN_FN), plus one real."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hptransfer import store
+from hptransfer.config import ConfigError
+from hptransfer.sweep import load_spec, run_sweep
+from hptransfer.sweep.progress import Counts, Progress
+
+TESTS = Path(__file__).parent
+FAKE = "test_sweep_fakes:fake_train"
+
+SPEC = """
+[base]
+model.depth = 1
+model.head_dim = 16
+param.base_width = 32
+train.steps = 10
+train.batch_size = 4
+train.seq_len = 32
+train.eval_every = 10
+train.eval_batches = 1
+
+[grid]
+model.width = [32, 64]
+optimizer.name = ["adam", "sgd"]
+lr = [0.001, 0.004]
+
+[sweep]
+workers = 2
+"""
+
+
+def write_spec(tmp_path: Path, text: str = SPEC, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Route runs to the fake train; returns the path of its start/done log."""
+    log = tmp_path / "train.log"
+    monkeypatch.setenv("HPTRANSFER_TRAIN_FN", FAKE)
+    monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
+    monkeypatch.setenv("FAKE_TRAIN_S", "0.05")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
+    return log
+
+
+def events(log: Path, kind: str) -> list[str]:
+    if not log.exists():
+        return []
+    return [
+        e["run_id"] for e in map(json.loads, log.read_text().splitlines()) if e["event"] == kind
+    ]
+
+
+def test_sweep_runs_everything_once_resumes_and_records_failures(tmp_path, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_FAIL_SGD", "1")
+    spec = load_spec(write_spec(tmp_path))
+    out = tmp_path / "out"
+    counts = run_sweep(spec, out, quiet=True)
+    assert (counts.done, counts.failed, counts.skipped) == (4, 4, 0)
+    df = store.load_runs(out)
+    assert len(df) == 8 and set(df["status"]) == {"ok", "failed"}
+    assert set(df.columns) >= {"model.width", "optimizer.name", "optimizer.lr"}
+    failed = df[df["status"] == "failed"].iloc[0]["run_id"]
+    summary = store.read_json(out / "runs" / failed / "summary.json")
+    assert "RuntimeError: fake failure for sgd" in summary["error"]
+    for run_id in df["run_id"]:
+        d = out / "runs" / run_id
+        assert {"config.json", "summary.json", "env.json"} <= {p.name for p in d.iterdir()}
+        assert not (d / "lock").exists()
+    env = store.read_json(out / "runs" / df["run_id"][0] / "env.json")
+    assert env["torch_version"] and env["seed"] == 0
+    assert (out / "sweep.toml").read_text() == SPEC
+    assert len(store.read_json(out / "sweep.json")["runs"]) == 8
+    stream = io.StringIO()
+    again = run_sweep(spec, out, stream=stream)
+    assert again.skipped == 8 and "skipping 8 finished" in stream.getvalue()
+    assert sorted(events(fake, "start")) == sorted(df["run_id"])  # nothing ran twice
+
+
+def test_adaptive_sweep_brackets_the_optimum(tmp_path, fake):
+    text = SPEC.replace(
+        'optimizer.name = ["adam", "sgd"]\nlr = [0.001, 0.004]',
+        'lr = {min = 0.0009765625, max = 0.015625, step = "2^2"}',
+    )
+    text = text.replace("workers = 2", "workers = 2\nadaptive = true")
+    out = tmp_path / "out"
+    run_sweep(load_spec(write_spec(tmp_path, text)), out, quiet=True)
+    df = store.load_runs(out)
+    for _, g in df.groupby("width"):
+        best = g.loc[g["final_eval_loss"].idxmin(), "lr"]
+        assert abs(math.log2(best) + 7) <= 0.125  # the fake's optimum is 2^-7
+        assert g["lr"].min() < best < g["lr"].max()
+        assert (g["status"] == "diverged").any()  # extended upward until divergence
+
+
+BAD = [
+    ("[grid]\nmodel.widht = [32]\n", "unknown config key 'model.widht'"),
+    ("[grid]\nmodel.width = []\n", "empty list"),
+    ("[grid]\nlr = [0.01, -1.0]\n", "optimizer.lr must be > 0"),
+    ('[grid]\nlr = {min = 0.0, max = 1.0, step = "2^(1/2)"}\n', "min must be a positive"),
+    ('[grid]\nlr = {min = 0.1, max = 1.0, step = "3"}\n', "lr step"),
+    ('[sweep]\nexecutor = "slurm"\n', "sweep.executor: unknown value"),
+    ("[sweep]\nwrokers = 2\n", "unknown sweep setting"),
+    ("[bases]\n", "unknown sweep spec table"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[m for _, m in BAD])
+def test_bad_specs_fail_before_anything_runs(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_spec(write_spec(tmp_path, text))
+    assert [p.name for p in tmp_path.iterdir()] == ["spec.toml"]
+
+
+def test_unwritable_directory_fails_with_nothing_written(tmp_path, fake):
+    spec = load_spec(write_spec(tmp_path))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot write results"):
+        run_sweep(spec, blocker / "out", quiet=True)
+    assert events(fake, "start") == []
+
+
+def test_dry_run_prints_runs_as_json_lines_without_torch(tmp_path):
+    spec = write_spec(tmp_path)
+    code = (
+        "import sys, json; from hptransfer.sweep import command, load_spec\n"
+        "import argparse; p = argparse.ArgumentParser(); command.add_parser(p.add_subparsers())\n"
+        "a = p.parse_args(sys.argv[1:]); a.func(a); assert 'torch' not in sys.modules"
+    )
+    out = subprocess.run([sys.executable, "-c", code, "sweep", str(spec), "--dry-run"],
+                         capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == 8 and len({line["run_id"] for line in lines}) == 8
+    assert [line["optimizer.lr"] for line in lines[:2]] == [0.001, 0.004]  # LR varies fastest
+    assert lines == [{"run_id": r.run_id, **r.values} for r in load_spec(spec).expand()]
+    assert not (tmp_path / "hpt-results").exists()
+
+
+CLI = (
+    "import sys, argparse\n"
+    "from hptransfer.sweep import command\n"
+    "if __name__ == '__main__':\n"
+    "    p = argparse.ArgumentParser(); command.add_parser(p.add_subparsers())\n"
+    "    a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+)
+
+
+def start_sweep(spec: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
+    """`hptransfer sweep` in a subprocess of its own session (so killpg takes its workers)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI, "sweep", str(spec), "--out", str(out), "--quiet"],
+        env={**os.environ, **(env or {})}, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_two_sweeps_on_one_directory_never_run_a_run_twice(tmp_path, fake):
+    spec = write_spec(tmp_path)
+    procs = [start_sweep(spec, tmp_path / "out", {"FAKE_TRAIN_S": "0.3"}) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    started = events(fake, "start")
+    assert len(started) == 8 and len(set(started)) == 8
+    assert set(store.load_runs(tmp_path / "out")["status"]) == {"ok"}
+
+
+def test_sigkill_at_random_points_then_resume(tmp_path, fake):
+    """Kill the whole sweep (workers included) a few times, resume: all done, once each."""
+    text = SPEC.replace("lr = [0.001, 0.004]", "lr = [0.001, 0.002, 0.004]")
+    spec = write_spec(tmp_path, text)
+    out = tmp_path / "out"
+    rng = random.Random(0)
+    for _ in range(3):
+        started = len(events(fake, "start"))
+        proc = start_sweep(spec, out, {"FAKE_TRAIN_S": "0.2"})
+        deadline = time.monotonic() + 60
+        while len(events(fake, "start")) <= started + rng.randrange(3):  # runs under way
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    final = start_sweep(spec, out)
+    assert final.wait(timeout=120) == 0
+    df = store.load_runs(out, errors="raise")
+    assert len(df) == 12 and set(df["status"]) == {"ok"}
+    done = events(fake, "done")
+    assert len(events(fake, "start")) > len(done), "no kill landed mid-run"
+    assert sorted(set(done)) == sorted(df["run_id"]) and len(done) == len(set(done))
+    for run_id in df["run_id"]:
+        names = {p.name for p in (out / "runs" / run_id).iterdir()}
+        assert "lock" not in names and not any(n.endswith(".tmp") for n in names)
+
+
+def test_progress_lines():
+    counts = Counts(done=3, diverged=1, running=2, pending=4, run_seconds=[2.0, 4.0])
+    plain = io.StringIO()
+    Progress(2, stream=plain, every_s=0).show(counts)
+    assert plain.getvalue() == "4/10 runs, 3 ok, 1 diverged, 0 failed, 2 running, ETA 8s\n"
+    quiet = io.StringIO()
+    Progress(2, quiet=True, stream=quiet).show(counts)
+    assert quiet.getvalue() == ""
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    Progress(2, stream=tty).show(counts)
+    assert tty.getvalue().startswith("\r\033[K4/10 runs") and "\n" not in tty.getvalue()
+
+
+def test_tokens_per_param_sets_steps_per_width(tmp_path):
+    from hptransfer.sweep.spec import non_embedding_params
+    from hptransfer.train import model_factory
+
+    text = SPEC.replace("workers = 2", "tokens_per_param = 20")
+    runs = load_spec(write_spec(tmp_path, text)).expand()
+    for run in runs:
+        cfg = run.config
+        model = model_factory(cfg)(cfg.model.width)
+        n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+        assert non_embedding_params(cfg) == n
+        assert cfg.train.steps == math.ceil(20 * n / (4 * 32)) == run.values["train.steps"]
+    assert runs[-1].config.train.steps > 2 * runs[0].config.train.steps
+
+
+@pytest.mark.slow
+def test_real_tiny_adaptive_sweep(tmp_path):
+    """The whole path with the real trainer: adaptive search on a 10-step model."""
+    text = SPEC.replace(
+        'optimizer.name = ["adam", "sgd"]\nlr = [0.001, 0.004]', "lr = [0.0625]"
+    ).replace("model.width = [32, 64]", "model.width = [32]")
+    text = text.replace("workers = 2", "workers = 1\nadaptive = true")
+    out = tmp_path / "out"
+    counts = run_sweep(load_spec(write_spec(tmp_path, text)), out, quiet=True)
+    df = store.load_runs(out)
+    assert counts.failed == 0 and len(df) >= 3 and set(df["status"]) <= {"ok", "diverged"}
+    best = df.loc[df["final_eval_loss"].idxmin(), "lr"]
+    assert df["lr"].min() < best < df["lr"].max()
+    env = store.read_json(out / "runs" / df["run_id"][0] / "env.json")
+    assert len(env["corpus_sha256"]) == 64
