@@ -91,9 +91,15 @@ def test_sweep_runs_everything_once_resumes_and_records_failures(tmp_path, fake,
     assert env["torch_version"] and env["seed"] == 0
     assert (out / "sweep.toml").read_text() == SPEC
     assert len(store.read_json(out / "sweep.json")["runs"]) == 8
+    # a process killed between writing the summary and unlocking leaves a stale lock
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / "runs" / df["run_id"][0] / "lock"
+    stale.write_text(json.dumps({"pid": dead.pid, "hostname": os.uname().nodename, "heartbeat": 0}))
     stream = io.StringIO()
     again = run_sweep(spec, out, stream=stream)
     assert again.skipped == 8 and "skipping 8 finished" in stream.getvalue()
+    assert not stale.exists()
     assert sorted(events(fake, "start")) == sorted(df["run_id"])  # nothing ran twice
 
 

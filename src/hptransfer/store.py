@@ -191,6 +191,12 @@ def unlock(directory: str | Path) -> None:
     (Path(directory) / "lock").unlink(missing_ok=True)
 
 
+def clear_stale_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> None:
+    """Remove a stale lock (its holder died after writing the summary, before unlocking)."""
+    if lock_state(directory, timeout_s) == "stale":
+        unlock(directory)
+
+
 def lock_state(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> str:
     """ "none", "live" or "stale" for the lock of a run directory."""
     lock = Path(directory) / "lock"

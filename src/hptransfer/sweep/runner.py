@@ -120,6 +120,9 @@ class SweepRunner:
             while self.queue and in_flight < self.executor.workers:
                 run = self.queue.popleft()
                 if store.finished_status(self.root, run.run_id):
+                    store.clear_stale_lock(
+                        store.run_dir(self.root, run.run_id), self.spec.settings.lock_timeout_s
+                    )
                     self.handle(run, outcome_of(self.root, run.run_id))
                     continue
                 self.executor.submit(self.task(run))
