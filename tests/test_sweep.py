@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -103,6 +104,24 @@ def test_sweep_runs_everything_once_resumes_and_records_failures(tmp_path, fake,
     assert sorted(events(fake, "start")) == sorted(df["run_id"])  # nothing ran twice
 
 
+def test_ls_prints_one_screen_status(tmp_path, fake, monkeypatch, capsys):
+    from hptransfer.cli import main
+
+    monkeypatch.setenv("FAKE_TRAIN_FAIL_SGD", "1")
+    out = tmp_path / "out"
+    text = SPEC.replace("lr = [0.001, 0.004]", "lr = [0.001, 0.004, 0.5]")  # 0.5 diverges
+    run_sweep(load_spec(write_spec(tmp_path, text)), out, quiet=True)
+    assert main(["ls", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("12 runs: 4 ok, 2 diverged, 6 failed, 0 running, 0 pending")
+    rows = [line.split() for line in lines]
+    mup32 = next(r for r in rows if r[:3] == ["mup", "adam", "32"])
+    assert mup32[3:8] == ["2", "1", "0", "0", "0"] and mup32[-1] == "2^-7.97"
+    assert any("RuntimeError: fake failure for sgd" in line for line in lines)
+    assert main(["ls", str(tmp_path / "nowhere")]) == 2
+    assert "no such results directory" in capsys.readouterr().err
+
+
 def test_adaptive_sweep_brackets_the_optimum(tmp_path, fake):
     text = SPEC.replace(
         'optimizer.name = ["adam", "sgd"]\nlr = [0.001, 0.004]',
@@ -119,7 +138,57 @@ def test_adaptive_sweep_brackets_the_optimum(tmp_path, fake):
         assert (g["status"] == "diverged").any()  # extended upward until divergence
 
 
+CASES = """
+[base]
+model.depth = 1
+model.head_dim = 16
+
+[grid]
+model.width = [32, 64]
+lr = [0.001, 0.004]
+
+[[cases]]
+param.name = "sp"
+param.lr_exponents = "global"
+
+[[cases]]
+param.name = "mup"
+lr = {min = 0.002, max = 0.008, step = "2^1"}
+"""
+
+
+def test_cases_are_zipped_and_crossed_with_the_grid(tmp_path):
+    runs = load_spec(write_spec(tmp_path, CASES)).expand()
+    got = [(r.config.param.name, r.config.param.lr_exponents, r.values["model.width"],
+            r.values["optimizer.lr"]) for r in runs]  # fmt: skip
+    assert got == [
+        ("sp", "global", 32, 0.001), ("sp", "global", 32, 0.004),
+        ("sp", "global", 64, 0.001), ("sp", "global", 64, 0.004),
+        ("mup", "per_layer", 32, 0.002), ("mup", "per_layer", 32, 0.004),
+        ("mup", "per_layer", 32, 0.008), ("mup", "per_layer", 64, 0.002),
+        ("mup", "per_layer", 64, 0.004), ("mup", "per_layer", 64, 0.008),
+    ]  # fmt: skip
+    assert runs[0].values == {"param.name": "sp", "param.lr_exponents": "global",
+                              "model.width": 32, "optimizer.lr": 0.001}  # fmt: skip
+
+
+def test_adaptive_search_starts_from_each_cases_own_lr_grid(tmp_path, fake):
+    text = CASES + "\n[sweep]\nadaptive = true\nworkers = 2\n"
+    out = tmp_path / "out"
+    run_sweep(load_spec(write_spec(tmp_path, text)), out, quiet=True)
+    df = store.load_runs(out)
+    for _, g in df.groupby(["parameterization", "width"]):
+        best = g.loc[g["final_eval_loss"].idxmin(), "lr"]
+        assert abs(math.log2(best) + 7) <= 0.125  # the fake's optimum is 2^-7
+    mup = df[df["parameterization"] == "mup"]
+    assert 0.002 in set(mup["lr"]) and 0.001 not in set(mup["lr"])  # not the grid's start
+
+
 BAD = [
+    ("[grid]\nlr = [0.1]\n[[cases]]\nmodel.width = [32]\n", "model.width: expected an integer"),
+    ("[grid]\nmodel.width = [32]\n[[cases]]\nmodel.width = 64\n", "also in [grid]"),
+    ("[[cases]]\nmodel.widht = 64\n", "unknown config key 'model.widht'"),
+    ("cases = 3\n", "[[cases]] tables"),
     ("[grid]\nmodel.widht = [32]\n", "unknown config key 'model.widht'"),
     ("[grid]\nmodel.width = []\n", "empty list"),
     ("[grid]\nlr = [0.01, -1.0]\n", "optimizer.lr must be > 0"),
@@ -133,7 +202,7 @@ BAD = [
 
 @pytest.mark.parametrize("text,message", BAD, ids=[m for _, m in BAD])
 def test_bad_specs_fail_before_anything_runs(tmp_path, text, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_spec(write_spec(tmp_path, text))
     assert [p.name for p in tmp_path.iterdir()] == ["spec.toml"]
 

@@ -208,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     # stages owned by their own modules; each registers its parser (no heavy imports there)
     from hptransfer import demo, report, tune
     from hptransfer.sweep import command as sweep_command
+    from hptransfer.sweep import ls
 
-    for module in (demo, sweep_command, tune, report):
+    for module in (demo, sweep_command, ls, tune, report):
         module.add_parser(sub)
     return parser
 

@@ -92,14 +92,19 @@ class SweepRunner:
 
     def plan(self) -> None:
         """Queue the expanded grid; with adaptive search, group it into searches."""
-        start = self.spec.grid.get(LR_KEY, [])
+        starts: dict[tuple, list[float]] = {}  # each search starts from its own LR list
+        if self.spec.settings.adaptive:
+            for run in self.initial:
+                lrs = starts.setdefault(self.spec.settings_key(run), [])
+                if run.values[LR_KEY] not in lrs:
+                    lrs.append(run.values[LR_KEY])
         for run in self.initial:
             key = None
             if self.spec.settings.adaptive:
                 key = self.spec.settings_key(run)
                 if key not in self.searches:
-                    self.searches[key] = _Search(LRSearch(start=list(start)), [])
-                if run.values[LR_KEY] == start[0]:
+                    self.searches[key] = _Search(LRSearch(start=starts[key]), [])
+                if run.values[LR_KEY] == starts[key][0]:
                     self.searches[key].templates.append(run)
             self.add(run, key)
 

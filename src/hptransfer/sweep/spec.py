@@ -1,6 +1,6 @@
 """Sweep specs: a TOML file -> a validated :class:`SweepSpec` -> a deterministic run list.
 
-A spec has three tables::
+A spec has three tables, and optionally a list of cases::
 
     [base]                    # a run config: nested tables as in a recipe, or
     recipe = "quickstart.toml"    # a recipe path (relative to the spec) plus overrides
@@ -17,10 +17,18 @@ A spec has three tables::
     adaptive = true
     tokens_per_param = 20
 
-Expansion is the product over grid keys in a fixed order: keys sorted by name, except that
-seed and then optimizer.lr vary fastest. Everything is checked before any run starts; bad input
-raises a one-line :class:`ConfigError`. This module does not import torch unless
-``tokens_per_param`` asks for parameter counts.
+    [[cases]]                 # zipped settings: each case is crossed with the grid
+    param.name = "sp"
+    param.lr_exponents = "global"
+    [[cases]]
+    param.name = "mup"
+    optimizer.lr = {min = 1e-3, max = 1e-1, step = "2^(1/2)"}   # a case's own LR grid
+
+Expansion is: for each case in order, the product over grid keys in a fixed order (keys sorted
+by name, except that seed and then optimizer.lr vary fastest). A case sets single values, and
+may replace the grid's LR list with its own (SGD and Adam need different LR ranges).
+Everything is checked before any run starts; bad input raises a one-line :class:`ConfigError`.
+This module does not import torch unless ``tokens_per_param`` asks for parameter counts.
 """
 
 from __future__ import annotations
@@ -104,6 +112,9 @@ class SweepSpec:
     settings: SweepSettings = field(default_factory=SweepSettings)
     text: str = ""
     """The spec file's text, stored as DIR/sweep.toml."""
+    cases: tuple[dict[str, Any], ...] = ({},)
+    """Zipped settings (``[[cases]]``), each crossed with the grid; its LR list replaces the
+    grid's."""
 
     def settings_key(self, run: Run) -> tuple[tuple[str, Any], ...]:
         """What identifies an LR search: every swept value except the LR and the seed."""
@@ -114,18 +125,27 @@ class SweepSpec:
         runs: list[Run] = []
         seen: set[str] = set()
         steps_cache: dict[tuple, int] = {}
-        for combo in itertools.product(*self.grid.values()):
-            values = dict(zip(self.grid, combo))
-            cfg = self.base.replace(**values).validate()
-            if self.settings.tokens_per_param > 0:
-                steps = horizon_steps(cfg, self.settings.tokens_per_param, steps_cache)
-                cfg = cfg.replace(**{"train.steps": steps})
-                values["train.steps"] = steps
-            run = Run(cfg, values)
-            if run.run_id not in seen:
-                seen.add(run.run_id)
-                runs.append(run)
+        for case in self.cases:
+            for values in self._combos(case):
+                cfg = self.base.replace(**values).validate()
+                if self.settings.tokens_per_param > 0:
+                    steps = horizon_steps(cfg, self.settings.tokens_per_param, steps_cache)
+                    cfg = cfg.replace(**{"train.steps": steps})
+                    values["train.steps"] = steps
+                run = Run(cfg, values)
+                if run.run_id not in seen:
+                    seen.add(run.run_id)
+                    runs.append(run)
         return runs
+
+    def _combos(self, case: dict[str, Any]) -> list[dict[str, Any]]:
+        """The swept values of one case: its fixed values, then the grid's product."""
+        grid = dict(self.grid)
+        if LR_KEY in case:
+            grid[LR_KEY] = case[LR_KEY]
+        grid = {k: grid[k] for k in _order(list(grid))}
+        fixed = {k: v for k, v in case.items() if k != LR_KEY}
+        return [{**fixed, **dict(zip(grid, combo))} for combo in itertools.product(*grid.values())]
 
     def run_at(self, template: Run, lr: float) -> Run:
         """The run of ``template``'s setting and seed at another learning rate."""
@@ -197,6 +217,17 @@ def _grid_items(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _lr_values(where: str, value: Any) -> list[Any]:
+    """An LR grid given as a list or a {min, max, step} range, rounded for stable run ids."""
+    if isinstance(value, dict):
+        value = lr_range(value)
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of values, got {value!r}")
+    if not value:
+        raise ConfigError(f"{where}: empty list")
+    return [round_lr(v) if isinstance(v, float) else v for v in value]
+
+
 def parse_grid(table: dict[str, Any]) -> dict[str, list[Any]]:
     """Validate the ``[grid]`` table; return dotted key -> values in expansion order."""
     grid: dict[str, list[Any]] = {}
@@ -204,18 +235,40 @@ def parse_grid(table: dict[str, Any]) -> dict[str, list[Any]]:
         dotted = LR_KEY if key == "lr" else key
         if dotted in grid:
             raise ConfigError(f"grid: {dotted} is given twice")
+        if dotted == LR_KEY:
+            grid[dotted] = _lr_values(f"grid.{dotted}", value)
+            continue
         if isinstance(value, dict):
-            if dotted != LR_KEY:
-                raise ConfigError(f"grid.{dotted}: a {{min, max, step}} range is only for the LR")
-            value = lr_range(value)
+            raise ConfigError(f"grid.{dotted}: a {{min, max, step}} range is only for the LR")
         if not isinstance(value, list):
             raise ConfigError(f"grid.{dotted}: expected a list of values, got {value!r}")
         if not value:
             raise ConfigError(f"grid.{dotted}: empty list")
-        if dotted == LR_KEY:
-            value = [round_lr(v) if isinstance(v, float) else v for v in value]
         grid[dotted] = value
     return {k: grid[k] for k in _order(list(grid))}
+
+
+def parse_cases(items: Any, grid: dict[str, list[Any]]) -> tuple[dict[str, Any], ...]:
+    """Validate ``[[cases]]``: a list of tables of single values (the LR may be a list/range)."""
+    if items is None:
+        return ({},)
+    if not isinstance(items, list) or not items or not all(isinstance(c, dict) for c in items):
+        raise ConfigError("cases: expected one or more [[cases]] tables")
+    cases = []
+    for i, table in enumerate(items, 1):
+        case: dict[str, Any] = {}
+        for key, value in _grid_items(table).items():
+            dotted = LR_KEY if key == "lr" else key
+            if dotted == LR_KEY:
+                lrs = value if isinstance(value, (list, dict)) else [value]
+                value = _lr_values(f"cases[{i}].{dotted}", lrs)
+            elif dotted in grid:
+                raise ConfigError(f"cases[{i}].{dotted} is also in [grid]; set it in one place")
+            elif isinstance(value, dict):
+                raise ConfigError(f"cases[{i}].{dotted}: a range is only for the LR")
+            case[dotted] = value
+        cases.append(case)
+    return tuple(cases)
 
 
 def parse_settings(table: dict[str, Any]) -> SweepSettings:
@@ -258,23 +311,28 @@ def parse_base(table: dict[str, Any], relative_to: Path | None) -> RunConfig:
 
 def parse_spec(table: dict[str, Any], relative_to: Path | None = None, text: str = "") -> SweepSpec:
     """A validated spec from the parsed TOML tables; expands it once to check every run."""
-    unknown = set(table) - {"base", "grid", "sweep"}
+    unknown = set(table) - {"base", "grid", "sweep", "cases"}
     if unknown:
         raise ConfigError(
-            f"unknown sweep spec table(s) {', '.join(sorted(unknown))}; use base, grid, sweep"
+            f"unknown sweep spec table(s) {', '.join(sorted(unknown))}; "
+            "use base, grid, sweep, cases"
         )
     for name in ("base", "grid", "sweep"):
         if not isinstance(table.get(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table")
+    grid = parse_grid(table.get("grid", {}))
     spec = SweepSpec(
         base=parse_base(table.get("base", {}), relative_to),
-        grid=parse_grid(table.get("grid", {})),
+        grid=grid,
         settings=parse_settings(table.get("sweep", {})),
         text=text,
+        cases=parse_cases(table.get("cases"), grid),
     )
     for key in spec.grid:
         spec.base.replace(**{key: spec.grid[key][0]})  # unknown keys fail here, by name
-    if spec.settings.adaptive and LR_KEY not in spec.grid:
+    for case in spec.cases:
+        spec.base.replace(**{k: v[0] if k == LR_KEY else v for k, v in case.items()})
+    if spec.settings.adaptive and not all(LR_KEY in spec.grid or LR_KEY in c for c in spec.cases):
         raise ConfigError("sweep.adaptive needs an LR grid (grid.optimizer.lr) to start from")
     spec.expand()  # every config validated (e.g. a non-positive LR) before anything runs
     return spec
