@@ -20,7 +20,8 @@ def test_demo_spec_matches_the_recipe_and_is_a_valid_quickstart() -> None:
     spec = parse_spec(tomllib.loads(DEMO_SPEC))
     widths = spec.grid["model.width"]
     assert len(widths) >= 3 and max(widths) / min(widths) >= 8
-    assert set(spec.grid["param.name"]) == {"mup", "sp"} and spec.base.optimizer.name == "adam"
+    assert [c["param.name"] for c in spec.cases] == ["sp", "mup"]
+    assert spec.cases[0]["param.lr_exponents"] == "global" and spec.base.optimizer.name == "adam"
     assert spec.settings.adaptive and spec.settings.workers == 2
 
 

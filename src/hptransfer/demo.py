@@ -21,12 +21,13 @@ DEFAULT_OUT = Path("hpt-results") / "demo"
 GRID_STEP = 2**0.5
 
 DEMO_SPEC = """\
-# The quickstart sweep of `hptransfer demo`: muP vs SP, Adam, widths 16..128 (x8), adaptive
-# LR search from an octave grid. About 4 minutes on 2 CPU cores with 2 workers.
+# The quickstart sweep of `hptransfer demo`: SP (one global LR) vs muP (per-layer LR
+# exponents), Adam, widths 32..256 (x8), adaptive LR search on the 2^(1/2) lattice from an
+# octave-pair grid, refined at 2^(1/4). About 4 minutes on 2 idle CPU cores with 2 workers.
 [base]
-model.depth = 1
-model.head_dim = 8
-param.base_width = 16
+model.depth = 2
+model.head_dim = 16
+param.base_width = 32
 optimizer.name = "adam"
 train.steps = 100
 train.batch_size = 16
@@ -34,12 +35,18 @@ train.seq_len = 64
 train.warmup_steps = 10
 train.schedule = "cosine"
 train.eval_every = 100
-train.eval_batches = 4
+train.eval_batches = 8
 
 [grid]
-param.name = ["mup", "sp"]
-model.width = [16, 32, 128]
-optimizer.lr = {min = 0.001953125, max = 0.0625, step = "2^1"}
+model.width = [32, 64, 256]
+optimizer.lr = {min = 0.0009765625, max = 0.0625, step = "2^2"}
+
+[[cases]]
+param.name = "sp"
+param.lr_exponents = "global"
+
+[[cases]]
+param.name = "mup"
 
 [sweep]
 workers = 2
@@ -112,7 +119,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "demo",
         help="quickstart: muP vs SP LR sweep across widths (~4 min on 2 cores)",
-        description="Run the built-in demo sweep (muP vs SP, Adam, widths 16-128) and print "
+        description="Run the built-in demo sweep (SP with a global LR vs muP, Adam, widths 32-256) and print "
         "the optimal LR per width. Re-running resumes.",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results directory")
