@@ -6,7 +6,9 @@
 2. Runs per hour with the local executor at 1 and 2 workers on a fixed grid of tiny runs.
 
 ``run(quick=True)`` shrinks everything (fewer steps and widths) to finish in a few minutes;
-the full run takes about an hour on 2 CPU cores. Usage: python benchmarks/bench_sweep.py [--quick]
+the full run takes about 20 minutes on 2 idle CPU cores. With ``--out DIR`` the two searches
+resume from DIR (their results do not depend on timing); the throughput part always runs
+fresh. Usage: python benchmarks/bench_sweep.py [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -83,14 +85,16 @@ def runs_per_hour(quick: bool, root: Path) -> dict[str, float]:
     return out
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, out: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        return {"quick": quick, "search": adaptive_vs_dense(quick, root),
-                "runs_per_hour": runs_per_hour(quick, root)}  # fmt: skip
+        search_root = Path(out) if out else Path(tmp)
+        return {"quick": quick, "search": adaptive_vs_dense(quick, search_root),
+                "runs_per_hour": runs_per_hour(quick, Path(tmp))}  # fmt: skip
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    print(json.dumps(run(parser.parse_args().quick), indent=1))
+    parser.add_argument("--out", help="keep (and resume) the two searches' results here")
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick, args.out), indent=1))
