@@ -1,7 +1,9 @@
-"""Byte-level corpora and deterministic batches.
+"""Corpora and deterministic batches.
 
-Tokens are bytes (vocabulary 256), so any text file is a corpus with no tokenizer to train.
-The built-in offline default is the Python standard library's own source. Batches are drawn
+By default tokens are bytes (vocabulary 256), so any text file is a corpus with no tokenizer to
+train. The built-in offline default is the Python standard library's own source. load_corpus
+also reads JSON lines, Parquet and token files and Hugging Face datasets (hptransfer.sources)
+with a BPE or local tokenizer (hptransfer.tokenizers). Batches are drawn
 from a numpy Generator seeded by (seed, step): any step's batch can be regenerated on its own,
 which is what resuming a run needs, and the same seed always gives the same batches.
 """
@@ -14,12 +16,16 @@ import os
 import platform
 import sysconfig
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+    from hptransfer.config import DataConfig
+    from hptransfer.tokenizers import Tokenizer
 
 VOCAB_SIZE = 256
 CHUNK_BYTES = 64 * 1024  # split granularity: chunk i is eval when i % EVAL_EVERY == EVAL_EVERY - 1
@@ -51,16 +57,20 @@ def default_corpus() -> bytes:
 
 @dataclass(frozen=True, eq=False)
 class Corpus:
-    """A byte-level corpus split into train and eval tokens."""
+    """A corpus split into train and eval tokens."""
 
     train: np.ndarray
-    """uint8 tokens for training (about 95% of the text)."""
+    """Tokens for training (about 95% of the text): uint8 bytes, else uint16 / uint32 ids."""
     eval: np.ndarray
-    """uint8 tokens held out for evaluation (about 5%; 10% for small files)."""
+    """Tokens held out for evaluation (about 5%; 10% for small files; or data.eval_path)."""
     sha256: str
-    """Hex sha256 of the full text bytes, before the split."""
+    """Hex sha256 of the full text bytes (token files: the file's bytes), before the split."""
     source: str
-    """"stdlib:<python version>" for the default corpus, else the file path."""
+    """"stdlib:<python version>" for the default corpus, "hf:NAME/SPLIT", else the file path."""
+    vocab_size: int = VOCAB_SIZE
+    """Token ids are below this; the model's vocabulary."""
+    tokenizer: Tokenizer | None = None
+    """Turns ids back into text; None for token files."""
 
 
 def split_tokens(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +110,64 @@ def load_text(path: str | None) -> Corpus:
     tokens = np.frombuffer(text, dtype=np.uint8)
     train, eval_ = split_tokens(tokens)
     return Corpus(train=train, eval=eval_, sha256=hashlib.sha256(text).hexdigest(), source=source)
+
+
+def load_corpus(cfg: DataConfig, run_dir: str | Path | None = None) -> Corpus:
+    """The corpus ``cfg`` (the [data] section) describes, tokenized and split.
+
+    A bpe tokenizer is reloaded from, or trained and saved to, ``run_dir/tokenizer.json``. The
+    default config gives exactly ``load_text(cfg.path)``. Raises ConfigError for anything the
+    user can fix (missing extra, unreachable hub, a token id outside data.vocab_size).
+    """
+    from hptransfer import sources
+    from hptransfer.config import ConfigError
+    from hptransfer.tokenizers import resolve_tokenizer
+
+    fmt = cfg.resolved_format()
+    if fmt == "tokens":
+        train = sources.read_tokens(cfg.path, cfg.token_dtype)
+        eval_ = sources.read_tokens(cfg.eval_path, cfg.token_dtype) if cfg.eval_path else None
+        sha = sources.file_sha256(cfg.path)
+        top = int(max(train.max(), 0 if eval_ is None else eval_.max())) + 1
+        if cfg.vocab_size and cfg.vocab_size < top:
+            raise ConfigError(f"data.vocab_size={cfg.vocab_size} but {cfg.path} holds id {top - 1}")
+        if eval_ is None:
+            train, eval_ = split_tokens(train)
+        return Corpus(train, eval_, sha, cfg.path, max(top, cfg.vocab_size), None)
+    if cfg.dataset:
+        raw = sources.stream_dataset(
+            cfg.dataset, cfg.dataset_split, cfg.text_field, cfg.dataset_chars
+        ).encode("utf-8")
+        source = sources.dataset_source(cfg.dataset, cfg.dataset_split)[2]
+    elif cfg.path:
+        raw, source = sources.read_text(cfg.path, fmt, cfg.text_field), cfg.path
+    else:
+        raw, source = default_corpus(), f"stdlib:{platform.python_version()}"
+    raw_eval = sources.read_text(cfg.eval_path, fmt, cfg.text_field) if cfg.eval_path else None
+    sha = hashlib.sha256(raw + (raw_eval or b"")).hexdigest()
+    tok = resolve_tokenizer(cfg.tokenizer, cfg.vocab_size, raw, run_dir)
+    if cfg.tokenizer != "bpe" and 0 < cfg.vocab_size < tok.vocab_size:
+        raise ConfigError(f"data.vocab_size={cfg.vocab_size} < the tokenizer's {tok.vocab_size}")
+    tokens = tok.encode_bytes(raw)
+    if raw_eval is None:
+        train, eval_ = split_tokens(tokens)
+    else:
+        train, eval_ = tokens, tok.encode_bytes(raw_eval)
+    return Corpus(train, eval_, sha, source, max(tok.vocab_size, cfg.vocab_size), tok)
+
+
+def config_vocab_size(cfg: DataConfig) -> int:
+    """The vocabulary ``cfg`` gives without loading the corpus (for building a model to list
+    its roles): the tokenizer's size, bpe's target size, or a token file's largest id + 1."""
+    from hptransfer.tokenizers import DEFAULT_BPE_VOCAB, load_tokenizer
+
+    if cfg.resolved_format() == "tokens":
+        return cfg.vocab_size or load_corpus(cfg).vocab_size
+    if cfg.tokenizer == "byte":
+        return max(VOCAB_SIZE, cfg.vocab_size)
+    if cfg.tokenizer == "bpe":
+        return cfg.vocab_size or DEFAULT_BPE_VOCAB
+    return max(load_tokenizer(cfg.tokenizer).vocab_size, cfg.vocab_size)
 
 
 def _check_length(tokens: np.ndarray, seq_len: int) -> None:

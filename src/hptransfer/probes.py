@@ -18,8 +18,10 @@ from hptransfer.config import RunConfig
 from hptransfer.train import build, loss_fn
 
 
-def _rms_hook(records: list, layer: str, width: int, step_ref: list[int]):
+def _rms_hook(records: list, layer: str, width: int, step_ref: list[int | None]):
     def hook(module, args, output):
+        if step_ref[0] is None:  # a forward pass that is not a training step
+            return
         out = output[0] if isinstance(output, tuple) else output
         rms = out.detach().float().pow(2).mean().sqrt().item()
         records.append({"layer": layer, "width": width, "step": step_ref[0], "rms": rms})
@@ -36,13 +38,13 @@ def coord_check(
     Returns a tidy frame with columns layer, width, step, rms, seed. Layers are the modules
     that own parameters directly (embeddings, linear layers, norms), named as in the model.
     """
-    corpus = data_mod.load_text(cfg.data.path or None)
+    corpus = data_mod.load_corpus(cfg.data)
     records: list[dict] = []
     for seed in seeds:
         for width in widths:
             run_cfg = cfg.replace(**{"model.width": int(width), "seed": int(seed)}).validate()
             s = build(run_cfg, corpus)
-            step_ref = [0]
+            step_ref: list[int | None] = [0]
             seed_records: list[dict] = []
             handles = [
                 module.register_forward_hook(_rms_hook(seed_records, name, width, step_ref))
@@ -55,9 +57,13 @@ def coord_check(
                 corpus.train, run_cfg.train.batch_size, run_cfg.train.seq_len, seed
             )
             autocast = run_cfg.train.dtype == "bfloat16"
+            refresh = getattr(s.optimizer, "refresh_curvature", None)  # Sophia, as in train
             for step in range(steps):
-                step_ref[0] = step
                 x, y = batches.get(step)
+                if refresh is not None and step % s.optimizer.curvature_interval == 0:
+                    step_ref[0] = None
+                    refresh(lambda x=x, model=s.model: model(x), y)
+                step_ref[0] = step
                 loss = loss_fn(s.model, x, y, autocast)
                 s.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
