@@ -5,14 +5,15 @@ constants gamma (LR) and s (init scale):
 
     anchor "absolute" ([E]):   multiplier n^-a,   init std s * n^-b
     anchor "relative" (mup):   multiplier m^-a,   init std s * n0^-b_sp * m^-b
-    LR  beta * gamma * m^-c          per-layer epsilon  eps * m^-g
+    LR  beta * gamma * m^-c          per-layer epsilon  eps * m^-g  (Sophia m^-2g, Shampoo 1)
 
 with n the layer's growing dimension, n0 its value at base width, m = n / n0 and b_sp the SP
 init exponent, so that with the relative anchor every parameterization is SP at m = 1.
 Vectors keep their constant init (norm gains 1, biases 0) and take the vector row's LR.
 
 form "folded" moves each multiplier into the init, the LR and epsilon (the symmetry
-(a, b, c) -> (a + t, b - t, c - k t)): std * mult, LR * mult^k, eps / mult, coupled weight
+(a, b, c) -> (a + t, b - t, c - k t)): std * mult, LR * mult^k, eps / mult (Sophia: / mult^2;
+Shampoo's relative eps: unchanged; see rules.EPS_POWER), coupled weight
 decay / mult^k. It needs no hooks, so it works for any module type.
 
 Multipliers are forward hooks on the owning module (nn.Linear, convolutions: the input is
@@ -21,15 +22,25 @@ scaled, which also keeps biases unscaled; nn.Embedding: the output), never edits
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from hptransfer.param.roles import RoleTable
-from hptransfer.param.rules import DEFAULT_EPS, SP_B, Rule
+from hptransfer.param.rules import (
+    SP_B,
+    Rule,
+    base_eps,
+    depth_lr_factor,
+    depth_multiplier,
+    eps_factor,
+    eps_fold_power,
+)
 
 SCALED = ("input", "hidden", "output")
+EPS_MODES = ("constant", "small", "per_layer")
 
 
 @dataclass(frozen=True)
@@ -115,10 +126,10 @@ def compute_specs(
         raise ValueError(f"anchor={anchor!r}; choose relative or absolute")
     if form not in ("multiplier", "folded"):
         raise ValueError(f"form={form!r}; choose multiplier or folded")
-    if eps_mode not in ("constant", "per_layer"):
-        raise ValueError(f"eps_mode={eps_mode!r}; choose constant or per_layer")
+    if eps_mode not in EPS_MODES:
+        raise ValueError(f"eps_mode={eps_mode!r}; choose one of {', '.join(EPS_MODES)}")
     init_scale = init_scale or {}
-    base_eps = eps if eps is not None else DEFAULT_EPS.get(rule.optimizer)
+    eps0 = base_eps(rule.optimizer, eps, eps_mode)
     specs = {}
     for e in roles:
         if e.tied_to is not None and roles[e.tied_to].role == e.role:
@@ -137,14 +148,13 @@ def compute_specs(
             lr_factor, g = 1.0, 0.0
         else:
             lr_factor, g = r.gamma * m ** -float(r.c), float(r.g)
-        p_eps = None
-        if base_eps is not None:
-            p_eps = base_eps * (m**-g if eps_mode == "per_layer" else 1.0)
+        p_eps = None if eps0 is None else eps0 * eps_factor(rule.optimizer, g, m, eps_mode)
         wd = weight_decay
         if form == "folded" and mult != 1.0:
             std = std * mult
             lr_factor *= mult**rule.k
-            p_eps = None if p_eps is None else p_eps / mult
+            if p_eps is not None:
+                p_eps /= mult ** eps_fold_power(rule.optimizer)
             if wd_mode == "coupled":
                 wd = wd / mult**rule.k
             mult = 1.0
@@ -253,6 +263,8 @@ def parameterize(
             }
             if s.eps is not None:
                 groups[key]["eps"] = s.eps
+            if eps_mode == "per_layer" and rule.optimizer == "shampoo":
+                groups[key]["eps_relative"] = True  # scale free (see rules.EPS_POWER)
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
     group_list = list(groups.values())
@@ -265,3 +277,57 @@ def parameterize(
             seen[g["role"]] = seen.get(g["role"], 0) + 1
             g["name"] = f"{g['role']}{seen[g['role']]}"
     return Parameterization(rule, specs, group_list, handles)
+
+
+def _scale_first_output(mult: float):
+    def hook(module, args, output):
+        if isinstance(output, tuple):  # e.g. transformers attention: (output, weights, ...)
+            return (output[0] * mult, *output[1:])
+        return output * mult
+
+    return hook
+
+
+def scale_depth(
+    par: Parameterization,
+    model: nn.Module,
+    depth: int,
+    depth_base: int,
+    exponent: float,
+    *,
+    branches: list[str],
+    scale_lr: bool = True,
+) -> None:
+    """Residual-branch multipliers (depth_base / depth)^exponent on ``model`` (hooks kept in
+    ``par.handles``) and, with ``scale_lr``, the hidden groups' LR times `depth_lr_factor`
+    (edits ``par.param_groups``: call it before building the optimizer)."""
+    mult = depth_multiplier(depth, depth_base, exponent)
+    par.handles += scale_branches(model, branches, mult)
+    if scale_lr:
+        factor = depth_lr_factor(par.rule.family, depth, depth_base, exponent)
+        for group in par.param_groups:
+            if group["role"] == "hidden":
+                group["lr"] *= factor
+
+
+def scale_branches(model: nn.Module, patterns: list[str], mult: float) -> list:
+    """Multiply the output of every module whose name matches one of the fnmatch ``patterns``
+    (the residual branches, e.g. ``blocks.*.attn``) by ``mult`` with forward hooks, so that
+    x + f(x) becomes x + mult * f(x) without editing the model. Returns the hook handles.
+    Raises ValueError when no module matches (a depth multiplier that silently did nothing).
+    """
+    patterns = [p.strip() for p in patterns if p.strip()]
+    names = [
+        name
+        for name, _ in model.named_modules()
+        if name and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    ]
+    if not names:
+        raise ValueError(
+            f"no module of {type(model).__name__} matches the residual-branch patterns "
+            f"{patterns}; set param.depth_branches"
+        )
+    # a match inside another match would be scaled twice: keep the outermost
+    names = [n for n in names if not any(n.startswith(o + ".") for o in names)]
+    modules = dict(model.named_modules())
+    return [modules[n].register_forward_hook(_scale_first_output(mult)) for n in names]

@@ -12,6 +12,7 @@ epsilon (§5) are derived too (`grad_exponents`). Nothing here imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -56,6 +57,16 @@ ALIGNMENTS = {
 }
 
 RoleAlignment = str | Alignment | dict[str, Alignment]
+
+
+def measured_alignment(values: dict[str, Sequence[float]]) -> dict[str, Alignment]:
+    """Per-role alignment from measured exponents: ``{role: (alpha, omega, u)}`` (the
+    ``param.alignment_values`` of the "measured" preset, e.g. averaged probes of a run)."""
+    out = {}
+    for role, triple in values.items():
+        alpha, omega, u = (float(v) for v in triple)
+        out[role] = Alignment(alpha, omega, u)
+    return out
 
 
 def _per_role(alignment: RoleAlignment) -> dict[str, Alignment]:
@@ -240,10 +251,49 @@ DEFAULT_EPS = {
     "adam_ps": 1e-8,
     "adopt": 1e-6,
     "lamb": 1e-6,
-    "adafactor": 1e-30,
-    "shampoo": 1e-12,
+    # torch's eps1 floors sqrt(v): optax's 1e-30 floors v (1e-30 here squares to 0 in float32)
+    "adafactor": 1e-15,
+    "sophia": 1e-15,
+    "shampoo": 1e-6,  # relative to each statistic's largest eigenvalue (Shampoo's default)
     "muon": 1e-8,
 }
+
+#: The "small" epsilon mode ([E]'s second mitigation): this constant, or the optimizer's default
+#: where that is smaller already (Adafactor, Sophia).
+SMALL_EPS = 1e-15
+
+#: Power of the gradient scale that an optimizer's epsilon is compared with: 1 where it floors
+#: sqrt(v) (Adam family, ADOPT, LAMB, Adafactor's eps1, Muon's AdamW side); 2 for Sophia, whose
+#: max(rho h, eps) floors a curvature estimate quadratic in the gradient; 0 for Shampoo, whose
+#: epsilon is relative to each block's largest eigenvalue (its eps_relative option, on by
+#: default), hence scale free. Per-layer epsilon is eps * width_mult^(-power * g), and the
+#: folded form divides eps by multiplier^power. Shampoo's eigenvalues grow with the gradient
+#: squared and with the layer's dimensions, so no width power would follow an absolute epsilon:
+#: per-layer mode switches eps_relative on for it (`parameterize`).
+EPS_POWER = {"sophia": 2, "shampoo": 0}
+
+
+def eps_factor(optimizer: str, g: Number, width_mult: float, eps_mode: str) -> float:
+    """Per-layer epsilon factor width_mult^(-power * g) (1 in the constant modes)."""
+    if eps_mode != "per_layer":
+        return 1.0
+    return width_mult ** -(EPS_POWER.get(optimizer, 1) * float(g))
+
+
+def eps_fold_power(optimizer: str) -> int:
+    """Folding a forward multiplier mult into the weights divides epsilon by mult^this."""
+    return EPS_POWER.get(optimizer, 1)
+
+
+def base_eps(optimizer: str, eps: float | None, eps_mode: str) -> float | None:
+    """The epsilon before per-layer scaling: ``eps``, else the optimizer's default; "small"
+    mode replaces it by SMALL_EPS (or a smaller default). None: the optimizer has none."""
+    default = DEFAULT_EPS.get(optimizer)
+    if eps_mode == "small":
+        if eps is not None:
+            raise ValueError("eps_mode small sets epsilon itself; pass eps=None")
+        return None if default is None else min(default, SMALL_EPS)
+    return eps if eps is not None else default
 
 
 #: Spectral muP ([S], parameterizations.md §6): LR exponents c in the DIRECT form, where the
@@ -349,6 +399,7 @@ def make_rule(
     lr_exponents: str = "per_layer",
     gammas: dict[str, float] | None = None,
     options: dict | None = None,
+    k_switches: str = "",
 ) -> Rule:
     """The full rule for a (parameterization, optimizer, alignment) cell.
 
@@ -358,7 +409,15 @@ def make_rule(
     full-alignment rank-1 step) or ``lr_exponents="global"``. ``options`` are the optimizer's
     knobs that change its regime (see `optimizer_regime`).
     ``lr_exponents="global"`` is [E]'s global-LR baseline: c = 0 for every role.
+    ``k_switches`` (four 0/1 digits) gives [K]'s SP -> muP ablation instead (see
+    `switch_rule`); it needs ``parameterization="sp"``.
     """
+    if k_switches:
+        if parameterization != "sp":
+            raise ValueError(f"k_switches apply on top of sp, not {parameterization}")
+        return switch_rule(
+            k_switches, optimizer, lr_exponents=lr_exponents, gammas=gammas, options=options
+        )
     if parameterization not in ABC:
         raise ValueError(
             f"unknown parameterization {parameterization!r}; choose one of {', '.join(ABC)}"
@@ -392,3 +451,103 @@ def make_rule(
     }
     label = alignment if isinstance(alignment, str) else "custom"
     return Rule(parameterization, optimizer, family, label, roles)
+
+
+#: [K]'s four SP -> muP switches (parameterizations.md §7), in the order of the digits of a code.
+K_SWITCHES = ("embd", "attn", "norm", "readout")
+
+
+def _check_code(code: str) -> None:
+    if len(code) != 4 or set(code) - {"0", "1"}:
+        raise ValueError(f"k_switches must be four 0/1 digits such as '1000', got {code!r}")
+
+
+def switch_name(code: str) -> str:
+    """Name of a switch combination: "sp", "sp+embd", ..., "sp+attn+norm+readout", "mup"."""
+    _check_code(code)
+    if code == "1111":
+        return "mup"
+    on = [name for name, digit in zip(K_SWITCHES, code) if digit == "1"]
+    return "+".join(["sp", *on])
+
+
+#: All 16 combinations: code -> name.
+SWITCH_COMBINATIONS = {code: switch_name(code) for code in (format(i, "04b") for i in range(16))}
+
+
+def switch_rule(
+    code: str,
+    optimizer: str,
+    *,
+    lr_exponents: str = "per_layer",
+    gammas: dict[str, float] | None = None,
+    options: dict | None = None,
+) -> Rule:
+    """[K]'s SP -> muP ablation ``code`` (digits: embedding LR, attention scale, norm-gain LR,
+    readout rule) for ``optimizer``, written in the direct form (no multipliers, a = 0).
+
+    Every role's LR is set relative to the hidden layers' exponent c_h. A switch that is off
+    keeps SP's ratio (the same LR as the hidden layers; readout init std n^-1/2); a switch that
+    is on takes muP's ratio for this optimizer, read from the muP rule folded into the direct
+    form: embedding c = c_h + (c_in - c_hid) (Adam: LR x width_mult, [K]'s "SP+Embd"), vectors
+    (norm gains) c = c_h + (c_vec - c_hid), readout b and c = c_h + (c_out - c_hid) (Adam: init
+    std n^-1 at the hidden LR). ``lr_exponents`` picks c_h: "global" gives c_h = 0, so "0000" is
+    SP with one global LR; "per_layer" gives muP's hidden exponent, so "1111" is muP (folded
+    form; with eps rescaled as `fold` does, the same training). Per width the two choices run
+    the same models at LRs relabelled by width_mult^c_h. The attention-scale digit is not an
+    exponent: the model takes it (``model.attn_scale`` = linear, 1/head_dim, when it is 1).
+    """
+    _check_code(code)
+    if lr_exponents not in ("per_layer", "global"):
+        raise ValueError(f"lr_exponents={lr_exponents!r}; choose per_layer or global")
+    mu = make_rule("mup", optimizer, "full", options=options)
+    k = mu.k
+    # muP folded into the direct form: (a, b, c) -> (0, b + a, c + k a)
+    direct = {r: (mu.roles[r].b + mu.roles[r].a, mu.roles[r].c + k * mu.roles[r].a) for r in ROLES3}
+    direct["vector"] = (Fraction(0), mu.roles["vector"].c)
+    c_hid = direct["hidden"][1]
+    c_h = c_hid if lr_exponents == "per_layer" else Fraction(0)
+    embd, _, norm, readout = (digit == "1" for digit in code)
+    b_out = direct["output"][0] if readout else SP_B["output"]
+    abc = {
+        "input": (Fraction(0), Fraction(0)),
+        "hidden": (Fraction(0), HALF),
+        "output": (Fraction(0), b_out),
+    }
+    cs = {
+        "input": c_h + (direct["input"][1] - c_hid if embd else 0),
+        "hidden": c_h,
+        "output": c_h + (direct["output"][1] - c_hid if readout else 0),
+        "vector": c_h + (direct["vector"][1] - c_hid if norm else 0),
+    }
+    gs = grad_exponents(abc)
+    gammas = gammas or {}
+    roles = {
+        r: RoleRule(
+            *(abc.get(r, (Fraction(0), Fraction(0)))), cs[r], gs[r], float(gammas.get(r, 1.0))
+        )
+        for r in (*ROLES3, "vector")
+    }
+    return Rule(switch_name(code), optimizer, mu.family, "full", roles)
+
+
+def depth_multiplier(depth: int, depth_base: int, exponent: float) -> float:
+    """Residual-branch multiplier (depth_base / depth)^exponent ([S], parameterizations.md §6):
+    exponent 1/2 is depth-muP, 1 CompleteP, 0 off. Equal to 1 at the base depth."""
+    if depth < 1 or depth_base < 1:
+        raise ValueError(f"depth and depth_base must be >= 1, got {depth} and {depth_base}")
+    return (depth_base / depth) ** exponent
+
+
+def depth_lr_factor(family: str, depth: int, depth_base: int, exponent: float) -> float:
+    """Hidden-layer LR factor that goes with the branch multiplier L^-p (L = depth).
+
+    Derived, not from parameterizations.md: a block's update moves the residual stream by
+    (LR x update size) x L^-p, and the L blocks' updates add up coherently, so the total is
+    depth-free when LR ~ L^(p (1 + d) - 1), with d the update's degree in the gradient: d = 0
+    for scale-free steps (Adam family, Muon, LAMB, Shampoo, Adam + parameter scaling), d = 1
+    for SGD (whose gradient already carries the multiplier). Hence (L0/L)^(1-p) (depth-muP with
+    Adam: 1/sqrt; CompleteP: 1) and (L0/L)^(1-2p) for SGD (depth-muP: 1).
+    """
+    d = 1 if family == "sgd" else 0
+    return depth_multiplier(depth, depth_base, 1 - exponent * (1 + d))
