@@ -1,0 +1,146 @@
+"""Model FLOPs utilization (MFU) of the trainer's step, float32 and bfloat16 autocast.
+
+The step is the trainer's: a muP nanodo built by ``hptransfer.train.build`` (forward hooks,
+per-role param groups, the default fused Adam), ``loss_fn`` with the loss in float32, backward,
+optimizer step, and the loss read back as the trainer does. Depth 4, head_dim 64, batch 16 x 128
+tokens (on a GPU: 32 x 512).
+
+Model FLOPs per step follow PaLM's count: tokens x (6 N + 12 L D T), N the non-embedding
+parameters (the LM head included), L blocks, D width, T sequence length (attention FLOPs not
+discounted for the causal mask). MFU = model FLOP/s / the matmul peak of the same dtype, an
+n x n x n matmul measured in the same rounds, so load from other processes hits both alike.
+``bf16_speedup`` is float32 step time / bfloat16 step time (= the ratio of tokens/s).
+
+Usage: ``python benchmarks/bench_mfu.py [--quick] [--threads N] [--device auto|cpu|cuda]``;
+``run(quick, device)`` returns flat keys ``mfu_fp32_w512``, ``mfu_bf16_w512``,
+``bf16_speedup_w512``, ``step_ms_fp32_w512``, ``peak_gflops_fp32``, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass
+
+import torch
+from timing import matmul_flops, median_ratio, resolve_device, time_call
+
+from hptransfer.config import RunConfig
+from hptransfer.train import build, loss_fn
+
+WIDTHS = (128, 256, 512, 1024)
+QUICK_WIDTHS = (128, 512)
+GPU_WIDTHS = (1024, 2048, 4096)
+HEAD_DIM = 64
+
+
+@dataclass(frozen=True)
+class Shape:
+    depth: int = 4
+    batch: int = 16
+    seq: int = 128
+
+
+CPU_SHAPE, QUICK_SHAPE, GPU_SHAPE = Shape(), Shape(depth=2), Shape(batch=32, seq=512)
+
+
+def step_config(width: int, shape: Shape, dtype: str, device: torch.device) -> RunConfig:
+    return RunConfig().replace(**{
+        "model.width": width, "model.depth": shape.depth, "model.head_dim": HEAD_DIM,
+        "param.name": "mup", "param.base_width": 64, "optimizer.name": "adam",
+        "train.batch_size": shape.batch, "train.seq_len": shape.seq, "train.dtype": dtype,
+        "train.device": device.type,
+    }).validate()  # fmt: skip
+
+
+class TrainStep:
+    """One training step of the trainer on a fixed random batch; ``flops`` per call."""
+
+    def __init__(self, width: int, shape: Shape, dtype: str, device: torch.device) -> None:
+        s = build(step_config(width, shape, dtype, device))
+        self.model = s.model.to(device)
+        self.opt = s.optimizer
+        self.autocast = dtype == "bfloat16"
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = (
+            torch.randint(0, 256, (shape.batch, shape.seq), generator=g).to(device)
+            for _ in range(2)
+        )
+        embed = ("tok_embed.weight", "pos_embed.weight")
+        n = sum(p.numel() for name, p in self.model.named_parameters() if name not in embed)
+        tokens = shape.batch * shape.seq
+        self.flops = tokens * (6 * n + 12 * shape.depth * width * shape.seq)
+
+    def __call__(self) -> float:
+        loss = loss_fn(self.model, self.x, self.y, self.autocast)
+        value = loss.item()  # the trainer reads every loss (divergence check)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return value
+
+
+def measure_width(
+    width: int, shape: Shape, device: torch.device, rounds: int, peak_n: int
+) -> dict[str, float]:
+    """Step seconds, FLOPs, MFU and bf16 speedup at one width. Each round measures, per dtype
+    in rotating order, the matmul peak (best of 2) and right after it one step."""
+    steps = {dt: TrainStep(width, shape, dt, device) for dt in ("float32", "bfloat16")}
+    peak_fns = {
+        "float32": matmul_flops(torch.float32, device, peak_n),
+        "bfloat16": matmul_flops(torch.bfloat16, device, peak_n),
+    }
+    for step in steps.values():
+        step()  # warm-up: optimizer state, kernels
+    peaks: dict[str, list[float]] = {dt: [] for dt in steps}
+    times: dict[str, list[float]] = {dt: [] for dt in steps}
+    for r in range(rounds):
+        for dt in ("float32", "bfloat16") if r % 2 == 0 else ("bfloat16", "float32"):
+            peaks[dt].append(max(peak_fns[dt]() for _ in range(2)))
+            times[dt].append(time_call(steps[dt], device))
+    flops = steps["float32"].flops
+    out: dict[str, float] = {"model_gflop": flops / 1e9}
+    for dt, tag in (("float32", "fp32"), ("bfloat16", "bf16")):
+        out[f"step_ms_{tag}"] = 1e3 * statistics.median(times[dt])
+        out[f"mfu_{tag}"] = statistics.median(flops / t / p for t, p in zip(times[dt], peaks[dt]))
+        out[f"peak_gflops_{tag}"] = max(peaks[dt]) / 1e9
+    out["bf16_speedup"] = median_ratio(times["float32"], times["bfloat16"])
+    return out
+
+
+def run(quick: bool = False, device: str = "auto") -> dict[str, float]:
+    """Flat results for every width (keys as in the module docstring)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        widths, shape, peak_n = ((512, 1024) if quick else (512, *GPU_WIDTHS)), GPU_SHAPE, 8192
+    elif quick:
+        widths, shape, peak_n = QUICK_WIDTHS, QUICK_SHAPE, 1024
+    else:
+        widths, shape, peak_n = WIDTHS, CPU_SHAPE, 2048
+    out: dict[str, float] = {}
+    for width in widths:
+        rounds = 2 if quick else (3 if width >= 1024 else 5)
+        for key, value in measure_width(width, shape, dev, rounds, peak_n).items():
+            if key.startswith("peak_"):
+                out[key] = max(out.get(key, 0.0), value)
+            else:
+                out[f"{key}_w{width}"] = value
+        print(
+            f"width {width:>5}: fp32 {out[f'step_ms_fp32_w{width}']:8.0f} ms  "
+            f"MFU {out[f'mfu_fp32_w{width}']:.2f}   bf16 {out[f'step_ms_bf16_w{width}']:8.0f} ms"
+            f"  MFU {out[f'mfu_bf16_w{width}']:.2f}   bf16 speedup "
+            f"{out[f'bf16_speedup_w{width}']:.2f}x",
+            flush=True,
+        )
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(args.quick, args.device)
