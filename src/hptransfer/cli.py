@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
 
     summary = train(cfg, out, progress=progress)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 speaks for the job
+        return 0
     final = summary["final_eval_loss"]
     print(
         f"{summary['status']}: final eval loss "
@@ -59,17 +62,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _fmt(x) -> str:
     if isinstance(x, Fraction):
         return str(x)
-    return f"{x:g}"
+    return f"{x + 0.0:.4g}"  # + 0.0 turns the solver's -0.0 into 0
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
     from hptransfer.param.rules import make_rule
 
-    rule = make_rule(args.param, args.optimizer, args.alignment, lr_exponents=args.lr_exponents)
+    alignment = _rules_alignment(args)
+    rule = make_rule(
+        args.param,
+        args.optimizer,
+        alignment,
+        lr_exponents=args.lr_exponents,
+        k_switches=args.k_switches or "",
+    )
     if args.model:
         return _rules_for_model(args, rule)
     if args.format == "json":
         d = rule.as_dict()
+        if args.alignment_from:
+            d["alignment"] = "measured"
+            d["measured_alignment"] = args.measured
         print(json.dumps(d, indent=1))
         return 0
     print(
@@ -80,10 +93,51 @@ def cmd_rules(args: argparse.Namespace) -> int:
         "  W = n^-a w   init std n^-b   LR = beta * gamma * width_mult^-c   "
         "per-layer eps ~ width_mult^-g"
     )
-    print(f"  {'role':<8}{'a':>6}{'b':>6}{'c':>6}{'g':>6}")
+    print(f"  {'role':<8}{'a':>8}{'b':>8}{'c':>8}{'g':>8}")
     for role, r in rule.roles.items():
-        print(f"  {role:<8}{_fmt(r.a):>6}{_fmt(r.b):>6}{_fmt(r.c):>6}{_fmt(r.g):>6}")
+        print(f"  {role:<8}{_fmt(r.a):>8}{_fmt(r.b):>8}{_fmt(r.c):>8}{_fmt(r.g):>8}")
     return 0
+
+
+def _rules_alignment(args: argparse.Namespace):
+    """Resolve --alignment / --alignment-from (which also supplies --param and --optimizer
+    defaults from the run) and print the measured values."""
+    if args.window and not args.alignment_from:
+        raise UsageError("--window needs --alignment-from")
+    if args.alignment_from and (args.alignment or args.k_switches):
+        raise UsageError("--alignment-from replaces --alignment; do not give both")
+    if args.k_switches and args.param not in (None, "sp"):
+        raise UsageError("--k-switches applies on top of sp; drop --param or use --param sp")
+    if not args.alignment_from:
+        args.param = args.param or ("sp" if args.k_switches else "mup")
+        args.optimizer = args.optimizer or "adam"
+        args.alignment = args.alignment or "full"
+        return args.alignment
+    from hptransfer.alignment import EXPONENTS, alignment_from_run, parse_window
+    from hptransfer.param.rules import measured_alignment
+
+    per_role, run_cfg = alignment_from_run(args.alignment_from, parse_window(args.window))
+    args.measured = per_role
+    args.param = args.param or run_cfg.param.name
+    args.optimizer = args.optimizer or run_cfg.optimizer.name
+    args.alignment = "full"  # only for validating the --model config; the rule gets the values
+    values = {r: [round(per_role[r][e], 4) for e in EXPONENTS] for r in ("hidden", "output")}
+    out = sys.stderr if args.format == "json" else sys.stdout
+    print(f"alignment measured in {args.alignment_from} (mean over layers and probes):", file=out)
+    print(f"  {'role':<8}{'alpha':>8}{'omega':>8}{'u':>8}  {'probes':>6}  steps", file=out)
+    for role, v in sorted(per_role.items()):
+        first, last = v["steps"]
+        print(
+            f"  {role:<8}{v['alpha']:>8.4f}{v['omega']:>8.4f}{v['u']:>8.4f}  "
+            f"{v['n_probes']:>6}  {first}..{last}",
+            file=out,
+        )
+    print(
+        "  to train with them: --set param.alignment=measured "
+        + " ".join(f"--set 'param.alignment_values.{r}={values[r]}'" for r in values),
+        file=out,
+    )
+    return measured_alignment(values)
 
 
 def _rules_for_model(args: argparse.Namespace, rule) -> int:
@@ -183,13 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
         "rules",
         help="print the exponents of a parameterization (per role or per parameter of a model)",
     )
-    p.add_argument("--param", default="mup", choices=PARAMETERIZATIONS)
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    p.add_argument("--alignment", default="full", choices=ALIGNMENT_PRESETS)
+    p.add_argument("--param", choices=PARAMETERIZATIONS, help="default mup (or the run's)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam (or the run's)")
+    p.add_argument("--alignment", choices=ALIGNMENT_PRESETS, help="default full")
+    p.add_argument(
+        "--alignment-from",
+        metavar="RUN_DIR",
+        help="derive c from the alignment probes of a run (trained with train.align_every > 0)",
+    )
+    p.add_argument(
+        "--window",
+        metavar="START:END",
+        help="with --alignment-from: average the probes taken after START..END steps",
+    )
+    p.add_argument(
+        "--k-switches",
+        metavar="CODE",
+        help="[K]'s SP -> muP switches, four 0/1 digits (embd, attn, norm, readout), e.g. 1000",
+    )
     p.add_argument("--lr-exponents", default="per_layer", choices=("per_layer", "global"))
     p.add_argument("--format", default="table", choices=("table", "json"))
     p.add_argument(
-        "--model", choices=("nanodo", "mlp"), help="print the per-parameter table for this model"
+        "--model",
+        choices=("nanodo", "mlp", "llama"),
+        help="print the per-parameter table for this model",
     )
     p.add_argument("--width", type=int)
     p.add_argument("--base-width", type=int)
@@ -206,11 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_coord_check)
 
     # stages owned by their own modules; each registers its parser (no heavy imports there)
-    from hptransfer import demo, report, tune
+    from hptransfer import demo, report, repro, tune
     from hptransfer.sweep import command as sweep_command
     from hptransfer.sweep import ls
 
-    for module in (demo, sweep_command, ls, tune, report):
+    for module in (demo, sweep_command, ls, tune, report, repro):
         module.add_parser(sub)
     return parser
 
@@ -227,3 +298,6 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"hptransfer {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

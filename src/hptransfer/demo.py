@@ -119,8 +119,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "demo",
         help="quickstart: muP vs SP LR sweep across widths (~4 min on 2 cores)",
-        description="Run the built-in demo sweep (SP with a global LR vs muP, Adam, widths 32-256) and print "
-        "the optimal LR per width. Re-running resumes.",
+        description="Run the built-in demo sweep (SP with one global LR vs muP, Adam, widths "
+        "32-256) and print the optimal LR per width. Re-running resumes.",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results directory")
     parser.add_argument("--workers", type=int, help="concurrent runs (default 2)")

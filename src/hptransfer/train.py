@@ -19,14 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from hptransfer import data as data_mod
+from hptransfer import distributed
+from hptransfer.alignment import AlignmentProbe
 from hptransfer.config import RunConfig
 from hptransfer.models import build_model
 from hptransfer.optim import build_optimizer
 from hptransfer.optim.diagnostics import optimizer_diagnostics
-from hptransfer.param.apply import Parameterization, parameterize
+from hptransfer.param.apply import Parameterization, parameterize, scale_depth
 from hptransfer.param.roles import RoleTable, roles_from_factory
-from hptransfer.param.rules import make_rule
+from hptransfer.param.rules import make_rule, measured_alignment
 from hptransfer.store import write_json
+from hptransfer.trackers import Trackers, open_trackers
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
 
@@ -42,25 +45,27 @@ class Setup:
     corpus: data_mod.Corpus
 
 
-def model_factory(cfg: RunConfig) -> Callable[[int], nn.Module]:
+def model_factory(cfg: RunConfig, vocab_size: int | None = None) -> Callable[[int], nn.Module]:
     m = cfg.model
+    vocab_size = vocab_size or data_mod.config_vocab_size(cfg.data)
     return lambda width: build_model(
         m.name,
         width=width,
         depth=m.depth,
-        vocab_size=256,
+        vocab_size=vocab_size,
+        kv_group=m.kv_group,
         seq_len=cfg.train.seq_len,
         head_dim=m.head_dim,
-        attn_scale=m.attn_scale,
+        attn_scale="linear" if cfg.param.k_switches[1:2] == "1" else m.attn_scale,  # [K] switch 2
     )
 
 
 def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
     """Model, roles, parameterization and optimizer for ``cfg`` (seeded by ``cfg.seed``)."""
     p, o = cfg.param, cfg.optimizer
-    corpus = corpus if corpus is not None else data_mod.load_text(cfg.data.path or None)
+    corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.data)
     torch.manual_seed(cfg.seed)
-    factory = model_factory(cfg)
+    factory = model_factory(cfg, corpus.vocab_size)
     model = factory(cfg.model.width).to(DTYPES[cfg.train.dtype])
     roles = roles_from_factory(
         factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied
@@ -68,7 +73,7 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
     rule = make_rule(
         p.name,
         o.name,
-        p.alignment,
+        measured_alignment(p.alignment_values) if p.alignment == "measured" else p.alignment,
         lr_exponents=p.lr_exponents,
         gammas={
             "input": p.gamma_input,
@@ -77,6 +82,7 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
             "vector": p.gamma_vector,
         },
         options=o.options,
+        k_switches=p.k_switches,
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     par = parameterize(
@@ -93,6 +99,9 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
         init_scale={"input": p.init_input, "hidden": p.init_hidden, "output": p.init_output},
         generator=gen,
     )
+    if p.depth_exponent:  # residual-branch multipliers (depth_base / depth)^p
+        d = (cfg.model.depth, p.depth_base, p.depth_exponent)
+        scale_depth(par, model, *d, branches=p.depth_branches.split(","), scale_lr=p.depth_lr)
     optimizer = build_optimizer(o.name, par.param_groups, **o.hparams())
     return Setup(model, roles, par, optimizer, corpus)
 
@@ -130,8 +139,8 @@ def update_ratios(named: dict[str, torch.Tensor], before: list[torch.Tensor]) ->
     names = list(named)
     after = list(named.values())
     deltas = torch._foreach_sub(after, before)
-    upd = torch.stack(torch._foreach_norm(deltas)).double()
-    wts = torch.stack(torch._foreach_norm(after)).double().clamp_min(1e-30)
+    upd = distributed.full(torch.stack(torch._foreach_norm(deltas))).double()  # fsdp: DTensors
+    wts = distributed.full(torch.stack(torch._foreach_norm(after))).double().clamp_min(1e-30)
     ratios = (upd / wts).tolist()  # the sqrt(numel) of the two RMS cancel
     return {f"update/{n}": r for n, r in zip(names, ratios)}
 
@@ -157,29 +166,41 @@ def train(
     """
     t = cfg.train
     start = time.perf_counter()
-    s = build(cfg)
-    model, opt = s.model, s.optimizer
+    ctx = distributed.start(cfg)  # one process, or this rank of a torchrun job
+    # a bpe tokenizer lives in out_dir: rank 0 trains and saves it, the other ranks load it
+    s = build(cfg, ctx.main_first(lambda: data_mod.load_corpus(cfg.data, out_dir)))
+    model = s.model  # evaluation and diagnostics; step_model (ddp-wrapped / compiled) trains
+    groups = s.parameterization.param_groups
+    step_model, opt = distributed.prepare(model, s.optimizer, groups, cfg, ctx)
     autocast = t.dtype == "bfloat16"
     batches = data_mod.Batches(s.corpus.train, t.batch_size, t.seq_len, cfg.seed)
     eval_set = data_mod.eval_batches(s.corpus.eval, t.eval_batches, t.batch_size, t.seq_len)
+    eval_set = [ctx.local_batch(x, y) for x, y in eval_set]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
     refresh = getattr(opt, "refresh_curvature", None)  # Sophia's Hessian estimate
     named = dict(model.named_parameters())
+    # alignment exponents (parameterizations.md §3) on the step-0 batch, every align_every steps
+    probe = None
+    if t.align_every:
+        x_align = ctx.local_batch(*batches.get(0))[0][: t.align_batch]
+        probe = AlignmentProbe(model, lambda: model(x_align))
 
-    out = Path(out_dir) if out_dir is not None else None
+    out = Path(out_dir) if out_dir is not None and ctx.is_main else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
         metrics_file = (out / "metrics.jsonl").open("w")
+    # TensorBoard / W&B copies of every record; off by default
+    tracker = open_trackers(cfg, out) if ctx.is_main else Trackers([])
     losses: list[float] = []
     evals: list[tuple[int, float]] = []
     status, loss0 = "ok", None
     for step in range(t.steps):
-        x, y = batches.get(step)
+        x, y = ctx.local_batch(*batches.get(step))
         if refresh is not None and step % opt.curvature_interval == 0:
-            refresh(lambda x=x: model(x), y)
-        loss = loss_fn(model, x, y, autocast)
-        loss_value = loss.item()
+            refresh(lambda x=x: step_model(x), y)
+        loss = loss_fn(step_model, x, y, autocast)
+        loss_value = ctx.mean(loss)  # the global-batch loss, the same on every rank
         loss0 = loss_value if loss0 is None else loss0
         if not math.isfinite(loss_value) or loss_value > t.diverge_factor * loss0:
             status = "diverged"
@@ -201,13 +222,16 @@ def train(
         if eval_step:  # per-layer diagnostics ride along with the evals
             record.update(update_ratios(named, before))
             record.update(optimizer_diagnostics(opt, {p: n for n, p in named.items()}))
-            record["eval_loss"] = evaluate(model, eval_set, autocast)
+            record["eval_loss"] = ctx.mean(evaluate(model, eval_set, autocast))
             evals.append((step + 1, record["eval_loss"]))
             if not math.isfinite(record["eval_loss"]):
                 status = "diverged"
+        if probe is not None and (step + 1) % t.align_every == 0:
+            record.update(probe.measure())
         if out is not None:
             metrics_file.write(json.dumps(record) + "\n")
-        if progress is not None:
+        tracker.log(record)
+        if progress is not None and ctx.is_main:
             progress(record)
         if status == "diverged":
             break
@@ -229,5 +253,7 @@ def train(
     }
     if out is not None:
         write_json(out / "summary.json", summary)
+    tracker.close(summary)
     s.parameterization.remove()
+    distributed.finish(ctx)
     return summary
