@@ -4,10 +4,13 @@ Parameter set: a depth-4 decoder at width D (128 and 512): embedding 256xD, per 
 attention matrices, Dx4D and 4DxD MLP matrices and two LayerNorms (weight and bias vectors),
 a final LayerNorm and a Dx256 head; float32, fixed random gradients.
 
-Every contender gets its own copy of the parameters; repeats are interleaved (each repeat times
-one block of ``BLOCK`` consecutive steps of every contender, in rotating order) and the median
-block time is used, so Shampoo's root recomputation (every 10 steps) is amortized. Ratios:
-``<name>`` = step time / AdamW's, ``<name>_vs_ref`` = in-house / reference implementation.
+Every contender gets its own copy of the parameters and ``BLOCK`` warm-up steps (state
+allocation; Shampoo computes roots on each of its first ``precondition_frequency`` = 10 steps).
+Repeats are interleaved (each repeat times one block of ``BLOCK`` consecutive steps of every
+contender, in rotating order) and the median block time is used, so Shampoo's root
+recomputation (every 10 steps) is amortized. Ratios: ``<name>`` = step time / AdamW's,
+``<name>_vs_ref`` = in-house / reference implementation. A contender whose parameters are not
+finite afterwards is reported as a numerical failure.
 
 Usage: ``python benchmarks/bench_optimizers.py [--quick] [--threads N]``; ``run(quick)``
 returns the ratios as a flat dict keyed ``w<D>/<name>``.
@@ -89,19 +92,39 @@ def _time_block(opt: torch.optim.Optimizer) -> float:
     return (time.perf_counter() - start) / BLOCK
 
 
-def bench_width(width: int, repeats: int, skip: tuple[str, ...] = ()) -> dict[str, float]:
-    """Median seconds per step for every contender at ``width``."""
+def block_times(width: int, repeats: int, skip: tuple[str, ...] = ()) -> dict[str, list[float]]:
+    """Seconds per step of every contender at ``width``, one value per repeat (round); raises
+    if a contender's parameters become non-finite."""
     opts = {
         name: make(decoder_groups(width)) for name, make in contenders().items() if name not in skip
     }
-    for opt in opts.values():  # warm-up: state allocation and the first root computation
-        opt.step()
+    for opt in opts.values():  # warm-up: state allocation and Shampoo's first roots
+        for _ in range(BLOCK):
+            opt.step()
     times: dict[str, list[float]] = {name: [] for name in opts}
     names = list(opts)
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(_time_block(opts[name]))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    failed = [
+        name
+        for name, opt in opts.items()
+        if not all(torch.isfinite(p).all() for g in opt.param_groups for p in g["params"])
+    ]
+    if failed:
+        raise FloatingPointError(f"width {width}: non-finite parameters after {failed}")
+    return times
+
+
+def bench_width(width: int, repeats: int, skip: tuple[str, ...] = ()) -> dict[str, float]:
+    """Median seconds per step for every contender at ``width``."""
+    return {name: statistics.median(ts) for name, ts in block_times(width, repeats, skip).items()}
+
+
+def _ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of the per-round ratio: a burst of load from another process slows
+    both contenders of one round alike."""
+    return statistics.median(a / b for a, b in zip(times[name], times[base]))
 
 
 def run(quick: bool = False) -> dict[str, float]:
@@ -109,13 +132,12 @@ def run(quick: bool = False) -> dict[str, float]:
     ratios: dict[str, float] = {}
     for width in (128, 512):
         repeats = (3 if quick else 7) if width == 512 else (5 if quick else 15)
-        secs = bench_width(width, repeats)
-        base = secs["adamw_torch"]
+        times = block_times(width, repeats)
         for name in OPTIMIZERS:
-            ratios[f"w{width}/{name}"] = secs[name] / base
+            ratios[f"w{width}/{name}"] = _ratio(times, name, "adamw_torch")
         for name in MATCHED:
-            ratios[f"w{width}/{name}_vs_ref"] = secs[name] / secs[f"{name}_ref"]
-        ratios[f"w{width}/adamw_torch_ms"] = 1e3 * base
+            ratios[f"w{width}/{name}_vs_ref"] = _ratio(times, name, f"{name}_ref")
+        ratios[f"w{width}/adamw_torch_ms"] = 1e3 * statistics.median(times["adamw_torch"])
     return ratios
 
 

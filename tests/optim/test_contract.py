@@ -64,9 +64,8 @@ TABLE = [
     Entry("lamb", coupled=_lamb),
     Entry("sophia"),
     Entry("sophia", {"variant": "h"}),
-    # with stale roots (frequency > 1) an absolute eps amplifies new gradient directions by up
-    # to eps^(-1/2): use the eigenvalue-relative eps there
-    Entry("shampoo", {"precondition_frequency": 3, "eps": 1e-4, "eps_relative": True}, lr=0.5),
+    # default knobs (relative eps); frequency 3 so that stale roots occur within the tests
+    Entry("shampoo", {"precondition_frequency": 3}, lr=0.5),
     Entry("shampoo", {"grafting": "adam", "max_preconditioner_dim": 4}, lr=0.3),
     Entry("muon"),
 ]
@@ -290,3 +289,81 @@ def test_shampoo_512_is_finite() -> None:
         w.grad = torch.randn(8, 512).T @ torch.randn(8, 512) * 1e-3  # low rank, ill-conditioned
         opt.step()
     assert torch.isfinite(w).all()
+
+
+def test_muon_takes_betas_for_its_adamw_part_and_momentum_for_muon() -> None:
+    """A config's optimizer.betas / optimizer.momentum reach MuonAdamW's two halves."""
+    from hptransfer.config import RunConfig
+    from hptransfer.optim.muon import routes_to_muon
+    from hptransfer.train import build
+
+    cfg = RunConfig().replace(
+        **{
+            "model.width": 32,
+            "model.depth": 1,
+            "model.head_dim": 16,
+            "optimizer.name": "muon",
+            "optimizer.betas": [0.5, 0.75],
+            "optimizer.momentum": 0.25,
+        }
+    )
+    s = build(cfg.validate())
+    opt = s.optimizer
+    s.parameterization.remove()
+    muon = [g for g in opt.param_groups if routes_to_muon(g)]
+    adamw = [g for g in opt.param_groups if not routes_to_muon(g)]
+    assert muon and adamw
+    assert all(g["momentum"] == 0.25 for g in muon)
+    assert all(g["betas"] == (0.5, 0.75) for g in adamw)
+    # and they act: the moments after two steps with gradients g1, g2 (torch's EMA forms)
+    w_h, w_a = muon[0]["params"][0], adamw[0]["params"][0]
+    g1 = {p: torch.randn_like(p) for p in (w_h, w_a)}
+    g2 = {p: torch.randn_like(p) for p in (w_h, w_a)}
+    for grads in (g1, g2):
+        for g in opt.param_groups:
+            for p in g["params"]:
+                p.grad = grads.get(p, torch.zeros_like(p))
+        opt.step()
+    buf = 0.25 * (0.75 * g1[w_h]) + 0.75 * g2[w_h]
+    torch.testing.assert_close(opt.state[w_h]["momentum_buffer"], buf)
+    m = 0.5 * (0.5 * g1[w_a]) + 0.5 * g2[w_a]
+    v = 0.75 * (0.25 * g1[w_a] ** 2) + 0.25 * g2[w_a] ** 2
+    torch.testing.assert_close(opt.state[w_a]["exp_avg"], m)
+    torch.testing.assert_close(opt.state[w_a]["exp_avg_sq"], v)
+
+
+def test_shampoo_root_redoes_a_failed_float32_eigh_in_float64(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MKL's float32 eigh returns NaN for some rank-deficient statistics (e.g. an embedding's,
+    whose unseen tokens give zero rows): the root is then computed in float64."""
+    from hptransfer.optim.shampoo import inverse_root
+
+    g = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    stats = (g @ g.T).unsqueeze(0)  # rank 2 of 6
+    expected = inverse_root(stats.double(), 4, 1e-6, True)
+    real_eigh, dtypes = torch.linalg.eigh, []
+
+    def nan_in_float32(a: Tensor) -> tuple[Tensor, Tensor]:
+        dtypes.append(a.dtype)
+        lam, q = real_eigh(a)
+        return (lam * float("nan"), q) if a.dtype == torch.float32 else (lam, q)
+
+    monkeypatch.setattr(torch.linalg, "eigh", nan_in_float32)
+    root = inverse_root(stats, 4, 1e-6, True)
+    assert dtypes == [torch.float32, torch.float64]
+    assert root.dtype == torch.float32
+    torch.testing.assert_close(root, expected.float())
+
+
+def test_shampoo_makes_no_step_from_roots_of_an_all_zero_statistic() -> None:
+    """Zero gradients until the roots go stale (frequency 2: roots at steps 1, 2, 4, ...), then
+    a gradient at step 3: a relative eps of a zero statistic is 0, and the stale root must give
+    no step rather than an infinite one; the refresh at step 4 then moves the weights."""
+    w = torch.nn.Parameter(torch.ones(4, 3))
+    opt = build_optimizer("shampoo", [{"params": [w], "lr": 0.1}], precondition_frequency=2)
+    for step, g in enumerate([0.0, 0.0, 1.0, 1.0], start=1):
+        w.grad = torch.full_like(w, g)
+        opt.step()
+        assert torch.isfinite(w).all()
+        assert torch.equal(w.detach(), torch.ones(4, 3)) == (step < 4), step

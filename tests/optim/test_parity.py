@@ -254,14 +254,18 @@ def _shampoo_formula(
     params: list[torch.Tensor],
     lrs: list[float],
     eps: float,
+    relative: bool,
     freq: int,
     block: int,
 ) -> list[list[torch.Tensor]]:
-    """Blocked Shampoo written out with numpy-style loops and torch.linalg.eigh."""
+    """Blocked Shampoo written out with numpy-style loops and torch.linalg.eigh: roots at
+    steps 1..freq, then every freq steps; eps times the largest eigenvalue if relative."""
 
     def root(mat: torch.Tensor) -> torch.Tensor:
         lam, q = torch.linalg.eigh(mat)
-        return q @ torch.diag((lam.clamp(min=0) + eps) ** -0.25) @ q.T
+        lam = lam.clamp(min=0)
+        e = eps * lam.max() if relative else eps
+        return q @ torch.diag((lam + e) ** -0.25) @ q.T
 
     def cuts(n: int) -> list[tuple[int, int]]:
         k = math.ceil(n / block)
@@ -278,7 +282,7 @@ def _shampoo_formula(
         for i, (p, g, lr) in enumerate(zip(params, grads, lrs)):
             if g.ndim == 1:
                 acc[i] += g * g
-                p -= lr * g / torch.sqrt(acc[i] + eps)
+                p -= lr * g / torch.sqrt(acc[i] + (eps * acc[i].max() if relative else eps))
                 continue
             upd = torch.zeros_like(g)
             for bi, (r0, r1) in enumerate(cuts(g.shape[0])):
@@ -287,7 +291,7 @@ def _shampoo_formula(
                     s = stats.setdefault((i, bi, bj), [0 * gb @ gb.T, 0 * gb.T @ gb, None, None])
                     s[0] = s[0] + gb @ gb.T
                     s[1] = s[1] + gb.T @ gb
-                    if t % freq == 0:
+                    if t + 1 <= freq or (t + 1) % freq == 0:
                         s[2], s[3] = root(s[0]), root(s[1])
                     upd[r0:r1, c0:c1] = s[2] @ gb @ s[3]
             p -= lr * upd
@@ -300,23 +304,28 @@ def _grads_of(params: list[torch.Tensor], t: int) -> list[torch.Tensor]:
     return list(torch.autograd.grad(_loss(leaves, t), leaves))
 
 
-def test_shampoo_matches_eigh_formula_with_blocks() -> None:
-    eps, freq, block = 1e-10, 3, 3
+@pytest.mark.parametrize("relative,eps", [(True, 1e-3), (False, 1e-4)])
+def test_shampoo_matches_eigh_formula_with_blocks(relative: bool, eps: float) -> None:
+    """Blocks of unequal sizes (5 rows -> 3 + 2), stale roots between refreshes; eps large
+    enough to change the steps, so its form (relative or absolute) is checked too."""
+    freq, block = 3, 3
     ours_p = _leaves()
     ours = build_optimizer(
         "shampoo", _groups(ours_p),
-        eps=eps, precondition_frequency=freq, max_preconditioner_dim=block,
+        eps=eps, eps_relative=relative, precondition_frequency=freq, max_preconditioner_dim=block,
     )  # fmt: skip
     ref = _shampoo_formula(
         _grads_of, [t.clone() for t in _init()], [g["lr"] for g in _groups(_init())],
-        eps, freq, block,
+        eps, relative, freq, block,
     )  # fmt: skip
     _assert_parity(_run(ours, ours_p), ref)
-    assert len([k for k in ours.state[ours_p[0]] if k.startswith("L") and "root" not in k]) == 4
+    st = ours.state[ours_p[0]]
+    assert sum(v.shape[0] for k, v in st.items() if k[0] == "L" and "root" not in k) == 4
 
 
 def test_shampoo_matches_pytorch_optimizer_on_matrices() -> None:
-    """The matching configuration: no grafting, roots every step, one block, 2-D params only.
+    """The matching configuration: absolute eps, no grafting, roots every step, one block,
+    2-D params only.
 
     pytorch_optimizer's Shampoo starts its statistics at ``eps * I`` (= our eps added to the
     eigenvalues) and recomputes roots when ``step % k == 0`` (a zero step before that), so only
@@ -324,7 +333,9 @@ def test_shampoo_matches_pytorch_optimizer_on_matrices() -> None:
     """
     eps = 1e-6
     ours_p = _leaves()[:2]
-    ours = build_optimizer("shampoo", _groups(ours_p)[:2], eps=eps, precondition_frequency=1)
+    ours = build_optimizer(
+        "shampoo", _groups(ours_p)[:2], eps=eps, eps_relative=False, precondition_frequency=1
+    )
     ref_p = _leaves()[:2]
     ref = RefShampoo(
         [{"params": g["params"], "lr": g["lr"]} for g in _groups(ref_p)[:2]],
@@ -353,7 +364,7 @@ def test_muon_matches_torch_muon_and_adamw() -> None:
     ours_p = _leaves()
     groups = _groups(ours_p)
     groups[0]["lr"], groups[1]["lr"], groups[2]["lr"] = lr_m, lr_a, lr_a
-    ours = build_optimizer("muon", groups, weight_decay=wd, eps=1e-8, adamw_betas=(0.9, 0.95))
+    ours = build_optimizer("muon", groups, weight_decay=wd, eps=1e-8, betas=(0.9, 0.95))
     ref_p = _leaves()
     muon = torch.optim.Muon([ref_p[0]], lr=lr_m, weight_decay=wd, adjust_lr_fn="original")
     adamw = torch.optim.AdamW(ref_p[1:], lr=lr_a, betas=(0.9, 0.95), eps=1e-8, weight_decay=wd)

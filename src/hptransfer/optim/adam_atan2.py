@@ -24,17 +24,20 @@ the same ``a``/``b`` meaning, bias correction and coupled decay.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay, foreach_chunks
+from hptransfer.optim import apply_decay
+from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
 
 
-class AdamAtan2(torch.optim.Optimizer):
+class AdamAtan2(InHouseOptimizer):
     """Adam-atan2 (see the module docstring). Per-group keys: lr, betas, a, b, weight_decay."""
+
+    buffers = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -49,43 +52,13 @@ class AdamAtan2(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=betas, a=a, b=b, weight_decay=weight_decay, wd_mode=wd_mode)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            states = [self.state[p] for p in params]
-            for p, st in zip(params, states):
-                if not st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-            for sl in foreach_chunks(params):
-                self._update(group, params[sl], grads[sl], states[sl])
-        return loss
-
-    @staticmethod
     def _update(
-        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
     ) -> None:
         beta1, beta2 = group["betas"]
-        ms = [st["exp_avg"] for st in states]
-        vs = [st["exp_avg_sq"] for st in states]
-        torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+        ms, vs = update_moments(states, grads, group["betas"])
         # denominators b * sqrt(v_hat), numerators m_hat
-        den = torch._foreach_mul(
-            vs, [group["b"] ** 2 / (1.0 - beta2 ** st["step"]) for st in states]
-        )
-        torch._foreach_sqrt_(den)
+        den = sqrt_v_hat(vs, states, beta2, scale=group["b"] ** 2)
         num = torch._foreach_mul(ms, [1.0 / (1.0 - beta1 ** st["step"]) for st in states])
         for n, d in zip(num, den):
             torch.atan2(n, d, out=n)

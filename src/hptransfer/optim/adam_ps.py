@@ -23,17 +23,20 @@ the parity test checks against the formula written out above.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay, foreach_chunks
+from hptransfer.optim import apply_decay
+from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
 
 
-class AdamPS(torch.optim.Optimizer):
+class AdamPS(InHouseOptimizer):
     """Adam with parameter scaling. Per-group keys: lr, betas, eps, floor, weight_decay."""
+
+    buffers = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -50,44 +53,16 @@ class AdamPS(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            states = [self.state[p] for p in params]
-            for p, st in zip(params, states):
-                if not st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-            for sl in foreach_chunks(params):
-                self._update(group, params[sl], grads[sl], states[sl])
-        return loss
-
-    @staticmethod
     def _update(
-        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
     ) -> None:
         beta1, beta2 = group["betas"]
-        ms = [st["exp_avg"] for st in states]
-        vs = [st["exp_avg_sq"] for st in states]
-        torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+        ms, vs = update_moments(states, grads, group["betas"])
         # per-tensor scale max(floor, rms(w)) from the weights before this step
         rms = torch.stack(torch._foreach_norm(params)).to("cpu", torch.float64)
         rms /= torch.tensor([math.sqrt(p.numel()) for p in params], dtype=torch.float64)
         scale = rms.clamp_min_(group["floor"])
-        denom = torch._foreach_mul(vs, [1.0 / (1.0 - beta2 ** st["step"]) for st in states])
-        torch._foreach_sqrt_(denom)
+        denom = sqrt_v_hat(vs, states, beta2)
         torch._foreach_add_(denom, group["eps"])
         bc1 = torch.tensor([1.0 - beta1 ** st["step"] for st in states], dtype=torch.float64)
         step_sizes = scale.mul_(-group["lr"]).div_(bc1)

@@ -27,17 +27,20 @@ Rate", NeurIPS 2024, arXiv:2411.02853.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay, foreach_chunks
+from hptransfer.optim import apply_decay
+from hptransfer.optim._base import InHouseOptimizer, State
 
 
-class ADOPT(torch.optim.Optimizer):
+class ADOPT(InHouseOptimizer):
     """Clipped ADOPT. Per-group keys: lr, betas, eps, clip_exponent, weight_decay."""
+
+    buffers = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -59,42 +62,24 @@ class ADOPT(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            fresh, params, grads, states = [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                    fresh.append(p)
-                else:
-                    params.append(p)
-                    grads.append(p.grad)
-                    states.append(st)
-            if fresh:
-                fresh_grads = [p.grad for p in fresh]
-                fresh_vs = [self.state[p]["exp_avg_sq"] for p in fresh]
-                torch._foreach_addcmul_(fresh_vs, fresh_grads, fresh_grads)
-                for p in fresh:
-                    self.state[p]["step"] = 1
-            if not params:
-                continue
-            for sl in foreach_chunks(params):
-                self._update(group, params[sl], grads[sl], states[sl])
-        return loss
+    def _step_group(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
+    ) -> None:
+        """A parameter's first call only sets ``v = g^2``; its later calls update."""
+        new = [st["step"] == 0 for st in states]
+        if any(new):
+            new_grads = [g for g, n in zip(grads, new) if n]
+            new_vs = [st["exp_avg_sq"] for st, n in zip(states, new) if n]
+            torch._foreach_addcmul_(new_vs, new_grads, new_grads)
+        old = [i for i, n in enumerate(new) if not n]
+        if old:
+            super()._step_group(group, *([xs[i] for i in old] for xs in (params, grads, states)))
+        for st, n in zip(states, new):
+            if n:
+                st["step"] = 1
 
-    @staticmethod
     def _update(
-        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
     ) -> None:
         beta1, beta2 = group["betas"]
         ms = [st["exp_avg"] for st in states]
@@ -103,7 +88,8 @@ class ADOPT(torch.optim.Optimizer):
         torch._foreach_clamp_min_(denom, group["eps"])
         normed = torch._foreach_div(grads, denom)
         if group["clip_exponent"] is not None:
-            clips = [float(st["step"]) ** group["clip_exponent"] for st in states]
+            # the t-th update (call t + 1) clips at t^c
+            clips = [float(st["step"] - 1) ** group["clip_exponent"] for st in states]
             torch._foreach_clamp_min_(normed, [-c for c in clips])
             torch._foreach_clamp_max_(normed, clips)
         torch._foreach_lerp_(ms, normed, 1.0 - beta1)
@@ -111,5 +97,3 @@ class ADOPT(torch.optim.Optimizer):
         torch._foreach_add_(params, ms, alpha=-group["lr"])
         torch._foreach_mul_(vs, beta2)
         torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
-        for st in states:
-            st["step"] += 1

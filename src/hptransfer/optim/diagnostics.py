@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hptransfer.distributed import full
 from hptransfer.optim.adam_ps import AdamPS
 from hptransfer.optim.adopt import ADOPT
 from hptransfer.optim.lamb import Lamb
@@ -58,5 +59,5 @@ def optimizer_diagnostics(
             values.append((v.sqrt() < group["eps"]).float().mean())
     if not values:
         return {}
-    flat = torch.stack([v.to(values[0].device) for v in values]).tolist()
+    flat = full(torch.stack([v.to(values[0].device) for v in values])).tolist()  # fsdp: DTensor
     return dict(zip(keys, flat))

@@ -30,17 +30,20 @@ adam_debias=True)`` (its default also divides the final step by ``1 - beta1^t``)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay, foreach_chunks
+from hptransfer.optim import apply_decay
+from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
 
 
-class Lamb(torch.optim.Optimizer):
+class Lamb(InHouseOptimizer):
     """LAMB. Per-group keys: lr, betas, eps, clamp, bias_correction, weight_decay."""
+
+    buffers = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -64,42 +67,13 @@ class Lamb(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            states = [self.state[p] for p in params]
-            for p, st in zip(params, states):
-                if not st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-            for sl in foreach_chunks(params):
-                self._update(group, params[sl], grads[sl], states[sl])
-        return loss
-
-    @staticmethod
     def _update(
-        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
     ) -> None:
         beta1, beta2 = group["betas"]
-        ms = [st["exp_avg"] for st in states]
-        vs = [st["exp_avg_sq"] for st in states]
-        torch._foreach_mul_(ms, beta1)
-        torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+        ms, vs = update_moments(states, grads, group["betas"])
         if group["bias_correction"]:
-            denom = torch._foreach_mul(vs, [1.0 / (1.0 - beta2 ** st["step"]) for st in states])
-            torch._foreach_sqrt_(denom)
+            denom = sqrt_v_hat(vs, states, beta2)
             torch._foreach_add_(denom, group["eps"])
             torch._foreach_mul_(denom, [1.0 - beta1 ** st["step"] for st in states])
         else:

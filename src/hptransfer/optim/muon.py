@@ -5,7 +5,8 @@ Groups whose ``"role"`` is ``"hidden"`` and whose parameters are all 2-D go to
 
 .. math::
 
-    B_t &= \mu B_{t-1} + g_t, \qquad \tilde B_t = g_t + \mu B_t \ \text{(Nesterov)} \\
+    B_t &= \mu B_{t-1} + (1-\mu) g_t, \qquad \tilde B_t = (1-\mu) g_t + \mu B_t
+        \ \text{(Nesterov)} \\
     O_t &= \mathrm{NS}_5(\tilde B_t) \quad\text{(quintic Newton-Schulz, coefficients
         (3.4445, -4.7750, 2.0315), on } \tilde B_t / \max(\lVert \tilde B_t\rVert_F, 10^{-7})) \\
     w &\leftarrow w (1 - \eta\lambda) - \eta'\, O_t
@@ -14,7 +15,8 @@ with ``eta' = eta * sqrt(max(1, fan_out / fan_in))`` (``adjust_lr_fn="original"`
 at constant LR) or ``eta * 0.2 * sqrt(max(fan_out, fan_in))`` (``"match_rms_adamw"``: scale the
 hidden LR by ``1/sqrt(width_mult)``; never stack both). torch runs the Newton-Schulz iteration
 in bfloat16 whatever the parameter dtype. All other groups (routing uses ``"role"`` only, never
-parameter names) go to ``torch.optim.AdamW`` with ``adamw_betas`` and ``eps``.
+parameter names) go to ``torch.optim.AdamW`` with ``adamw_betas`` (``build_optimizer``'s
+``betas`` knob) and ``eps``.
 
 Defaults: momentum 0.95, nesterov True, ns_steps 5, adjust_lr_fn "original", adamw_betas
 (0.9, 0.95), eps 1e-8. A group's ``eps`` applies to AdamW-routed groups; Muon-routed groups use

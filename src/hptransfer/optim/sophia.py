@@ -45,14 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hptransfer.optim import apply_decay, foreach_chunks
+from hptransfer.optim import apply_decay
+from hptransfer.optim._base import InHouseOptimizer, State
 
 VARIANTS = ("g", "h")
 IGNORE_INDEX = -100
 
 
-class Sophia(torch.optim.Optimizer):
+class Sophia(InHouseOptimizer):
     """Sophia-G / Sophia-H. Per-group keys: lr, betas, rho, eps, weight_decay."""
+
+    buffers = ("exp_avg", "hessian")
 
     def __init__(
         self,
@@ -76,14 +79,6 @@ class Sophia(torch.optim.Optimizer):
             lr=lr, betas=betas, rho=rho, eps=eps, weight_decay=weight_decay, wd_mode=wd_mode
         )
         super().__init__(params, defaults)
-
-    def _state(self, p: Tensor) -> dict[str, Any]:
-        st = self.state[p]
-        if not st:
-            st["step"] = 0
-            st["exp_avg"] = torch.zeros_like(p)
-            st["hessian"] = torch.zeros_like(p)
-        return st
 
     @torch.no_grad()
     def update_curvature(self, estimates: Sequence[Tensor | None]) -> None:
@@ -134,27 +129,8 @@ class Sophia(torch.optim.Optimizer):
                 est_of = {id(p): u * hv for (p, _), u, hv in zip(used, us, hvs)}
         self.update_curvature([est_of.get(id(p)) for p in params])
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            states = [self._state(p) for p in params]
-            for st in states:
-                st["step"] += 1
-            for sl in foreach_chunks(params):
-                self._update(group, params[sl], grads[sl], states[sl])
-        return loss
-
-    @staticmethod
     def _update(
-        group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[State]
     ) -> None:
         ms = [st["exp_avg"] for st in states]
         hs = [st["hessian"] for st in states]
