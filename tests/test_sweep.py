@@ -136,6 +136,15 @@ def test_adaptive_sweep_brackets_the_optimum(tmp_path, fake):
         assert abs(math.log2(best) + 7) <= 0.125  # the fake's optimum is 2^-7
         assert g["lr"].min() < best < g["lr"].max()
         assert (g["status"] == "diverged").any()  # extended upward until divergence
+    quarters = {round(4 * math.log2(lr)) % 2 for lr in df["lr"]}
+    assert quarters == {0, 1}  # refined at 2^(1/4) by default
+
+    coarse = tmp_path / "coarse"
+    text = text.replace("adaptive = true", 'adaptive = true\nlr_refine = "2^(1/2)"')
+    run_sweep(load_spec(write_spec(tmp_path, text, "coarse.toml")), coarse, quiet=True)
+    lrs = store.load_runs(coarse)["lr"]
+    assert {round(4 * math.log2(lr)) % 2 for lr in lrs} == {0}  # the half-octave lattice only
+    assert len(lrs) < len(df)
 
 
 CASES = """
@@ -189,6 +198,7 @@ BAD = [
     ("[grid]\nmodel.width = [32]\n[[cases]]\nmodel.width = 64\n", "also in [grid]"),
     ("[[cases]]\nmodel.widht = 64\n", "unknown config key 'model.widht'"),
     ("cases = 3\n", "[[cases]] tables"),
+    ('[sweep]\nlr_refine = "2^1"\n', "sweep.lr_refine must be"),
     ("[grid]\nmodel.widht = [32]\n", "unknown config key 'model.widht'"),
     ("[grid]\nmodel.width = []\n", "empty list"),
     ("[grid]\nlr = [0.01, -1.0]\n", "optimizer.lr must be > 0"),

@@ -22,8 +22,8 @@ GRID_STEP = 2**0.5
 
 DEMO_SPEC = """\
 # The quickstart sweep of `hptransfer demo`: SP (one global LR) vs muP (per-layer LR
-# exponents), Adam, widths 32..256 (x8), adaptive LR search on the 2^(1/2) lattice from an
-# octave-pair grid, refined at 2^(1/4). About 4 minutes on 2 idle CPU cores with 2 workers.
+# exponents), Adam, widths 32..256 (x8), adaptive LR search on the 2^(1/2) grid from an
+# octave-pair start. About 3 minutes on 2 idle CPU cores with 2 workers.
 [base]
 model.depth = 2
 model.head_dim = 16
@@ -51,6 +51,7 @@ param.name = "mup"
 [sweep]
 workers = 2
 adaptive = true
+lr_refine = "2^(1/2)"
 """
 
 

@@ -24,7 +24,7 @@ from hptransfer.config import ConfigError
 from hptransfer.sweep.executors import Executor, check_executor, make_executor
 from hptransfer.sweep.progress import Counts, Progress
 from hptransfer.sweep.search import LRSearch
-from hptransfer.sweep.spec import LR_KEY, Run, SweepSpec
+from hptransfer.sweep.spec import LR_KEY, Run, SweepSpec, parse_step
 from hptransfer.sweep.worker import RunTask, record_failure, train_function
 
 SWEEP_JSON_EVERY_S = 2.0
@@ -103,7 +103,8 @@ class SweepRunner:
             if self.spec.settings.adaptive:
                 key = self.spec.settings_key(run)
                 if key not in self.searches:
-                    self.searches[key] = _Search(LRSearch(start=starts[key]), [])
+                    fine = parse_step(self.spec.settings.lr_refine)
+                    self.searches[key] = _Search(LRSearch(start=starts[key], fine=fine), [])
                 if run.values[LR_KEY] == starts[key][0]:
                     self.searches[key].templates.append(run)
             self.add(run, key)

@@ -65,6 +65,9 @@ class SweepSettings:
     """Ray cluster address ("auto" or host:port); empty starts a local Ray instance."""
     adaptive: bool = False
     """Extend each (width, setting) LR grid adaptively ([E]'s protocol, see search.py)."""
+    lr_refine: str = "2^(1/4)"
+    """Finest spacing the adaptive search refines the optimum to; "2^(1/2)" stays on the
+    half-octave lattice it extends on."""
     tokens_per_param: float = 0.0
     """If > 0: train.steps per width = ceil(tpp * non-embedding params / (batch * seq_len))."""
     lock_timeout_s: float = 600.0
@@ -85,6 +88,8 @@ class SweepSettings:
             raise ConfigError(f"sweep.lock_timeout_s must be > 0, got {self.lock_timeout_s}")
         if self.retries < 0:
             raise ConfigError(f"sweep.retries must be >= 0, got {self.retries}")
+        if parse_step(self.lr_refine) > 2**0.5 + 1e-12:
+            raise ConfigError(f"sweep.lr_refine must be 2^(1/4) or 2^(1/2), got {self.lr_refine!r}")
         return self
 
 
