@@ -76,3 +76,17 @@ def test_max_points_caps_the_search() -> None:
         for lr in s.propose():
             s.record(lr, 1.0 / lr)  # always better upward: never stops by itself
     assert len(s.results) == 5
+
+
+def test_upward_extension_strides_at_the_starting_grids_spacing() -> None:
+    """A plateau of large LRs that never diverge is crossed in the grid's own strides."""
+
+    def plateau(lr: float) -> float:
+        if lr > 2**3:
+            return 3.0  # > 1.2 x any best so far
+        return min(2.0 + 0.1 * math.log2(lr / 2**-7) ** 2, 2.3)
+
+    s = search(START, plateau)  # START: 2^-12 .. 2^-4 in steps of 2^2
+    above = sorted(math.log2(lr) for lr, _ in s.results.values() if lr > 2**-4)
+    assert above == [-2.0, 0.0, 2.0, 4.0]  # 2^2 strides up to the first loss > 1.2 x best
+    assert abs(math.log2(s.best()[0]) + 7) <= 0.125

@@ -1,9 +1,9 @@
 """Adaptive LR search for one (width, setting): [E]'s protocol as a small state machine.
 
 1. Evaluate the starting grid.
-2. Extend upward by ``step`` (2^(1/2)) until the highest LR diverges or its loss exceeds
-   ``worse`` (1.2) x the best loss so far.
-3. Extend downward by ``step`` until the optimum is bracketed (the best LR is not the lowest).
+2. Extend the grid upward, at the starting grid's own spacing (2^(1/2) for a single starting
+   LR), until the highest LR diverges or its loss exceeds ``worse`` (1.2) x the best so far.
+3. Extend downward likewise until the optimum is bracketed (the best LR is not the lowest).
    When every LR so far diverged, extend downward too.
 4. Refine: evaluate both neighbours of the best LR at ``step`` (this fills a coarse starting
    grid in), then at ``fine`` (2^(1/4)); again whenever the best moves, until the best LR's
@@ -32,6 +32,7 @@ class LRSearch:
 
     start: list[float]
     step: float = 2**0.5
+    """Refinement spacing, coarse; also the extension spacing when the start has one LR."""
     fine: float = 2**0.25
     worse: float = 1.2
     bounds: tuple[float, float] = (1e-8, 1e3)
@@ -40,6 +41,14 @@ class LRSearch:
     """The search stops after this many LRs, bracketed or not."""
     results: dict[float, tuple[float, float | None]] = field(default_factory=dict)
     """log2-rounded key -> (lr, loss or None when diverged / failed)."""
+
+    @property
+    def extend_step(self) -> float:
+        """The starting grid's smallest spacing (``step`` for a single starting LR): a plateau
+        of non-diverging large LRs is crossed in the grid's strides, not in 2^(1/2) steps."""
+        lrs = sorted(set(self.start))
+        ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+        return max(self.step, min(ratios)) if ratios else self.step
 
     def record(self, lr: float, loss: float | None) -> None:
         """Store the (seed-averaged) loss at ``lr``; None or non-finite means diverged."""
@@ -66,14 +75,15 @@ class LRSearch:
         points = sorted(self.results.values())
         (lo, _), (hi, hi_loss) = points[0], points[-1]
         best = self.best()
+        stride = self.extend_step
         if best is None:  # everything diverged: the LRs are too large
-            return self._allowed([lo / self.step])
+            return self._allowed([lo / stride])
         best_lr, best_loss = best
         extend = []
         if hi_loss is not None and hi_loss <= self.worse * best_loss:
-            extend.append(hi * self.step)
+            extend.append(hi * stride)
         if _key(best_lr) == _key(lo):
-            extend.append(lo / self.step)
+            extend.append(lo / stride)
         extend = self._allowed(extend)
         if extend:
             return extend
