@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import tomllib
 
-from hptransfer.demo import DEMO_SPEC, report
+from hptransfer.demo import DEMO_SPEC, report, run_demo
 from hptransfer.sweep import parse_spec
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "demo.toml"
@@ -39,3 +39,16 @@ def test_report_prints_optima_and_shifts_in_grid_steps() -> None:
     assert shifts == pytest.approx({"mup": 1.0, "sp": 4.0})
     text = stream.getvalue()
     assert "sp: optimal LR per width" in text and "moves by 4.0 grid step(s)" in text
+
+
+def test_demo_runs_its_sweep_prints_optima_and_writes_the_report(tmp_path, monkeypatch) -> None:
+    """The whole demo path, with the sweep tests' fast stand-in for train (optimum 2^-7)."""
+    monkeypatch.setenv("HPTRANSFER_TRAIN_FN", "test_sweep_fakes:fake_train")
+    monkeypatch.setenv("FAKE_TRAIN_S", "0.01")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    stream = io.StringIO()
+    shifts = run_demo(tmp_path / "demo", quiet=True, stream=stream)
+    assert shifts == {"mup": 0.0, "sp": 0.0}  # the fake's optimum does not depend on width
+    text = stream.getvalue()
+    assert "mup: optimal LR per width" in text and "0.0078" in text  # 2^-7
+    assert (tmp_path / "demo" / "report.html").exists() and "report.html" in text
