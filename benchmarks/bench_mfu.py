@@ -18,12 +18,11 @@ Usage: ``python benchmarks/bench_mfu.py [--quick] [--threads N] [--device auto|c
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from dataclasses import dataclass
 
 import torch
-from timing import matmul_flops, median_ratio, resolve_device, time_call
+from timing import bench_args, matmul_flops, median_ratio, resolve_device, time_call
 
 from hptransfer.config import RunConfig
 from hptransfer.train import build, loss_fn
@@ -136,11 +135,5 @@ def run(quick: bool = False, device: str = "auto") -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = bench_args(__doc__)
     run(args.quick, args.device)

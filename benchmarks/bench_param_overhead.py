@@ -16,13 +16,12 @@ Usage: ``python benchmarks/bench_param_overhead.py [--quick] [--threads N]``; ``
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 
 import torch
-from timing import interleaved, median_ratio
+from timing import bench_args, interleaved, median_ratio
 
 from hptransfer.config import RunConfig
 from hptransfer.models import build_model
@@ -112,10 +111,5 @@ def run(quick: bool = False) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = bench_args(__doc__, device=False)
     run(args.quick)

@@ -15,11 +15,10 @@ passes bench_mfu's step times to :func:`fit` instead of measuring them again.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import bench_mfu
-import torch
+from timing import bench_args
 
 
 def exponent(widths: list[int], values: list[float]) -> float:
@@ -62,11 +61,5 @@ def run(quick: bool = False, device: str = "auto") -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = bench_args(__doc__)
     run(args.quick, args.device)

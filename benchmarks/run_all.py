@@ -86,7 +86,7 @@ def sweep(quick: bool, device: str) -> dict[str, Any]:
             for k, v in bench_sweep.runs_per_hour(quick, Path(tmp)).items()
         }
         if quick:
-            out["sweep_demo_runs_per_hour"] = "skipped in --quick (the demo takes ~4 min)"
+            out["sweep_demo_runs_per_hour"] = "skipped in --quick (the demo takes ~2 min)"
             return out
         spec = parse_spec(tomllib.loads(DEMO_SPEC))
         start = time.perf_counter()

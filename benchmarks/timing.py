@@ -8,6 +8,7 @@ than a ratio of separately measured medians.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -96,3 +97,17 @@ def machine(device: torch.device) -> dict[str, object]:
     if hasattr(os, "getloadavg"):
         info["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
     return info
+
+
+def bench_args(doc: str, device: bool = True) -> argparse.Namespace:
+    """The shared command line of a bench script (--quick, --threads, --device); applies
+    --threads before anything is timed."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    if device:
+        ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
