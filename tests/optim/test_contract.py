@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from hptransfer.optim import OPTIMIZERS, build_optimizer, optimizer_family
+from hptransfer.optim import OPTIMIZERS, build_optimizer
+from hptransfer.param.rules import optimizer_regime
 
 torch.set_num_threads(1)
 Tensor = torch.Tensor
@@ -74,7 +75,8 @@ ROLES = ("hidden", "output", "vector")
 
 def test_table_covers_every_optimizer() -> None:
     assert {e.name for e in TABLE} == set(OPTIMIZERS)
-    assert {optimizer_family(n) for n in OPTIMIZERS} <= {"adam", "sgd", "adam_ps", "spectral-only"}
+    regimes = {optimizer_regime(n) for n in OPTIMIZERS}  # the width rule's single source
+    assert {kind for kind, _ in regimes} == {"family", "spectral"}
 
 
 def _problem(dtype: torch.dtype = torch.float64) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:

@@ -89,23 +89,6 @@ OPTIMIZERS = (
     "muon",
 )
 
-# Which LR-exponent table of the parameterization engine applies: "adam" and "sgd" are [E]'s
-# tables, "adam_ps" is Adam with parameter scaling (updates proportional to rms(w)), and
-# "spectral-only" means the optimizer is covered only by the spectral rule of [S]
-# (parameterizations.md section 6), which the engine looks up by optimizer name.
-_FAMILIES = {
-    "sgd": "sgd",
-    "adam": "adam",
-    "adamw": "adam",
-    "adam_atan2": "adam",
-    "adopt": "adam",
-    "sophia": "adam",
-    "adam_ps": "adam_ps",
-    "adafactor": "adam_ps",
-    "lamb": "spectral-only",
-    "shampoo": "spectral-only",
-    "muon": "spectral-only",
-}
 
 _COMMON = {"weight_decay": 0.0, "wd_mode": "coupled"}
 _ADAM_BETAS = (0.9, 0.95)
@@ -145,13 +128,6 @@ _KNOBS: dict[str, dict[str, Any]] = {
         "eps": 1e-8,
     },
 }
-
-
-def optimizer_family(name: str) -> str:
-    """Return the LR-rule family of optimizer ``name``: "adam", "sgd", "adam_ps" or
-    "spectral-only" (see the module docstring)."""
-    _check_name(name)
-    return _FAMILIES[name]
 
 
 def optimizer_knobs(name: str) -> dict[str, Any]:
@@ -329,7 +305,6 @@ __all__ = [
     "build_optimizer",
     "decay_amount",
     "foreach_chunks",
-    "optimizer_family",
     "optimizer_knobs",
     "step_with_independent_decay",
 ]
