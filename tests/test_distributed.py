@@ -6,14 +6,21 @@ per-layer diagnostics must agree. float64 parameters, but the model returns floa
 the loss itself is float32: the tolerance is 1e-5 relative (measured differences ~3e-7). Muon
 is the exception: torch runs its Newton-Schulz iteration in bfloat16, and sharded matmuls round
 differently (measured 2e-3 on per-layer update sizes), so it gets 1e-2.
+
+Once in CI (and in none of 13 runs under load here) a worker died inside native code (glibc:
+"malloc(): unaligned tcache chunk detected", SIGABRT) with no Python frame of ours on the way.
+A worker killed by a signal is therefore run once more, with a warning naming the job it was
+on; a second native crash, any Python exception and any numerical mismatch still fail.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -75,6 +82,7 @@ def _worker(rank: int, port: int, root: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     results: dict = {}
     for key, cfg in jobs().items():
+        Path(root, f"progress{rank}").write_text(key)
         s = train(cfg, Path(root) / key / f"rank{rank}")
         results[key] = {"losses": s["losses"], "eval": s["final_eval_loss"]}
     # the parameterization's groups survive sharding: same names and LRs, sharded tensors
@@ -83,6 +91,7 @@ def _worker(rank: int, port: int, root: str) -> None:
     groups = setup.parameterization.param_groups
     ctx = distributed.start(cfg)
     _, opt = distributed.prepare(setup.model, setup.optimizer, groups, cfg, ctx)
+    Path(root, f"progress{rank}").write_text("groups")
     results["groups"] = [
         {
             "name": g["name"],
@@ -98,6 +107,32 @@ def _worker(rank: int, port: int, root: str) -> None:
 
 
 def _spawn(root: Path, timeout_s: float = 240.0) -> list[dict]:
+    try:
+        return _spawn_once(root, timeout_s)
+    except mp.ProcessExitedException as e:
+        if e.signal_name is None:  # exited with an error code: not a native crash
+            raise
+        where = {r: _read(root / f"progress{r}") for r in range(WORLD)}
+        warnings.warn(
+            f"distributed worker {e.error_index} died of {e.signal_name} in {where}; "
+            "running the workers again",
+            stacklevel=1,
+        )
+    for path in root.iterdir():  # a fresh start: nothing of the crashed attempt is compared
+        if path.is_dir():
+            shutil.rmtree(path)
+    return _spawn_once(root, timeout_s)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+def _spawn_once(root: Path, timeout_s: float) -> list[dict]:
     procs = mp.start_processes(
         _worker, args=(_free_port(), str(root)), nprocs=WORLD, join=False, start_method="spawn"
     )
@@ -122,8 +157,8 @@ def test_ddp_and_fsdp_match_one_process(tmp_path):
         assert ranks[1][key] == got[key]  # every rank reports the global numbers
         # only rank 0 writes; its per-layer diagnostics are the single process's
         assert not (tmp_path / key / "rank1").exists()
-        dist_rec = [json.loads(x) for x in (tmp_path / key / "rank0" / "metrics.jsonl").open()]
-        ref_rec = [json.loads(x) for x in (tmp_path / "single" / key / "metrics.jsonl").open()]
+        dist_rec = _records(tmp_path / key / "rank0" / "metrics.jsonl")
+        ref_rec = _records(tmp_path / "single" / key / "metrics.jsonl")
         for a, b in zip(dist_rec, ref_rec):
             assert a.keys() == b.keys()
             ups = [k for k in a if k.startswith("update/")]
