@@ -96,6 +96,11 @@ def cmd_rules(args: argparse.Namespace) -> int:
     print(f"  {'role':<8}{'a':>8}{'b':>8}{'c':>8}{'g':>8}")
     for role, r in rule.roles.items():
         print(f"  {role:<8}{_fmt(r.a):>8}{_fmt(r.b):>8}{_fmt(r.c):>8}{_fmt(r.g):>8}")
+    if rule.block_size is not None:
+        print(
+            f"  blocks of at most {rule.block_size}: each matrix's LR also x "
+            "sqrt(blocks at base width / blocks) (1 while no side exceeds the block size)"
+        )
     return 0
 
 

@@ -313,6 +313,7 @@ def test_shampoo_matches_eigh_formula_with_blocks(relative: bool, eps: float) ->
     ours = build_optimizer(
         "shampoo", _groups(ours_p),
         eps=eps, eps_relative=relative, precondition_frequency=freq, max_preconditioner_dim=block,
+        normalize=None,  # the plain formula: stale roots unclipped
     )  # fmt: skip
     ref = _shampoo_formula(
         _grads_of, [t.clone() for t in _init()], [g["lr"] for g in _groups(_init())],

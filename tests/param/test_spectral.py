@@ -35,7 +35,9 @@ CASES = [
     ("adam_ps", {}, True),
     ("lamb", {"clamp": None}, True),
     ("lamb", {}, False),
-    ("shampoo", {"precondition_frequency": 1}, False),
+    ("shampoo", {"precondition_frequency": 1, "max_preconditioner_dim": 1024}, False),
+    # blocks of 128: 1 to 8 per side over these widths, so the rule's block factor is needed
+    ("shampoo", {"precondition_frequency": 1, "max_preconditioner_dim": 128}, True),
     ("muon", {}, False),
 ]
 
@@ -93,3 +95,13 @@ def test_spectral_only_optimizers_refuse_other_parameterizations():
     with pytest.raises(ValueError, match="spectral muP"):
         make_rule("sp", "muon")
     assert make_rule("sp", "shampoo", options={"grafting": "adam"}).family == "adam"
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (256, 96), (512, 128), (100, 3, 3), (129, 1024)])
+@pytest.mark.parametrize("block", [32, 128])
+def test_rule_counts_shampoos_blocks(shape, block):
+    from hptransfer.optim.shampoo import block_classes
+    from hptransfer.param.rules import n_blocks
+
+    cols = int(np.prod(shape[1:]))
+    assert n_blocks(shape, block) == sum(g.count for g in block_classes(shape[0], cols, block))

@@ -37,10 +37,12 @@ Optimizers (knobs and defaults; every optimizer also takes ``weight_decay`` = 0 
     0.04, ``curvature_interval`` 10, ``eps`` 1e-15.
 ``shampoo``
     :class:`~hptransfer.optim.shampoo.Shampoo`: ``eps`` 1e-6, ``eps_relative`` True (eps times
-    each statistic's largest eigenvalue), ``max_preconditioner_dim`` 1024,
-    ``precondition_frequency`` 10 (roots on steps 1 to 10, then every 10 steps), ``grafting``
-    None ("adam" to graft Adam's per-block norm), ``betas`` (0.9, 0.999) and ``graft_eps``
-    1e-8 (grafting).
+    each statistic's largest eigenvalue), ``max_preconditioner_dim`` 128,
+    ``precondition_frequency`` 10 (roots on steps 1 to 10, then every 10 steps), ``normalize``
+    "clip" (each block's step at most ``lr`` in spectral norm; "spectral": exactly ``lr``;
+    None: plain Shampoo), ``precondition_dtype`` "bfloat16" (the preconditioning product for
+    float32 parameters), ``grafting`` None ("adam" to graft Adam's per-block norm), ``betas``
+    (0.9, 0.999) and ``graft_eps`` 1e-8 (grafting).
 ``muon``
     :class:`~hptransfer.optim.muon.MuonAdamW`: ``momentum`` 0.95, ``nesterov`` True,
     ``ns_steps`` 5, ``adjust_lr_fn`` "original", ``eps`` 1e-8, ``betas`` (0.9, 0.95): the betas
@@ -72,6 +74,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from hptransfer.param.rules import SHAMPOO_BLOCK
 
 WD_MODES = ("coupled", "independent")
 
@@ -113,11 +117,13 @@ _KNOBS: dict[str, dict[str, Any]] = {
     "shampoo": {
         "eps": 1e-6,
         "eps_relative": True,
-        "max_preconditioner_dim": 1024,
+        "max_preconditioner_dim": SHAMPOO_BLOCK,
         "precondition_frequency": 10,
         "grafting": None,
         "betas": (0.9, 0.999),
         "graft_eps": 1e-8,
+        "normalize": "clip",
+        "precondition_dtype": "bfloat16",
     },
     "muon": {
         "momentum": 0.95,

@@ -28,15 +28,39 @@ between. Early statistics have a rank of at most the number of gradients seen, s
 are k steps old then miss most of the current gradient, whose new directions get the
 ``eps``-amplified step; on nanodo at width 64 roots at steps 1, 11, 21, ... diverged at lr 0.1
 where this schedule trains. Roots are computed in the parameter's dtype (at least float32),
-one batched ``eigh`` for all blocks of one size in a group: in float32 they are accurate to
-about 1e-3 relative on the gradient for a relative ``eps`` >= 1e-6. An eigendecomposition that
-fails (an error, or MKL's float32 ``eigh`` returning NaN, as it does for some statistics with
-many zero rows) is redone in float64.
+one batched ``eigh`` per statistic: in float32 they are accurate to about 1e-3 relative on the
+gradient for a relative ``eps`` >= 1e-6. An eigendecomposition that fails (an error, or MKL's
+float32 ``eigh`` returning NaN, as it does for some statistics with many zero rows) is redone
+in float64.
 
-Dimensions larger than ``max_preconditioner_dim`` (default 1024) are split into near-equal
-blocks, each block with its own ``L`` and ``R`` (for the spectral muP rule, blocks must be at
-least as large as the widest layer). Blocks of equal shape are stacked, so statistics, roots and
-preconditioning run as batched matrix products.
+Stale roots (the steps between refreshes) are the optimizer's weak point: with statistics that
+include the current gradient, each block's step has spectral norm at most ``lr`` (``L >= G
+G^T`` and ``R >= G^T G`` give ``||L^-1/4 G R^-1/4|| <= ||L^-1/2 G||^1/2 ||G R^-1/2||^1/2 <= 1``),
+but a gradient direction that the old statistics lack is amplified by up to ``eps^(-1/4)`` per
+side. On nanodo (100 steps, widths 32 to 128) runs diverged on the first stale step (step 11),
+at an LR that fell by an octave per doubling of width, and with roots every step none
+diverged. ``normalize`` (default ``"clip"``) therefore divides each block's direction by
+``max(1, its spectral norm)``: nothing changes while roots are fresh, and stale steps keep the
+bound. ``"spectral"`` divides by the spectral norm itself (every block steps ``lr`` in spectral
+norm, the explicit normalization of Qiu et al. 2025); ``None`` is plain Shampoo. The norm
+comes from power iteration on each block, continued from the last step's vector (10 iterations
+on the first step, then 2): a lower bound that is close when one direction dominates (as an
+amplified one does) and up to ~15% low when the top singular values are close. With grafting
+the block norm is Adam's and ``normalize`` is not used.
+
+The product ``L^-1/4 G R^-1/4`` runs in ``precondition_dtype`` (default bfloat16; the roots are
+stored in it) for float32 and bfloat16 parameters, and in float64 for float64 parameters; None:
+the parameter's dtype. Like Muon's Newton-Schulz iteration in bfloat16, this rounds the step's
+direction (about 3 significant digits), not the statistics, which stay in the parameter's
+dtype so that small eigenvalues keep their meaning.
+
+Dimensions larger than ``max_preconditioner_dim`` (default 128) are split into near-equal
+blocks, each block with its own ``L`` and ``R``. Blocks of equal shape are stacked, so
+statistics, roots and preconditioning run as batched matrix products. Under the spectral muP
+rule each block's step has a width-free spectral norm and a rank-1 gradient's blocks add up to
+a step ``sqrt(blocks)`` times larger, so the rule multiplies each matrix's LR by
+``sqrt(blocks at base width / blocks)`` (:class:`hptransfer.param.rules.Rule`); with that
+factor blocking also made the optimal LR move less with width (docs/reproductions.md).
 
 1-D (and 0-d) parameters use the diagonal analogue (order-1 Shampoo, i.e. Adagrad):
 ``a += g^2; w -= lr * g * (a + e)^{-1/2}`` with ``e = eps * max(a)`` (relative) or ``eps``,
@@ -53,7 +77,7 @@ Weight decay: a shrink before the update, coupled ``w *= 1 - lr * wd`` or indepe
 
 Reference: Gupta, Koren & Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization",
 ICML 2018; the relative epsilon follows Google's distributed Shampoo (Anil et al. 2020). With
-``eps_relative=False``, no grafting and ``precondition_frequency=1`` this equals
+``eps_relative=False``, no grafting, ``precondition_frequency=1`` and float64 this equals
 pytorch_optimizer's ``Shampoo(momentum=0, weight_decay=0, preconditioning_compute_steps=1,
 matrix_eps=eps)`` on 2-D parameters (that one starts its statistics at ``eps * I``, the same as
 adding ``eps`` to the eigenvalues, computes roots by SVD, and gives a zero step before its first
@@ -66,6 +90,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,55 +98,73 @@ from torch import Tensor
 
 from hptransfer.optim import apply_decay
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
+from hptransfer.param.rules import SHAMPOO_BLOCK
 
 GRAFTINGS = (None, "adam")
+NORMALIZES = (None, "clip", "spectral")
+#: power iterations for each block's top singular value: on a block's first step, then per step
+#: (from the last step's vector, which follows the block's slowly turning top direction)
+POWER_ITERS_FIRST, POWER_ITERS = 10, 2
 
-Block = tuple[slice, slice]
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Equal-shape blocks tiling ``mat[rows, cols]``: ``nr x nc`` blocks, stacked row-major."""
+
+    rows: slice
+    cols: slice
+    nr: int
+    nc: int
+
+    @property
+    def count(self) -> int:
+        return self.nr * self.nc
+
+    def view(self, mat: Tensor) -> Tensor:
+        """``(nr, block_rows, nc, block_cols)``, a view of ``mat`` (writes go to ``mat``)."""
+        sub = mat[self.rows, self.cols]
+        return sub.view(self.nr, sub.shape[0] // self.nr, self.nc, sub.shape[1] // self.nc)
+
+    def gather(self, mat: Tensor) -> Tensor:
+        """The blocks stacked into ``(count, block_rows, block_cols)`` (a view for one block)."""
+        v = self.view(mat)
+        return v.permute(0, 2, 1, 3).reshape(self.count, v.shape[1], v.shape[3])
+
+    def scatter(self, out: Tensor, values_KxMxN: Tensor) -> None:
+        _, m, n = values_KxMxN.shape
+        self.view(out).copy_(values_KxMxN.view(self.nr, self.nc, m, n).permute(0, 2, 1, 3))
 
 
-def _cuts(n: int, max_dim: int) -> list[slice]:
-    """Split ``range(n)`` into ``ceil(n / max_dim)`` near-equal contiguous slices."""
+def _cuts(n: int, max_dim: int) -> list[tuple[slice, int]]:
+    """``range(n)`` in ``ceil(n / max_dim)`` near-equal parts, the larger ones first, as at
+    most two runs of equal parts: (slice covered, number of parts)."""
     k = max(1, math.ceil(n / max_dim))
     base, extra = divmod(n, k)
-    out, start = [], 0
-    for i in range(k):
-        size = base + (1 if i < extra else 0)
-        out.append(slice(start, start + size))
-        start += size
-    return out
+    runs = [(slice(0, extra * (base + 1)), extra), (slice(extra * (base + 1), n), k - extra)]
+    return [(sl, parts) for sl, parts in runs if parts]
 
 
 @functools.lru_cache(maxsize=256)
-def block_classes(rows: int, cols: int, max_dim: int) -> tuple[tuple[Block, ...], ...]:
+def block_classes(rows: int, cols: int, max_dim: int) -> tuple[BlockGrid, ...]:
     """The blocks of a ``rows x cols`` matrix, grouped by shape (at most four shapes)."""
-    by_shape: dict[tuple[int, int], list[Block]] = {}
-    for rs in _cuts(rows, max_dim):
-        for cs in _cuts(cols, max_dim):
-            by_shape.setdefault((rs.stop - rs.start, cs.stop - cs.start), []).append((rs, cs))
-    return tuple(tuple(blocks) for blocks in by_shape.values())
-
-
-def _gather(mat: Tensor, blocks: tuple[Block, ...]) -> Tensor:
-    """The ``blocks`` of ``mat`` stacked into a ``(k, m, n)`` tensor (a view for one block)."""
-    if len(blocks) == 1:
-        rs, cs = blocks[0]
-        return mat[rs, cs].unsqueeze(0)
-    return torch.stack([mat[rs, cs] for rs, cs in blocks])
-
-
-def _scatter(out: Tensor, blocks: tuple[Block, ...], values_KxMxN: Tensor) -> None:
-    for (rs, cs), v in zip(blocks, values_KxMxN):
-        out[rs, cs] = v
+    return tuple(
+        BlockGrid(rs, cs, nr, nc)
+        for rs, nr in _cuts(rows, max_dim)
+        for cs, nc in _cuts(cols, max_dim)
+    )
 
 
 def inverse_root(mats_BxMxM: Tensor, root: int, eps: float, relative: bool) -> Tensor:
     """``(M + e I)^(-1/root)`` for a stack of symmetric PSD matrices (``e`` as in the module
-    docstring), via ``eigh`` in the input's dtype (at least float32, float64 if that fails)."""
+    docstring), via ``eigh`` in the input's dtype (at least float32, float64 if that fails).
+    ``eigh`` reads only the lower triangle, so a statistic that is symmetric up to rounding
+    needs no symmetrizing."""
     work = mats_BxMxM.to(torch.promote_types(mats_BxMxM.dtype, torch.float32))
-    work = (work + work.mT) * 0.5
     try:
         lam, q = torch.linalg.eigh(work)
-        failed = not (torch.isfinite(lam).all() and torch.isfinite(q).all())
+        # one reduction instead of an elementwise test: a NaN or inf anywhere makes it non-finite
+        # (eigenvector entries are at most 1 in size, so the sum cannot overflow)
+        failed = not torch.isfinite(lam.sum() + q.sum()).item()
     except torch.linalg.LinAlgError:
         failed = True
     if failed:  # e.g. MKL's float32 eigh returns NaN for some matrices with many zero rows
@@ -143,21 +186,34 @@ class Shampoo(InHouseOptimizer):
         lr: float = 1e-3,
         eps: float = 1e-6,
         eps_relative: bool = True,
-        max_preconditioner_dim: int = 1024,
+        max_preconditioner_dim: int = SHAMPOO_BLOCK,
         precondition_frequency: int = 10,
         grafting: str | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         graft_eps: float = 1e-8,
         weight_decay: float = 0.0,
         wd_mode: str = "coupled",
+        normalize: str | None = "clip",
+        precondition_dtype: str | None = "bfloat16",
     ) -> None:
         if grafting not in GRAFTINGS:
             raise ValueError(f"unknown grafting {grafting!r}; valid: None, 'adam'")
+        if normalize not in NORMALIZES:
+            raise ValueError(f"unknown normalize {normalize!r}; valid: None, 'clip', 'spectral'")
         if max_preconditioner_dim < 1 or precondition_frequency < 1:
             raise ValueError("max_preconditioner_dim and precondition_frequency must be >= 1")
         self.max_preconditioner_dim = max_preconditioner_dim
         self.precondition_frequency = precondition_frequency
         self.grafting = grafting
+        if precondition_dtype not in (None, "bfloat16", "float32"):
+            raise ValueError(
+                f"unknown precondition_dtype {precondition_dtype!r}; valid: None, 'bfloat16', "
+                "'float32'"
+            )
+        self.precondition_dtype = (
+            None if precondition_dtype is None else getattr(torch, precondition_dtype)
+        )
+        self.normalize = None if grafting else normalize  # grafting sets each block's norm
         defaults = dict(
             lr=lr,
             eps=eps,
@@ -169,11 +225,17 @@ class Shampoo(InHouseOptimizer):
         )
         super().__init__(params, defaults)
 
+    def _product_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype of the preconditioning product for parameters of ``dtype``."""
+        if self.precondition_dtype is None or dtype == torch.float64:
+            return dtype
+        return self.precondition_dtype
+
     def _refreshes(self, step: int) -> bool:
         k = self.precondition_frequency
         return step <= k or step % k == 0
 
-    def _classes(self, p: Tensor) -> tuple[tuple[Block, ...], ...]:
+    def _classes(self, p: Tensor) -> tuple[BlockGrid, ...]:
         return block_classes(p.shape[0], p[0].numel(), self.max_preconditioner_dim)
 
     def _step_group(
@@ -198,8 +260,8 @@ class Shampoo(InHouseOptimizer):
         """Add this step's ``G G^T`` and ``G^T G`` to the statistics; return the stacked blocks."""
         g2 = p.grad.reshape(p.shape[0], -1)
         stacked = []
-        for c, blocks in enumerate(self._classes(p)):
-            g_KxMxN = _gather(g2, blocks)
+        for c, grid in enumerate(self._classes(p)):
+            g_KxMxN = grid.gather(g2)
             if f"L{c}" not in st:
                 k, m, n = g_KxMxN.shape
                 st[f"L{c}"] = p.new_zeros(k, m, m)
@@ -210,31 +272,47 @@ class Shampoo(InHouseOptimizer):
         return stacked
 
     def _refresh_roots(self, group: dict[str, Any], matrices: list[tuple[Tensor, State]]) -> None:
-        """Recompute due inverse roots, one batched ``eigh`` per matrix size and dtype."""
-        pending: dict[tuple[int, torch.dtype], list[tuple[State, str]]] = {}
+        """Recompute due inverse roots, one batched ``eigh`` per statistic (all blocks of one
+        shape). Not concatenated across parameters: ``eigh`` runs matrix by matrix anyway, and
+        large temporaries cost more in fresh memory pages than the batching saves."""
         for p, st in matrices:
             if not self._refreshes(st["step"]):
                 continue
             for c in range(len(self._classes(p))):
                 for key in (f"L{c}", f"R{c}"):
-                    mat = st[key]
-                    pending.setdefault((mat.shape[-1], mat.dtype), []).append((st, key))
-        for entries in pending.values():
-            mats = torch.cat([st[key] for st, key in entries])
-            roots = inverse_root(mats, 4, group["eps"], group["eps_relative"])
-            sizes = [st[key].shape[0] for st, key in entries]
-            for (st, key), r in zip(entries, roots.split(sizes)):
-                st[f"{key}_root"] = r.clone()
+                    root = inverse_root(st[key], 4, group["eps"], group["eps_relative"])
+                    st[f"{key}_root"] = root.to(self._product_dtype(root.dtype))
 
     def _precondition(self, p: Tensor, st: State, grads_KxMxN: list[Tensor]) -> Tensor:
-        """Shampoo's (ungrafted) direction ``L^(-1/4) G R^(-1/4)`` for every block of ``p``."""
+        """Shampoo's (ungrafted) direction ``L^(-1/4) G R^(-1/4)`` for every block of ``p``, the
+        product in the roots' dtype (bfloat16 for float32 parameters by default)."""
         classes = self._classes(p)
-        if len(classes) == 1 and len(classes[0]) == 1:
-            return (st["L0_root"] @ grads_KxMxN[0] @ st["R0_root"]).view_as(p)
         out = torch.empty(p.shape[0], p[0].numel(), dtype=p.dtype, device=p.device)
-        for c, (blocks, g_KxMxN) in enumerate(zip(classes, grads_KxMxN)):
-            _scatter(out, blocks, st[f"L{c}_root"] @ g_KxMxN @ st[f"R{c}_root"])
+        for c, (grid, g_KxMxN) in enumerate(zip(classes, grads_KxMxN)):
+            left, right = st[f"L{c}_root"], st[f"R{c}_root"]
+            d_KxMxN = left @ g_KxMxN.to(left.dtype) @ right
+            grid.scatter(out, self._normalized(st, c, d_KxMxN))  # the copy casts back
         return out.view_as(p)
+
+    def _normalized(self, st: State, c: int, d_KxMxN: Tensor) -> Tensor:
+        """Each block's direction divided (in place) by its spectral norm ("spectral"), or by
+        max(1, spectral norm) ("clip"); the norm from power iteration (see module docstring)."""
+        if self.normalize is None:
+            return d_KxMxN
+        key = f"v{c}"
+        iters = POWER_ITERS
+        if key not in st:  # a fixed start, so that runs repeat exactly
+            gen = torch.Generator().manual_seed(c)
+            v = torch.randn(d_KxMxN.shape[0], d_KxMxN.shape[2], 1, generator=gen)
+            st[key] = v.to(d_KxMxN)
+            iters = POWER_ITERS_FIRST
+        sigma_K = top_singular_value(d_KxMxN, st[key], iters)
+        if self.normalize == "clip":
+            sigma_K = sigma_K.clamp_min(1.0)
+        scale = torch.where(
+            sigma_K > 0, 1.0 / sigma_K.clamp_min(torch.finfo(sigma_K.dtype).tiny), 0.0
+        )
+        return d_KxMxN.mul_(scale[:, None, None])
 
     @staticmethod
     def _diagonal(group: dict[str, Any], vectors: list[tuple[Tensor, State]]) -> list:
@@ -277,10 +355,23 @@ class Shampoo(InHouseOptimizer):
                 d.mul_(_norm_ratio(a.reshape(1, 1, -1), d.reshape(1, 1, -1)).squeeze())
                 continue
             a2, d2 = a.reshape(p.shape[0], -1), d.view(p.shape[0], -1)
-            for blocks in self._classes(p):
-                scale_K = _norm_ratio(_gather(a2, blocks), _gather(d2, blocks))
-                for (rs, cs), s in zip(blocks, scale_K):
-                    d2[rs, cs] *= s
+            for grid in self._classes(p):
+                scale_K = _norm_ratio(grid.gather(a2), grid.gather(d2))
+                grid.view(d2).mul_(scale_K.view(grid.nr, 1, grid.nc, 1))
+
+
+def top_singular_value(mats_KxMxN: Tensor, v_KxNx1: Tensor, iters: int) -> Tensor:
+    """Largest singular value of each matrix by ``iters`` power iterations on ``M^T M`` from
+    ``v`` (updated in place to the new right singular vector estimate). A lower bound that
+    converges from below; exact for rank-1 matrices after one iteration."""
+    v = v_KxNx1
+    for _ in range(iters):
+        v = mats_KxMxN.mT @ (mats_KxMxN @ v)
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(
+            torch.finfo(v.dtype).tiny
+        )
+    v_KxNx1.copy_(v)
+    return torch.linalg.vector_norm(mats_KxMxN @ v, dim=(1, 2))
 
 
 def _norm_ratio(target_KxMxN: Tensor, direction_KxMxN: Tensor) -> Tensor:

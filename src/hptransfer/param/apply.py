@@ -7,6 +7,9 @@ constants gamma (LR) and s (init scale):
     anchor "relative" (mup):   multiplier m^-a,   init std s * n0^-b_sp * m^-b
     LR  beta * gamma * m^-c          per-layer epsilon  eps * m^-g  (Sophia m^-2g, Shampoo 1)
 
+(blocked Shampoo: the LR of each matrix also x sqrt(blocks at base width / blocks), see
+`Rule.block_size`)
+
 with n the layer's growing dimension, n0 its value at base width, m = n / n0 and b_sp the SP
 init exponent, so that with the relative anchor every parameterization is SP at m = 1.
 Vectors keep their constant init (norm gains 1, biases 0) and take the vector row's LR.
@@ -148,6 +151,13 @@ def compute_specs(
             lr_factor, g = 1.0, 0.0
         else:
             lr_factor, g = r.gamma * m ** -float(r.c), float(r.g)
+        if rule.block_size is not None and e.role in SCALED:
+            if e.base_shape is None:
+                raise ValueError(
+                    f"{e.name}: the blocked {rule.optimizer} rule needs the parameter's shape "
+                    "at base width; build the roles table with infer_roles / roles_from_factory"
+                )
+            lr_factor *= rule.block_lr_factor(e.shape, e.base_shape)
         p_eps = None if eps0 is None else eps0 * eps_factor(rule.optimizer, g, m, eps_mode)
         wd = weight_decay
         if form == "folded" and mult != 1.0:

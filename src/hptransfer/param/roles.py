@@ -41,6 +41,8 @@ class ParamRole:
     """The same dimension in the model built at base width."""
     tied_to: str | None = None
     """For a tied parameter: the name it shares storage with (the first occurrence)."""
+    base_shape: tuple[int, ...] | None = None
+    """The shape in the model built at base width (None: not known, e.g. a hand-made entry)."""
 
     @property
     def width_mult(self) -> float:
@@ -183,13 +185,16 @@ def infer_roles(
                     first.fan_out,
                     first.n,
                     first.n_base,
+                    base_shape=first.base_shape,
                 )
         else:
             first_name[id(p)] = name
         n, n_base = _growing(
             shape, grow_in, grow_out, (fan_in, fan_out), base_shape, (bfan_in, bfan_out)
         )
-        entries[name] = ParamRole(name, role, shape, fan_in, fan_out, n, n_base, tied_to)
+        entries[name] = ParamRole(
+            name, role, shape, fan_in, fan_out, n, n_base, tied_to, base_shape
+        )
     return RoleTable(entries)
 
 

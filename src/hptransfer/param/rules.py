@@ -313,6 +313,19 @@ SPECTRAL_DIRECT_C: dict[str, tuple[Fraction, Fraction, Fraction, int]] = {
 }
 
 
+#: Shampoo's default ``max_preconditioner_dim`` (the optimizer and the rules share it): with the
+#: rule's block factor, blocking moved the optimal LR less with width (docs/reproductions.md), and
+#: at width 512 it brings the step from 27x to about 9x an AdamW step (benchmarks/).
+SHAMPOO_BLOCK = 128
+
+
+def n_blocks(shape: tuple[int, ...], block: int) -> int:
+    """How many preconditioner blocks a blocked optimizer cuts a parameter into: its
+    ``(shape[0], prod(shape[1:]))`` matrix split into ``ceil(dim / block)`` parts per side."""
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    return -(-rows // block) * -(-cols // block)
+
+
 def optimizer_regime(optimizer: str, options: dict | None = None) -> tuple[str, str]:
     """(kind, key): kind "family" -> key is an [E] family for the solver; kind "spectral" ->
     key indexes SPECTRAL_DIRECT_C. Encodes the caveats of parameterizations.md §6:
@@ -364,6 +377,17 @@ class Rule:
     family: str
     alignment: str
     roles: dict[str, RoleRule]
+    block_size: int | None = None
+    """Blocked preconditioner (Shampoo's max_preconditioner_dim) under its spectral rule: each
+    block's step has a width-free spectral norm, and b_out x b_in blocks of a rank-1 gradient
+    add up to a step sqrt(b_out * b_in) times larger, so a matrix's LR also gets the factor
+    sqrt(blocks at base width / blocks) (`block_lr_factor`). None: no such factor."""
+
+    def block_lr_factor(self, shape: tuple[int, ...], base_shape: tuple[int, ...]) -> float:
+        """The blocking factor of one matrix parameter (1.0 without blocking)."""
+        if self.block_size is None or len(shape) < 2:
+            return 1.0
+        return (n_blocks(base_shape, self.block_size) / n_blocks(shape, self.block_size)) ** 0.5
 
     @property
     def k(self) -> int:
@@ -450,7 +474,10 @@ def make_rule(
         for r in (*ROLES3, "vector")
     }
     label = alignment if isinstance(alignment, str) else "custom"
-    return Rule(parameterization, optimizer, family, label, roles)
+    block = None
+    if key == "shampoo" and kind == "spectral" and lr_exponents == "per_layer":
+        block = int((options or {}).get("max_preconditioner_dim", SHAMPOO_BLOCK))
+    return Rule(parameterization, optimizer, family, label, roles, block)
 
 
 #: [K]'s four SP -> muP switches (parameterizations.md §7), in the order of the digits of a code.
@@ -528,7 +555,9 @@ def switch_rule(
         )
         for r in (*ROLES3, "vector")
     }
-    return Rule(switch_name(code), optimizer, mu.family, "full", roles)
+    # a blocked preconditioner's factor is per matrix, like the hidden exponent c_h
+    block = mu.block_size if lr_exponents == "per_layer" else None
+    return Rule(switch_name(code), optimizer, mu.family, "full", roles, block)
 
 
 def depth_multiplier(depth: int, depth_base: int, exponent: float) -> float:
