@@ -157,16 +157,29 @@ def decay_amount(group: dict[str, Any]) -> float:
     return wd * group["lr"] / group.get("initial_lr", group["lr"])
 
 
+#: elements per CPU foreach chunk: the update's half-dozen tensors of a chunk stay in L2 cache
+CPU_CHUNK_NUMEL = 1 << 16
+
+
 def foreach_chunks(params: list[Tensor]) -> list[slice]:
     """Slices of ``params`` to update together with ``torch._foreach_*`` ops.
 
-    One chunk on accelerators (fewer kernel launches); one tensor per chunk on CPU, where
-    foreach ops are plain loops and going tensor by tensor keeps each tensor in cache across
-    the update's ops (measured ~1.7x faster at width 512).
+    One chunk on accelerators (fewer kernel launches). On CPU, where foreach ops are plain
+    loops, consecutive tensors up to CPU_CHUNK_NUMEL elements in all (a larger tensor alone):
+    going tensor by tensor keeps each in cache across the update's ops (measured ~1.7x faster
+    than one chunk at width 512), and grouping small tensors saves per-op overhead (LAMB at
+    width 128: 1.16x -> ~0.9x the reference's step time).
     """
     if not params or params[0].device.type != "cpu":
         return [slice(None)]
-    return [slice(i, i + 1) for i in range(len(params))]
+    out, start, size = [], 0, 0
+    for i, p in enumerate(params):
+        if i > start and size + p.numel() > CPU_CHUNK_NUMEL:
+            out.append(slice(start, i))
+            start, size = i, 0
+        size += p.numel()
+    out.append(slice(start, len(params)))
+    return out
 
 
 def apply_decay(group: dict[str, Any], params: list[Tensor]) -> None:
