@@ -120,19 +120,30 @@ class BlockGrid:
     def count(self) -> int:
         return self.nr * self.nc
 
-    def view(self, mat: Tensor) -> Tensor:
-        """``(nr, block_rows, nc, block_cols)``, a view of ``mat`` (writes go to ``mat``)."""
-        sub = mat[self.rows, self.cols]
-        return sub.view(self.nr, sub.shape[0] // self.nr, self.nc, sub.shape[1] // self.nc)
-
     def gather(self, mat: Tensor) -> Tensor:
         """The blocks stacked into ``(count, block_rows, block_cols)`` (a view for one block)."""
-        v = self.view(mat)
-        return v.permute(0, 2, 1, 3).reshape(self.count, v.shape[1], v.shape[3])
+        sub = mat[self.rows, self.cols]
+        m, n = sub.shape[0] // self.nr, sub.shape[1] // self.nc
+        return sub.view(self.nr, m, self.nc, n).permute(0, 2, 1, 3).reshape(self.count, m, n)
 
-    def scatter(self, out: Tensor, values_KxMxN: Tensor) -> None:
+    def matrix(self, values_KxMxN: Tensor, dtype: torch.dtype) -> Tensor:
+        """The inverse of `gather`: stacked blocks back to the ``mat[rows, cols]`` they tile."""
         _, m, n = values_KxMxN.shape
-        self.view(out).copy_(values_KxMxN.view(self.nr, self.nc, m, n).permute(0, 2, 1, 3))
+        tiles = values_KxMxN.view(self.nr, self.nc, m, n).permute(0, 2, 1, 3)
+        return tiles.reshape(self.nr * m, self.nc * n).to(dtype)  # copy, then a cheap cast
+
+
+def assemble(grids: tuple[BlockGrid, ...], parts: list[Tensor]) -> Tensor:
+    """The matrix that ``grids`` (as `block_classes` orders them) tile, from each grid's part.
+    Functional (no writes into slices), so it also works on FSDP2's sharded DTensors."""
+    if len(parts) == 1:
+        return parts[0]
+    bands: list[list[Tensor]] = []
+    for i, (grid, part) in enumerate(zip(grids, parts)):
+        if i == 0 or grid.rows != grids[i - 1].rows:
+            bands.append([])
+        bands[-1].append(part)
+    return torch.cat([torch.cat(band, dim=1) for band in bands], dim=0)
 
 
 def _cuts(n: int, max_dim: int) -> list[tuple[slice, int]]:
@@ -287,12 +298,12 @@ class Shampoo(InHouseOptimizer):
         """Shampoo's (ungrafted) direction ``L^(-1/4) G R^(-1/4)`` for every block of ``p``, the
         product in the roots' dtype (bfloat16 for float32 parameters by default)."""
         classes = self._classes(p)
-        out = torch.empty(p.shape[0], p[0].numel(), dtype=p.dtype, device=p.device)
+        parts = []
         for c, (grid, g_KxMxN) in enumerate(zip(classes, grads_KxMxN)):
             left, right = st[f"L{c}_root"], st[f"R{c}_root"]
             d_KxMxN = left @ g_KxMxN.to(left.dtype) @ right
-            grid.scatter(out, self._normalized(st, c, d_KxMxN))  # the copy casts back
-        return out.view_as(p)
+            parts.append(grid.matrix(self._normalized(st, c, d_KxMxN), p.dtype))
+        return assemble(classes, parts).view_as(p)
 
     def _normalized(self, st: State, c: int, d_KxMxN: Tensor) -> Tensor:
         """Each block's direction divided (in place) by its spectral norm ("spectral"), or by
@@ -304,7 +315,7 @@ class Shampoo(InHouseOptimizer):
         if key not in st:  # a fixed start, so that runs repeat exactly
             gen = torch.Generator().manual_seed(c)
             v = torch.randn(d_KxMxN.shape[0], d_KxMxN.shape[2], 1, generator=gen)
-            st[key] = v.to(d_KxMxN)
+            st[key] = _placed_like(v.to(dtype=d_KxMxN.dtype, device=d_KxMxN.device), d_KxMxN)
             iters = POWER_ITERS_FIRST
         sigma_K = top_singular_value(d_KxMxN, st[key], iters)
         if self.normalize == "clip":
@@ -355,9 +366,23 @@ class Shampoo(InHouseOptimizer):
                 d.mul_(_norm_ratio(a.reshape(1, 1, -1), d.reshape(1, 1, -1)).squeeze())
                 continue
             a2, d2 = a.reshape(p.shape[0], -1), d.view(p.shape[0], -1)
-            for grid in self._classes(p):
-                scale_K = _norm_ratio(grid.gather(a2), grid.gather(d2))
-                grid.view(d2).mul_(scale_K.view(grid.nr, 1, grid.nc, 1))
+            classes = self._classes(p)
+            parts = []
+            for grid in classes:
+                d_KxMxN = grid.gather(d2)
+                scale_K = _norm_ratio(grid.gather(a2), d_KxMxN)
+                parts.append(grid.matrix(d_KxMxN * scale_K[:, None, None], p.dtype))
+            updates[p] = assemble(classes, parts).view_as(p)
+
+
+def _placed_like(t: Tensor, ref: Tensor) -> Tensor:
+    """``t`` as a DTensor placed like ``ref`` when ``ref`` is one (FSDP2-sharded parameters),
+    else ``t``. Every rank passes the same ``t``."""
+    if type(ref).__name__ != "DTensor":
+        return t
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(t, ref.device_mesh, ref.placements)
 
 
 def top_singular_value(mats_KxMxN: Tensor, v_KxNx1: Tensor, iters: int) -> Tensor:
