@@ -344,3 +344,18 @@ def test_real_tiny_adaptive_sweep(tmp_path):
     assert df["lr"].min() < best < df["lr"].max()
     env = store.read_json(out / "runs" / df["run_id"][0] / "env.json")
     assert len(env["corpus_sha256"]) == 64
+
+
+def test_costliest_pending_run_starts_first(tmp_path, fake):
+    """One worker: the widest runs (largest tokens x width^2 x depth) start first, the order
+    of the grid among equals; a FIFO queue would start width 32 first."""
+    text = SPEC.replace("model.width = [32, 64]", "model.width = [32, 128, 64]")
+    text = text.replace('optimizer.name = ["adam", "sgd"]', 'optimizer.name = ["adam"]')
+    text = text.replace("workers = 2", "workers = 1")
+    spec = load_spec(write_spec(tmp_path, text))
+    out = tmp_path / "out"
+    run_sweep(spec, out, quiet=True)
+    df = store.load_runs(out).set_index("run_id")
+    started = [(int(df.loc[r, "width"]), float(df.loc[r, "lr"])) for r in events(fake, "start")]
+    assert started == [(128, 0.001), (128, 0.004), (64, 0.001), (64, 0.004),
+                       (32, 0.001), (32, 0.004)]  # fmt: skip

@@ -1,6 +1,7 @@
 """run_sweep(spec, dir): schedule a sweep's runs on an executor, resumably.
 
-The runner keeps at most ``workers`` runs in flight. Before submitting a run it looks at the
+The runner keeps at most ``workers`` runs in flight, starting the costliest pending run first
+(`run_cost`; ties in the order they were queued). Before submitting a run it looks at the
 store: a finished run (ok / diverged / failed) is skipped and counted. With ``adaptive = true``
 each (width, setting) owns an :class:`LRSearch`; when all of a search's runs (every seed of
 every LR proposed so far) are finished, its seed-averaged losses are recorded and the next LRs
@@ -11,10 +12,11 @@ resumed sweep re-creates the same runs and skips the finished ones.
 
 from __future__ import annotations
 
+import heapq
 import math
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,6 +43,14 @@ def prepare_dir(path: str | Path) -> Path:
     except OSError as e:
         raise ConfigError(f"cannot write results to {root}: {e.strerror or e}") from None
     return root
+
+
+def run_cost(run: Run) -> float:
+    """A run's rough cost (tokens x width^2 x depth): the runner starts the costliest pending
+    run first, so long runs (and the long chains of an adaptive search at the widest width) do
+    not leave workers idle at the end of a sweep."""
+    m, t = run.config.model, run.config.train
+    return float(t.steps) * t.batch_size * t.seq_len * m.width**2 * m.depth
 
 
 def outcome_of(root: Path, run_id: str) -> dict[str, Any]:
@@ -71,7 +81,8 @@ class SweepRunner:
         self.runs: dict[str, Run] = {}
         self.status: dict[str, str] = {}
         self.outcomes: dict[str, dict[str, Any]] = {}
-        self.queue: deque[Run] = deque()
+        self.queue: list[tuple[float, int, Run]] = []  # a heap: costliest first, then FIFO
+        self._queued = 0
         self.attempts: Counter[str] = Counter()
         self.searches: dict[tuple, _Search] = {}
         self.search_of: dict[str, tuple] = {}
@@ -84,7 +95,7 @@ class SweepRunner:
             return
         self.runs[run.run_id] = run
         self.status[run.run_id] = "pending"
-        self.queue.append(run)
+        self._push(run)
         self.counts.pending += 1
         if key is not None:
             self.search_of[run.run_id] = key
@@ -109,6 +120,10 @@ class SweepRunner:
                     self.searches[key].templates.append(run)
             self.add(run, key)
 
+    def _push(self, run: Run) -> None:
+        heapq.heappush(self.queue, (-run_cost(run), self._queued, run))
+        self._queued += 1
+
     def task(self, run: Run) -> RunTask:
         return RunTask(
             root=str(self.root), run_id=run.run_id, config=run.config.to_dict(),
@@ -124,7 +139,7 @@ class SweepRunner:
         in_flight = 0
         while self.queue or in_flight:
             while self.queue and in_flight < self.executor.workers:
-                run = self.queue.popleft()
+                run = heapq.heappop(self.queue)[2]
                 if store.finished_status(self.root, run.run_id):
                     store.clear_stale_lock(
                         store.run_dir(self.root, run.run_id), self.spec.settings.lock_timeout_s
@@ -156,7 +171,7 @@ class SweepRunner:
             self.attempts[run.run_id] += 1
             if self.attempts[run.run_id] <= self.spec.settings.retries:
                 self._move(run.run_id, "pending")
-                self.queue.append(run)
+                self._push(run)
                 return
             outcome = self._record_crash(run, outcome.get("error", "worker died"))
             status = "failed"
