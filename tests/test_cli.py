@@ -79,6 +79,27 @@ def test_rules_json(capsys):
         "output": 0.5,
     }
     assert d["roles"]["output"]["a"] == 0.5 and d["roles"]["output"]["b"] == 0.5
+    assert d["block_size"] is None
+
+
+def test_rules_shampoo_prints_its_block_factor(capsys):
+    assert main(["rules", "--param", "mup", "--optimizer", "shampoo", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["block_size"] == 128
+    assert main(["rules", "--param", "mup", "--optimizer", "shampoo"]) == 0
+    assert "blocks of at most 128" in capsys.readouterr().out
+    model = ["--model", "nanodo", "--width", "256", "--base-width", "64", "--depth", "1"]
+    assert (
+        main(["rules", "--optimizer", "shampoo", *model, "--option", "max_preconditioner_dim=64"])
+        == 0
+    )
+    q = next(line for line in capsys.readouterr().out.splitlines() if "attn.q.weight" in line)
+    assert q.split()[6] == "0.25"  # 4 x 4 blocks of 64 at width 256, 1 at 64: sqrt(1/16)
+    assert main(["rules", "--optimizer", "shampoo", "--option", "grafting=adam"]) == 0
+    assert "rule adam" in capsys.readouterr().out  # grafted: the AdamW rules
+    assert main(["rules", "--optimizer", "shampoo", "--option", "max_preconditioner_dim"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+    assert main(["rules", "--optimizer", "shampoo", "--option", "block=32"]) == 2
+    assert "no such knob" in capsys.readouterr().err
 
 
 def test_rules_per_parameter_table(capsys):

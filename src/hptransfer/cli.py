@@ -59,6 +59,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rule_options(items: list[str], optimizer: str) -> dict:
+    """``--option NAME=VALUE`` pairs (values in TOML syntax, as for --set), checked against
+    the optimizer's knobs."""
+    if not items:
+        return {}
+    from hptransfer.config import parse_value
+    from hptransfer.optim import optimizer_knobs
+
+    knobs = optimizer_knobs(optimizer)
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--option {item!r}: write NAME=VALUE, e.g. max_preconditioner_dim=32")
+        if name not in knobs:
+            raise UsageError(
+                f"--option {name}: {optimizer} has no such knob; valid: {', '.join(sorted(knobs))}"
+            )
+        out[name] = parse_value(value)
+    return out
+
+
 def _fmt(x) -> str:
     if isinstance(x, Fraction):
         return str(x)
@@ -75,6 +97,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
         alignment,
         lr_exponents=args.lr_exponents,
         k_switches=args.k_switches or "",
+        options=_rule_options(args.option, args.optimizer),
     )
     if args.model:
         return _rules_for_model(args, rule)
@@ -261,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="[K]'s SP -> muP switches, four 0/1 digits (embd, attn, norm, readout), e.g. 1000",
     )
     p.add_argument("--lr-exponents", default="per_layer", choices=("per_layer", "global"))
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an optimizer knob that changes its rule, e.g. --option max_preconditioner_dim=32 "
+        "for shampoo, --option grafting=adam (repeatable; as optimizer.options.NAME)",
+    )
     p.add_argument("--format", default="table", choices=("table", "json"))
     p.add_argument(
         "--model",

@@ -397,7 +397,7 @@ class Rule:
         return SPECTRAL_DIRECT_C[self.family.removeprefix("spectral:")][3]
 
     def as_dict(self) -> dict:
-        """JSON-ready exponents (as numbers) per role."""
+        """JSON-ready exponents (as numbers) per role, and the blocking of `block_lr_factor`."""
         return {
             "parameterization": self.parameterization,
             "optimizer": self.optimizer,
@@ -412,6 +412,7 @@ class Rule:
                 }
                 for role, r in self.roles.items()
             },
+            "block_size": self.block_size,
         }
 
 
