@@ -100,6 +100,8 @@ def test_rules_shampoo_prints_its_block_factor(capsys):
     assert "NAME=VALUE" in capsys.readouterr().err
     assert main(["rules", "--optimizer", "shampoo", "--option", "block=32"]) == 2
     assert "no such knob" in capsys.readouterr().err
+    assert main(["rules", "--optimizer", "lamb", "--option", "clamp=false"]) == 0
+    assert "rule adam_ps" in capsys.readouterr().out  # unclamped LAMB: Adam + parameter scaling
 
 
 def test_rules_per_parameter_table(capsys):

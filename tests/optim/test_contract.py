@@ -369,3 +369,17 @@ def test_shampoo_makes_no_step_from_roots_of_an_all_zero_statistic() -> None:
         opt.step()
         assert torch.isfinite(w).all()
         assert torch.equal(w.detach(), torch.ones(4, 3)) == (step < 4), step
+
+
+def test_lamb_clamp_false_means_no_clamp() -> None:
+    """A TOML config cannot write None: ``clamp = false`` turns the clamp off too."""
+    g = torch.Generator().manual_seed(0)
+    w0 = 20.0 * torch.randn(6, 5, generator=g)  # Frobenius norm > 10: the clamp would bind
+    grad = torch.randn(6, 5, generator=g)
+    out = []
+    for clamp in (None, False, 10.0):
+        w = w0.clone().requires_grad_(True)
+        w.grad = grad.clone()
+        build_optimizer("lamb", [{"params": [w], "lr": 0.1}], clamp=clamp).step()
+        out.append(w.detach())
+    assert torch.equal(out[0], out[1]) and not torch.allclose(out[0], out[2])

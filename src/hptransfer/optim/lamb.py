@@ -8,7 +8,8 @@ r"""LAMB (You et al. 2020): Adam direction rescaled per tensor by a trust ratio.
     w_t &= w_{t-1} - \eta\, \frac{\phi(\lVert w_{t-1} \rVert_F)}{\lVert r_t \rVert_F}\, r_t
 
 with Frobenius norms per tensor and ``phi(x) = min(x, clamp)`` (``clamp`` = 10 by default;
-``None`` makes ``phi`` the identity). When either norm is zero the trust ratio is 1. With
+``None`` or ``False``, the way a TOML config says it, makes ``phi`` the identity). When either
+norm is zero the trust ratio is 1. With
 ``bias_correction=False``, ``m_hat = m`` and ``v_hat = v`` (pytorch_optimizer's ``Lamb``,
 "version 3 without bias correction"). Defaults: betas (0.9, 0.999), eps 1e-6.
 
@@ -56,6 +57,8 @@ class Lamb(InHouseOptimizer):
         weight_decay: float = 0.0,
         wd_mode: str = "coupled",
     ) -> None:
+        if clamp is False:  # TOML has no null: optimizer.options.clamp = false
+            clamp = None
         defaults = dict(
             lr=lr,
             betas=betas,

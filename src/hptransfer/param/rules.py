@@ -334,7 +334,7 @@ def optimizer_regime(optimizer: str, options: dict | None = None) -> tuple[str, 
     adjustment needs an extra 1/sqrt(m) on hidden layers (never stack it with another)."""
     options = options or {}
     if optimizer == "lamb":
-        clamped = options.get("clamp", 10.0) is not None
+        clamped = options.get("clamp", 10.0) not in (None, False)  # false: TOML's "none"
         return ("spectral", "lamb_clamped") if clamped else ("family", "adam_ps")
     if optimizer == "shampoo":
         grafted = options.get("grafting") == "adam"
