@@ -257,13 +257,20 @@ def _shampoo_formula(
     relative: bool,
     freq: int,
     block: int,
+    momentum: float = 0.0,
+    decay: float | None = None,
 ) -> list[list[torch.Tensor]]:
     """Blocked Shampoo written out with numpy-style loops and torch.linalg.eigh: roots at
-    steps 1..freq, then every freq steps; eps times the largest eigenvalue if relative."""
+    steps 1..freq, then every freq steps; eps times the largest eigenvalue if relative;
+    statistics summed, or an EMA with ``decay`` (bias-corrected); the gradient, or its
+    bias-corrected EMA with ``momentum``, preconditioned."""
+    t_now = [0]
 
     def root(mat: torch.Tensor) -> torch.Tensor:
         lam, q = torch.linalg.eigh(mat)
         lam = lam.clamp(min=0)
+        if decay is not None:
+            lam = lam / (1 - decay ** t_now[0])
         e = eps * lam.max() if relative else eps
         return q @ torch.diag((lam + e) ** -0.25) @ q.T
 
@@ -273,27 +280,33 @@ def _shampoo_formula(
         ends = [sum(sizes[: i + 1]) for i in range(k)]
         return [(e - s, e) for s, e in zip(sizes, ends)]
 
+    keep, add = (1.0, 1.0) if decay is None else (decay, 1 - decay)
     stats: dict[tuple[int, int, int], list[torch.Tensor]] = {}
     acc = [torch.zeros_like(p) for p in params]
+    mom = [torch.zeros_like(p) for p in params]
     start = [p.clone() for p in params]
     out = []
     for t in range(STEPS):
+        t_now[0] = t + 1
         grads = grads_of(params, t)
         for i, (p, g, lr) in enumerate(zip(params, grads, lrs)):
+            mom[i] = momentum * mom[i] + (1 - momentum) * g
+            direction = mom[i] / (1 - momentum ** (t + 1))  # = g without momentum
             if g.ndim == 1:
-                acc[i] += g * g
-                p -= lr * g / torch.sqrt(acc[i] + (eps * acc[i].max() if relative else eps))
+                acc[i] = keep * acc[i] + add * g * g
+                a = acc[i] / (1 - decay ** (t + 1)) if decay is not None else acc[i]
+                p -= lr * direction / torch.sqrt(a + (eps * a.max() if relative else eps))
                 continue
             upd = torch.zeros_like(g)
             for bi, (r0, r1) in enumerate(cuts(g.shape[0])):
                 for bj, (c0, c1) in enumerate(cuts(g.shape[1])):
                     gb = g[r0:r1, c0:c1]
                     s = stats.setdefault((i, bi, bj), [0 * gb @ gb.T, 0 * gb.T @ gb, None, None])
-                    s[0] = s[0] + gb @ gb.T
-                    s[1] = s[1] + gb.T @ gb
+                    s[0] = keep * s[0] + add * gb @ gb.T
+                    s[1] = keep * s[1] + add * gb.T @ gb
                     if t + 1 <= freq or (t + 1) % freq == 0:
                         s[2], s[3] = root(s[0]), root(s[1])
-                    upd[r0:r1, c0:c1] = s[2] @ gb @ s[3]
+                    upd[r0:r1, c0:c1] = s[2] @ direction[r0:r1, c0:c1] @ s[3]
             p -= lr * upd
         out.append([p - s for p, s in zip(params, start)])
     return out
@@ -304,20 +317,28 @@ def _grads_of(params: list[torch.Tensor], t: int) -> list[torch.Tensor]:
     return list(torch.autograd.grad(_loss(leaves, t), leaves))
 
 
-@pytest.mark.parametrize("relative,eps", [(True, 1e-3), (False, 1e-4)])
-def test_shampoo_matches_eigh_formula_with_blocks(relative: bool, eps: float) -> None:
+@pytest.mark.parametrize(
+    "relative,eps,momentum,decay",
+    [(True, 1e-3, 0.0, None), (False, 1e-4, 0.0, None), (True, 1e-3, 0.9, 0.95),
+     (False, 1e-4, 0.5, None), (True, 1e-3, 0.0, 0.9)],
+)  # fmt: skip
+def test_shampoo_matches_eigh_formula_with_blocks(
+    relative: bool, eps: float, momentum: float, decay: float | None
+) -> None:
     """Blocks of unequal sizes (5 rows -> 3 + 2), stale roots between refreshes; eps large
-    enough to change the steps, so its form (relative or absolute) is checked too."""
+    enough to change the steps, so its form (relative or absolute) is checked too; momentum
+    and EMA statistics (bias-corrected) as options."""
     freq, block = 3, 3
     ours_p = _leaves()
     ours = build_optimizer(
         "shampoo", _groups(ours_p),
         eps=eps, eps_relative=relative, precondition_frequency=freq, max_preconditioner_dim=block,
         normalize=None,  # the plain formula: stale roots unclipped
+        momentum=momentum, statistics_decay=decay,
     )  # fmt: skip
     ref = _shampoo_formula(
         _grads_of, [t.clone() for t in _init()], [g["lr"] for g in _groups(_init())],
-        eps, relative, freq, block,
+        eps, relative, freq, block, momentum, decay,
     )  # fmt: skip
     _assert_parity(_run(ours, ours_p), ref)
     st = ours.state[ours_p[0]]

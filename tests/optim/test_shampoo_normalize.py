@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hptransfer.optim import build_optimizer
-from hptransfer.optim.shampoo import top_singular_value
+from hptransfer.optim.shampoo import fresh_bound, top_singular_value
 
 DT = torch.float64
 
@@ -39,11 +39,25 @@ def _block_steps(lr: float = 0.1, **knobs) -> list[float]:
     return norms
 
 
-def test_clip_is_a_no_op_with_fresh_roots():
-    fresh = {"precondition_frequency": 1, "eps": 1e-6}
+@pytest.mark.parametrize("momentum,decay", [(0.0, None), (0.5, None), (0.0, 0.9), (0.9, 0.95)])
+def test_clip_is_a_no_op_with_fresh_roots(momentum, decay):
+    fresh = {"precondition_frequency": 1, "eps": 1e-6, "momentum": momentum}
+    fresh["statistics_decay"] = decay
     plain = _block_steps(normalize=None, **fresh)
-    assert max(plain) <= 1.0 + 1e-9  # the bound holds
+    bounds = [fresh_bound(t, momentum, decay) for t in range(1, len(plain) + 1)]
+    assert all(s <= b * (1 + 1e-9) for s, b in zip(plain, bounds))  # the bound holds
+    assert max(s / b for s, b in zip(plain, bounds)) > 0.3  # and is not vacuous
     assert _block_steps(normalize="clip", **fresh) == pytest.approx(plain, rel=1e-12)
+
+
+def test_fresh_bound_closed_form():
+    assert fresh_bound(7, 0.0, None) == fresh_bound(7, 0.9, None) == 1.0
+    assert fresh_bound(1, 0.9, 0.95) == pytest.approx(1.0)
+    # EMA statistics, momentum 0.9: sum over s of a_s w_s^-1/2 written out
+    t, b1, b2 = 6, 0.9, 0.95
+    a = [(1 - b1) * b1 ** (t - s) / (1 - b1**t) for s in range(1, t + 1)]
+    w = [(1 - b2) * b2 ** (t - s) / (1 - b2**t) for s in range(1, t + 1)]
+    assert fresh_bound(t, b1, b2) == pytest.approx(sum(x / y**0.5 for x, y in zip(a, w)))
 
 
 def test_clip_bounds_steps_with_stale_roots():

@@ -41,8 +41,10 @@ Optimizers (knobs and defaults; every optimizer also takes ``weight_decay`` = 0 
     ``precondition_frequency`` 10 (roots on steps 1 to 10, then every 10 steps), ``normalize``
     "clip" (each block's step at most ``lr`` in spectral norm; "spectral": exactly ``lr``;
     None: plain Shampoo), ``precondition_dtype`` "bfloat16" (the preconditioning product for
-    float32 parameters), ``grafting`` None ("adam" to graft Adam's per-block norm), ``betas``
-    (0.9, 0.999) and ``graft_eps`` 1e-8 (grafting).
+    float32 parameters), ``momentum`` 0.0 (> 0: precondition the gradient's bias-corrected
+    EMA), ``statistics_decay`` None (summed statistics; a float: their bias-corrected EMA),
+    ``grafting`` None ("adam" to graft Adam's per-block norm), ``betas`` (0.9, 0.999) and
+    ``graft_eps`` 1e-8 (grafting).
 ``muon``
     :class:`~hptransfer.optim.muon.MuonAdamW`: ``momentum`` 0.95, ``nesterov`` True,
     ``ns_steps`` 5, ``adjust_lr_fn`` "original", ``eps`` 1e-8, ``betas`` (0.9, 0.95): the betas
@@ -124,6 +126,8 @@ _KNOBS: dict[str, dict[str, Any]] = {
         "graft_eps": 1e-8,
         "normalize": "clip",
         "precondition_dtype": "bfloat16",
+        "momentum": 0.0,
+        "statistics_decay": None,
     },
     "muon": {
         "momentum": 0.95,

@@ -40,13 +40,13 @@ but a gradient direction that the old statistics lack is amplified by up to ``ep
 side. On nanodo (100 steps, widths 32 to 128) runs diverged on the first stale step (step 11),
 at an LR that fell by an octave per doubling of width, and with roots every step none
 diverged. ``normalize`` (default ``"clip"``) therefore divides each block's direction by
-``max(1, its spectral norm)``: nothing changes while roots are fresh, and stale steps keep the
-bound. ``"spectral"`` divides by the spectral norm itself (every block steps ``lr`` in spectral
-norm, the explicit normalization of Qiu et al. 2025); ``None`` is plain Shampoo. The norm
-comes from power iteration on each block, continued from the last step's vector (10 iterations
-on the first step, then 2): a lower bound that is close when one direction dominates (as an
-amplified one does) and up to ~15% low when the top singular values are close. With grafting
-the block norm is Adam's and ``normalize`` is not used.
+``max(1, its spectral norm / the bound)``: nothing changes while roots are fresh, and stale
+steps keep the bound. ``"spectral"`` divides by the spectral norm itself (every block steps
+``lr`` in spectral norm, the explicit normalization of Qiu et al. 2025); ``None`` is plain
+Shampoo. The norm comes from power iteration on each block, continued from the last step's
+vector (10 iterations on the first step, then 2): a lower bound that is close when one
+direction dominates (as an amplified one does) and up to ~15% low when the top singular values
+are close. With grafting the block norm is Adam's and ``normalize`` is not used.
 
 The product ``L^-1/4 G R^-1/4`` runs in ``precondition_dtype`` (default bfloat16; the roots are
 stored in it) for float32 and bfloat16 parameters, and in float64 for float64 parameters; None:
@@ -70,7 +70,17 @@ Grafting (off by default, as the spectral muP rule requires): with ``grafting="a
 moments (``betas``, default (0.9, 0.999), ``graft_eps`` 1e-8, bias-corrected) are kept and each
 block's step is Shampoo's direction rescaled to the Frobenius norm of Adam's step on that block
 (for 1-D parameters: the diagonal direction with Adam's norm). With grafting use the AdamW
-width rules. No momentum is applied to the Shampoo direction.
+width rules.
+
+Momentum and EMA statistics (both off by default, as in Gupta et al.): ``momentum`` b1 > 0
+preconditions the bias-corrected EMA of the gradient, ``m_hat = m / (1 - b1^t)`` with ``m = b1
+m + (1 - b1) G``, instead of ``G``; ``statistics_decay`` b2 replaces the sums by ``L = b2 L +
+(1 - b2) G G^T`` (and ``R``), bias-corrected by ``1 / (1 - b2^t)`` when the roots are computed.
+Qiu et al. 2025 use both (b1 0.9, b2 0.95). The clip bound then becomes ``fresh_bound``:
+``sum_s a_s w_s^-1/2`` over past gradients, with ``a_s`` their weight in ``m_hat`` and ``w_s``
+the weight of ``G_s G_s^T`` in the bias-corrected statistics (1 with sums;
+``sqrt((1 - b2^t) / (1 - b2))`` for an EMA without momentum). The diagonal path of 1-D
+parameters uses the same momentum and decay.
 
 Weight decay: a shrink before the update, coupled ``w *= 1 - lr * wd`` or independent
 ``w *= 1 - wd * lr / initial_lr`` (see :mod:`hptransfer.optim`).
@@ -165,9 +175,12 @@ def block_classes(rows: int, cols: int, max_dim: int) -> tuple[BlockGrid, ...]:
     )
 
 
-def inverse_root(mats_BxMxM: Tensor, root: int, eps: float, relative: bool) -> Tensor:
-    """``(M + e I)^(-1/root)`` for a stack of symmetric PSD matrices (``e`` as in the module
-    docstring), via ``eigh`` in the input's dtype (at least float32, float64 if that fails).
+def inverse_root(
+    mats_BxMxM: Tensor, root: int, eps: float, relative: bool, scale: float = 1.0
+) -> Tensor:
+    """``(scale M + e I)^(-1/root)`` for a stack of symmetric PSD matrices (``e`` as in the
+    module docstring, from the scaled eigenvalues), via ``eigh`` in the input's dtype (at least
+    float32, float64 if that fails).
     ``eigh`` reads only the lower triangle, so a statistic that is symmetric up to rounding
     needs no symmetrizing."""
     work = mats_BxMxM.to(torch.promote_types(mats_BxMxM.dtype, torch.float32))
@@ -180,7 +193,7 @@ def inverse_root(mats_BxMxM: Tensor, root: int, eps: float, relative: bool) -> T
         failed = True
     if failed:  # e.g. MKL's float32 eigh returns NaN for some matrices with many zero rows
         lam, q = torch.linalg.eigh(work.double())
-    lam = lam.clamp_min(0.0)
+    lam = lam.clamp_min(0.0) * scale
     reg = eps * lam.amax(-1, keepdim=True) if relative else eps
     shifted = lam + reg
     # an all-zero statistic (relative mode) or eps = 0: no step along zero eigenvalues
@@ -206,11 +219,17 @@ class Shampoo(InHouseOptimizer):
         wd_mode: str = "coupled",
         normalize: str | None = "clip",
         precondition_dtype: str | None = "bfloat16",
+        momentum: float = 0.0,
+        statistics_decay: float | None = None,
     ) -> None:
         if grafting not in GRAFTINGS:
             raise ValueError(f"unknown grafting {grafting!r}; valid: None, 'adam'")
         if normalize not in NORMALIZES:
             raise ValueError(f"unknown normalize {normalize!r}; valid: None, 'clip', 'spectral'")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if statistics_decay is not None and not 0.0 < statistics_decay < 1.0:
+            raise ValueError(f"statistics_decay must be None or in (0, 1), got {statistics_decay}")
         if max_preconditioner_dim < 1 or precondition_frequency < 1:
             raise ValueError("max_preconditioner_dim and precondition_frequency must be >= 1")
         self.max_preconditioner_dim = max_preconditioner_dim
@@ -233,6 +252,8 @@ class Shampoo(InHouseOptimizer):
             graft_eps=graft_eps,
             weight_decay=weight_decay,
             wd_mode=wd_mode,
+            momentum=momentum,
+            statistics_decay=statistics_decay,
         )
         super().__init__(params, defaults)
 
@@ -256,9 +277,11 @@ class Shampoo(InHouseOptimizer):
             st["step"] += 1
         matrices = [(p, st) for p, st in zip(params, states) if p.ndim >= 2]
         vectors = [(p, st) for p, st in zip(params, states) if p.ndim < 2]
-        grads_KxMxN = [self._accumulate(p, st) for p, st in matrices]
+        grads_KxMxN = [self._accumulate(group, p, st) for p, st in matrices]
         self._refresh_roots(group, matrices)
-        updates = {p: self._precondition(p, st, g) for (p, st), g in zip(matrices, grads_KxMxN)}
+        updates = {
+            p: self._precondition(group, p, st, g) for (p, st), g in zip(matrices, grads_KxMxN)
+        }
         if vectors:
             for p, u in zip([p for p, _ in vectors], self._diagonal(group, vectors)):
                 updates[p] = u
@@ -267,9 +290,18 @@ class Shampoo(InHouseOptimizer):
         apply_decay(group, params)
         torch._foreach_add_(params, [updates[p] for p in params], alpha=-group["lr"])
 
-    def _accumulate(self, p: Tensor, st: State) -> list[Tensor]:
-        """Add this step's ``G G^T`` and ``G^T G`` to the statistics; return the stacked blocks."""
+    def _accumulate(self, group: dict[str, Any], p: Tensor, st: State) -> list[Tensor]:
+        """Add this step's ``G G^T`` and ``G^T G`` to the statistics (summed, or an EMA with
+        ``statistics_decay``); return the stacked blocks of what is preconditioned: ``G``, or
+        its momentum ``m`` (``m = b1 m + (1 - b1) G``, not yet bias-corrected)."""
         g2 = p.grad.reshape(p.shape[0], -1)
+        decay = group["statistics_decay"]
+        keep, add = (1.0, 1.0) if decay is None else (decay, 1.0 - decay)
+        if group["momentum"]:
+            if "momentum" not in st:
+                st["momentum"] = torch.zeros_like(p)
+            st["momentum"].lerp_(p.grad, 1.0 - group["momentum"])
+            m2 = st["momentum"].reshape(p.shape[0], -1)
         stacked = []
         for c, grid in enumerate(self._classes(p)):
             g_KxMxN = grid.gather(g2)
@@ -277,9 +309,9 @@ class Shampoo(InHouseOptimizer):
                 k, m, n = g_KxMxN.shape
                 st[f"L{c}"] = p.new_zeros(k, m, m)
                 st[f"R{c}"] = p.new_zeros(k, n, n)
-            st[f"L{c}"].baddbmm_(g_KxMxN, g_KxMxN.mT)
-            st[f"R{c}"].baddbmm_(g_KxMxN.mT, g_KxMxN)
-            stacked.append(g_KxMxN)
+            st[f"L{c}"].baddbmm_(g_KxMxN, g_KxMxN.mT, beta=keep, alpha=add)
+            st[f"R{c}"].baddbmm_(g_KxMxN.mT, g_KxMxN, beta=keep, alpha=add)
+            stacked.append(grid.gather(m2) if group["momentum"] else g_KxMxN)
         return stacked
 
     def _refresh_roots(self, group: dict[str, Any], matrices: list[tuple[Tensor, State]]) -> None:
@@ -289,25 +321,33 @@ class Shampoo(InHouseOptimizer):
         for p, st in matrices:
             if not self._refreshes(st["step"]):
                 continue
+            decay = group["statistics_decay"]
+            scale = 1.0 if decay is None else 1.0 / (1.0 - decay ** st["step"])  # bias correction
             for c in range(len(self._classes(p))):
                 for key in (f"L{c}", f"R{c}"):
-                    root = inverse_root(st[key], 4, group["eps"], group["eps_relative"])
+                    root = inverse_root(st[key], 4, group["eps"], group["eps_relative"], scale)
                     st[f"{key}_root"] = root.to(self._product_dtype(root.dtype))
 
-    def _precondition(self, p: Tensor, st: State, grads_KxMxN: list[Tensor]) -> Tensor:
+    def _precondition(
+        self, group: dict[str, Any], p: Tensor, st: State, grads_KxMxN: list[Tensor]
+    ) -> Tensor:
         """Shampoo's (ungrafted) direction ``L^(-1/4) G R^(-1/4)`` for every block of ``p``, the
         product in the roots' dtype (bfloat16 for float32 parameters by default)."""
         classes = self._classes(p)
+        b1, t = group["momentum"], st["step"]
         parts = []
         for c, (grid, g_KxMxN) in enumerate(zip(classes, grads_KxMxN)):
             left, right = st[f"L{c}_root"], st[f"R{c}_root"]
             d_KxMxN = left @ g_KxMxN.to(left.dtype) @ right
-            parts.append(grid.matrix(self._normalized(st, c, d_KxMxN), p.dtype))
+            if b1:
+                d_KxMxN.mul_(1.0 / (1.0 - b1**t))  # the momentum's bias correction
+            parts.append(grid.matrix(self._normalized(group, st, c, d_KxMxN), p.dtype))
         return assemble(classes, parts).view_as(p)
 
-    def _normalized(self, st: State, c: int, d_KxMxN: Tensor) -> Tensor:
+    def _normalized(self, group: dict[str, Any], st: State, c: int, d_KxMxN: Tensor) -> Tensor:
         """Each block's direction divided (in place) by its spectral norm ("spectral"), or by
-        max(1, spectral norm) ("clip"); the norm from power iteration (see module docstring)."""
+        max(1, spectral norm / `fresh_bound`) ("clip"); the norm from power iteration (see the
+        module docstring)."""
         if self.normalize is None:
             return d_KxMxN
         key = f"v{c}"
@@ -319,7 +359,8 @@ class Shampoo(InHouseOptimizer):
             iters = POWER_ITERS_FIRST
         sigma_K = top_singular_value(d_KxMxN, st[key], iters)
         if self.normalize == "clip":
-            sigma_K = sigma_K.clamp_min(1.0)
+            bound = fresh_bound(st["step"], group["momentum"], group["statistics_decay"])
+            sigma_K = (sigma_K / bound).clamp_min(1.0)
         scale = torch.where(
             sigma_K > 0, 1.0 / sigma_K.clamp_min(torch.finfo(sigma_K.dtype).tiny), 0.0
         )
@@ -327,20 +368,36 @@ class Shampoo(InHouseOptimizer):
 
     @staticmethod
     def _diagonal(group: dict[str, Any], vectors: list[tuple[Tensor, State]]) -> list:
-        """Adagrad directions ``g (a + e)^(-1/2)`` for 1-D parameters, updating ``a``."""
+        """Adagrad directions ``g (a + e)^(-1/2)`` for 1-D parameters, updating ``a`` (an EMA
+        with ``statistics_decay``, bias-corrected; ``g`` the bias-corrected momentum when
+        ``momentum`` > 0), as the matrices' statistics and momentum."""
+        b1, decay = group["momentum"], group["statistics_decay"]
         for p, st in vectors:
             if "sum_sq" not in st:
                 st["sum_sq"] = torch.zeros_like(p)
+            if b1 and "momentum" not in st:
+                st["momentum"] = torch.zeros_like(p)
         grads = [p.grad for p, _ in vectors]
         accs = [st["sum_sq"] for _, st in vectors]
-        torch._foreach_addcmul_(accs, grads, grads)
-        if group["eps_relative"]:
-            denom = torch._foreach_add(accs, [group["eps"] * a.max() for a in accs])
+        if decay is None:
+            torch._foreach_addcmul_(accs, grads, grads)
+            avg = accs
         else:
-            denom = torch._foreach_add(accs, group["eps"])
+            torch._foreach_mul_(accs, decay)
+            torch._foreach_addcmul_(accs, grads, grads, 1.0 - decay)
+            avg = torch._foreach_mul(accs, [1.0 / (1.0 - decay ** st["step"]) for _, st in vectors])
+        if group["eps_relative"]:
+            denom = torch._foreach_add(avg, [group["eps"] * a.max() for a in avg])
+        else:
+            denom = torch._foreach_add(avg, group["eps"])
         torch._foreach_clamp_min_(denom, torch.finfo(accs[0].dtype).tiny)
         torch._foreach_rsqrt_(denom)
-        return torch._foreach_mul(denom, grads)
+        if not b1:
+            return torch._foreach_mul(denom, grads)
+        ms = [st["momentum"] for _, st in vectors]
+        torch._foreach_lerp_(ms, grads, 1.0 - b1)
+        torch._foreach_mul_(denom, [1.0 / (1.0 - b1 ** st["step"]) for _, st in vectors])
+        return torch._foreach_mul(denom, ms)
 
     def _graft(
         self,
@@ -373,6 +430,23 @@ class Shampoo(InHouseOptimizer):
                 scale_K = _norm_ratio(grid.gather(a2), d_KxMxN)
                 parts.append(grid.matrix(d_KxMxN * scale_K[:, None, None], p.dtype))
             updates[p] = assemble(classes, parts).view_as(p)
+
+
+def fresh_bound(step: int, momentum: float, decay: float | None) -> float:
+    """The largest spectral norm a block's step direction can have at ``step`` when its roots
+    include this step's statistics: ``sum_s a_s w_s^(-1/2)`` over past gradients ``G_s``, with
+    ``a_s`` their weight in the (bias-corrected) momentum and ``w_s`` the weight of ``G_s G_s^T``
+    in the (bias-corrected) statistics, since ``L >= w G G^T`` and ``R >= w G^T G`` give
+    ``||L^-1/4 G R^-1/4|| <= w^-1/2``. 1 for summed statistics; ``sqrt((1 - b2^t) / (1 - b2))``
+    for an EMA without momentum."""
+    if decay is None:
+        return 1.0  # every w_s = 1, and the a_s sum to 1
+    total = math.sqrt((1.0 - decay**step) / (1.0 - decay))  # w_t^-1/2
+    if not momentum:
+        return total
+    r = momentum / math.sqrt(decay)  # a_s w_s^-1/2 is geometric in t - s
+    geometric = step if r == 1.0 else (1.0 - r**step) / (1.0 - r)
+    return (1.0 - momentum) / (1.0 - momentum**step) * total * geometric
 
 
 def _placed_like(t: Tensor, ref: Tensor) -> Tensor:
