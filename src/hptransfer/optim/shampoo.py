@@ -137,10 +137,16 @@ class BlockGrid:
         return sub.view(self.nr, m, self.nc, n).permute(0, 2, 1, 3).reshape(self.count, m, n)
 
     def matrix(self, values_KxMxN: Tensor, dtype: torch.dtype) -> Tensor:
-        """The inverse of `gather`: stacked blocks back to the ``mat[rows, cols]`` they tile."""
+        """The inverse of `gather`: stacked blocks back to the ``mat[rows, cols]`` they tile,
+        in ``dtype``."""
         _, m, n = values_KxMxN.shape
+        if self.count == 1:
+            return values_KxMxN.view(m, n).to(dtype)
         tiles = values_KxMxN.view(self.nr, self.nc, m, n).permute(0, 2, 1, 3)
-        return tiles.reshape(self.nr * m, self.nc * n).to(dtype)  # copy, then a cheap cast
+        if type(values_KxMxN).__name__ == "DTensor":  # sharded (FSDP2): functional ops only
+            return tiles.reshape(self.nr * m, self.nc * n).to(dtype)
+        out = torch.empty(self.nr, m, self.nc, n, dtype=dtype, device=values_KxMxN.device)
+        return out.copy_(tiles).view(self.nr * m, self.nc * n)  # layout and cast in one pass
 
 
 def assemble(grids: tuple[BlockGrid, ...], parts: list[Tensor]) -> Tensor:

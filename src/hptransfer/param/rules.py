@@ -315,7 +315,7 @@ SPECTRAL_DIRECT_C: dict[str, tuple[Fraction, Fraction, Fraction, int]] = {
 
 #: Shampoo's default ``max_preconditioner_dim`` (the optimizer and the rules share it): with the
 #: rule's block factor, blocking moved the optimal LR less with width (docs/reproductions.md), and
-#: at width 512 it brings the step from 27x to about 9x an AdamW step (benchmarks/).
+#: at width 512 it brings the step from 27x to about 8x an AdamW step (benchmarks/).
 SHAMPOO_BLOCK = 128
 
 
