@@ -100,6 +100,12 @@ def test_rules_shampoo_prints_its_block_factor(capsys):
     assert "NAME=VALUE" in capsys.readouterr().err
     assert main(["rules", "--optimizer", "shampoo", "--option", "block=32"]) == 2
     assert "no such knob" in capsys.readouterr().err
+    for bad in ("0", "32.5", "abc"):  # the rule's block factor needs a whole block size
+        assert (
+            main(["rules", "--optimizer", "shampoo", "--option", f"max_preconditioner_dim={bad}"])
+            == 2
+        )
+        assert "must be an integer >= 1" in capsys.readouterr().err
     assert main(["rules", "--optimizer", "lamb", "--option", "clamp=false"]) == 0
     assert "rule adam_ps" in capsys.readouterr().out  # unclamped LAMB: Adam + parameter scaling
 

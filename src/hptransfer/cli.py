@@ -104,7 +104,6 @@ def cmd_rules(args: argparse.Namespace) -> int:
     if args.format == "json":
         d = rule.as_dict()
         if args.alignment_from:
-            d["alignment"] = "measured"
             d["measured_alignment"] = args.measured
         print(json.dumps(d, indent=1))
         return 0

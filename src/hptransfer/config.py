@@ -208,7 +208,7 @@ class OptimizerConfig:
     betas: tuple[float, float] | None = None
     """Adam-family betas (muon: those of its AdamW part); None = the optimizer's default."""
     momentum: float | None = None
-    """SGD momentum (muon: Muon's momentum); None = the optimizer's default."""
+    """SGD momentum (muon: Muon's momentum; shampoo: its gradient EMA); None = the default."""
     weight_decay: float = 0.0
     wd_mode: str = "coupled"
     """coupled: shrink = lr * wd (PyTorch AdamW); independent: shrink follows only the schedule."""

@@ -203,12 +203,13 @@ def inverse_root(
     reg = eps * lam.amax(-1, keepdim=True) if relative else eps
     shifted = lam + reg
     # an all-zero statistic (relative mode) or eps = 0: no step along zero eigenvalues
-    scale = torch.where(shifted > 0, shifted, 1.0).pow(-1.0 / root) * (shifted > 0)
-    return ((q * scale.unsqueeze(-2)) @ q.mT).to(mats_BxMxM.dtype)
+    powered = torch.where(shifted > 0, shifted, 1.0).pow(-1.0 / root) * (shifted > 0)
+    return ((q * powered.unsqueeze(-2)) @ q.mT).to(mats_BxMxM.dtype)
 
 
 class Shampoo(InHouseOptimizer):
-    """Blocked Shampoo. Per-group keys: lr, eps, eps_relative, betas, graft_eps, weight_decay."""
+    """Blocked Shampoo. Per-group keys: lr, eps, eps_relative, momentum, statistics_decay,
+    betas, graft_eps, weight_decay, wd_mode."""
 
     def __init__(
         self,
@@ -236,8 +237,10 @@ class Shampoo(InHouseOptimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if statistics_decay is not None and not 0.0 < statistics_decay < 1.0:
             raise ValueError(f"statistics_decay must be None or in (0, 1), got {statistics_decay}")
-        if max_preconditioner_dim < 1 or precondition_frequency < 1:
-            raise ValueError("max_preconditioner_dim and precondition_frequency must be >= 1")
+        for name, value in (("max_preconditioner_dim", max_preconditioner_dim),
+                            ("precondition_frequency", precondition_frequency)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.max_preconditioner_dim = max_preconditioner_dim
         self.precondition_frequency = precondition_frequency
         self.grafting = grafting
@@ -337,7 +340,8 @@ class Shampoo(InHouseOptimizer):
     def _precondition(
         self, group: dict[str, Any], p: Tensor, st: State, grads_KxMxN: list[Tensor]
     ) -> Tensor:
-        """Shampoo's (ungrafted) direction ``L^(-1/4) G R^(-1/4)`` for every block of ``p``, the
+        """Shampoo's (ungrafted) direction ``L^(-1/4) G R^(-1/4)`` for every block of ``p``
+        (``G``: the gradient, or its bias-corrected momentum), normalized per ``normalize``; the
         product in the roots' dtype (bfloat16 for float32 parameters by default)."""
         classes = self._classes(p)
         b1, t = group["momentum"], st["step"]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from hptransfer.config import EPS_MODES
 from hptransfer.param.roles import RoleTable
 from hptransfer.param.rules import (
     SP_B,
@@ -43,7 +44,6 @@ from hptransfer.param.rules import (
 )
 
 SCALED = ("input", "hidden", "output")
-EPS_MODES = ("constant", "small", "per_layer")
 
 
 @dataclass(frozen=True)

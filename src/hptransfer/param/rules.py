@@ -334,7 +334,7 @@ def optimizer_regime(optimizer: str, options: dict | None = None) -> tuple[str, 
     adjustment needs an extra 1/sqrt(m) on hidden layers (never stack it with another)."""
     options = options or {}
     if optimizer == "lamb":
-        clamped = options.get("clamp", 10.0) not in (None, False)  # false: TOML's "none"
+        clamped = options.get("clamp", True) not in (None, False)  # false: TOML's "none"
         return ("spectral", "lamb_clamped") if clamped else ("family", "adam_ps")
     if optimizer == "shampoo":
         grafted = options.get("grafting") == "adam"
@@ -474,10 +474,14 @@ def make_rule(
         )
         for r in (*ROLES3, "vector")
     }
-    label = alignment if isinstance(alignment, str) else "custom"
+    label = alignment if isinstance(alignment, str) else "measured"
     block = None
-    if key == "shampoo" and kind == "spectral" and lr_exponents == "per_layer":
-        block = int((options or {}).get("max_preconditioner_dim", SHAMPOO_BLOCK))
+    if key == "shampoo" and lr_exponents == "per_layer":
+        block = (options or {}).get("max_preconditioner_dim", SHAMPOO_BLOCK)
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(
+                f"optimizer option max_preconditioner_dim must be an integer >= 1, got {block!r}"
+            )
     return Rule(parameterization, optimizer, family, label, roles, block)
 
 
