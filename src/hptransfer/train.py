@@ -27,7 +27,7 @@ from hptransfer.optim import build_optimizer
 from hptransfer.optim.diagnostics import optimizer_diagnostics
 from hptransfer.param.apply import Parameterization, parameterize, scale_depth
 from hptransfer.param.roles import RoleTable, roles_from_factory
-from hptransfer.param.rules import make_rule, measured_alignment
+from hptransfer.param.rules import K_SWITCHES, make_rule, measured_alignment
 from hptransfer.store import write_json
 from hptransfer.trackers import Trackers, open_trackers
 
@@ -56,8 +56,14 @@ def model_factory(cfg: RunConfig, vocab_size: int | None = None) -> Callable[[in
         kv_group=m.kv_group,
         seq_len=cfg.train.seq_len,
         head_dim=m.head_dim,
-        attn_scale="linear" if cfg.param.k_switches[1:2] == "1" else m.attn_scale,  # [K] switch 2
+        attn_scale="linear" if _switch_on(cfg, "attn") else m.attn_scale,
     )
+
+
+def _switch_on(cfg: RunConfig, switch: str) -> bool:
+    """Whether [K]'s ``switch`` (one of rules.K_SWITCHES) is on in ``param.k_switches``."""
+    code = cfg.param.k_switches
+    return bool(code) and code[K_SWITCHES.index(switch)] == "1"
 
 
 def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
@@ -179,6 +185,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
     refresh = getattr(opt, "refresh_curvature", None)  # Sophia's Hessian estimate
     named = dict(model.named_parameters())
+    names = {p: n for n, p in named.items()}
     # alignment exponents (parameterizations.md §3) on the step-0 batch, every align_every steps
     probe = None
     if t.align_every:
@@ -221,7 +228,7 @@ def train(
         }
         if eval_step:  # per-layer diagnostics ride along with the evals
             record.update(update_ratios(named, before))
-            record.update(optimizer_diagnostics(opt, {p: n for n, p in named.items()}))
+            record.update(optimizer_diagnostics(opt, names))
             record["eval_loss"] = ctx.mean(evaluate(model, eval_set, autocast))
             evals.append((step + 1, record["eval_loss"]))
             if not math.isfinite(record["eval_loss"]):

@@ -177,12 +177,8 @@ def build_hf(
 ) -> nn.Module:
     """``model.name`` hf_gpt2 or hf_llama at ``width``, wrapped as `CausalLM`."""
     shape = dict(depth=depth, vocab_size=vocab_size, seq_len=seq_len, head_dim=head_dim)
-    if name == "hf_gpt2":
-        if kv_group != 1:
-            raise ValueError("model.kv_group applies to llama and hf_llama, not hf_gpt2")
+    if name == "hf_gpt2":  # build_model has checked the name and kv_group
         make_config = lambda w: gpt2_config(w, **shape)  # noqa: E731
-    elif name == "hf_llama":
-        make_config = lambda w: llama_config(w, kv_group=kv_group, **shape)  # noqa: E731
     else:
-        raise ValueError(f"model.name={name!r} is not a Hugging Face model (hf_gpt2, hf_llama)")
+        make_config = lambda w: llama_config(w, kv_group=kv_group, **shape)  # noqa: E731
     return width_factory(make_config, attn_scale=attn_scale)(width)

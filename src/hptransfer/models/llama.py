@@ -93,23 +93,18 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-RMSNorm residual block; both branches are scaled by residual_multiplier."""
+    """Pre-RMSNorm residual block (depth multipliers: forward hooks, `param.depth_exponent`)."""
 
-    def __init__(
-        self, width: int, head_dim: int, kv_group: int, scale: float, residual_multiplier: float
-    ) -> None:
+    def __init__(self, width: int, head_dim: int, kv_group: int, scale: float) -> None:
         super().__init__()
-        self.residual_multiplier = residual_multiplier
         self.attn_norm = nn.RMSNorm(width, eps=NORM_EPS)
         self.attn = Attention(width, head_dim, kv_group, scale)
         self.mlp_norm = nn.RMSNorm(width, eps=NORM_EPS)
         self.mlp = SwiGLU(width)
 
     def forward(self, x_BxTxD: torch.Tensor, rope_2xTxK2: torch.Tensor) -> torch.Tensor:
-        x_BxTxD = x_BxTxD + self.residual_multiplier * self.attn(
-            self.attn_norm(x_BxTxD), rope_2xTxK2
-        )
-        return x_BxTxD + self.residual_multiplier * self.mlp(self.mlp_norm(x_BxTxD))
+        x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), rope_2xTxK2)
+        return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
 
 
 class Llama(nn.Module):
@@ -123,7 +118,6 @@ class Llama(nn.Module):
         head_dim: dimension per head (even); the number of query heads is width // head_dim.
         kv_group: query heads per key/value head (1 = multi-head attention).
         attn_scale: "sqrt" (1/sqrt(head_dim)) or "linear" (1/head_dim, muP).
-        residual_multiplier: factor on every residual branch (1.0 = plain).
     """
 
     def __init__(
@@ -136,7 +130,6 @@ class Llama(nn.Module):
         head_dim: int,
         kv_group: int = 1,
         attn_scale: str = "sqrt",
-        residual_multiplier: float = 1.0,
     ) -> None:
         super().__init__()
         if width % head_dim != 0:
@@ -146,9 +139,7 @@ class Llama(nn.Module):
         scale = attention_scale(attn_scale, head_dim)
         self.seq_len = seq_len
         self.tok_embed = nn.Embedding(vocab_size, width)
-        self.blocks = nn.ModuleList(
-            Block(width, head_dim, kv_group, scale, residual_multiplier) for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(Block(width, head_dim, kv_group, scale) for _ in range(depth))
         self.norm_f = nn.RMSNorm(width, eps=NORM_EPS)
         self.head = nn.Linear(width, vocab_size, bias=False)
         self.register_buffer("rope", rotary_tables(seq_len, head_dim), persistent=False)

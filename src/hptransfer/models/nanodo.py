@@ -4,8 +4,9 @@ Pre-LayerNorm blocks without biases, separate q/k/v/o projections, a 4x GeLU MLP
 learned positional embeddings and an untied LM head. Heads grow with width at a fixed
 head_dim. The model holds no width-scaling logic and keeps PyTorch's default init: the
 parameterization engine (hptransfer.param) re-initializes every parameter and decides
-every factor. The only knobs it takes from outside are the attention scale and the
-residual-branch multiplier.
+every factor. The only knobs it takes from outside are the attention scale and a
+residual-branch multiplier (training scales depth with forward hooks instead,
+`param.depth_exponent`; the argument is the reference those hooks are tested against).
 
 Shape suffixes: B batch, T sequence, D width, H heads, K head_dim, F MLP width, V vocab.
 """
@@ -99,7 +100,7 @@ class NanoDO(nn.Module):
         seq_len: maximum sequence length (size of the positional table); inputs may be shorter.
         head_dim: dimension per head; the number of heads is width // head_dim.
         attn_scale: "sqrt" (1/sqrt(head_dim)) or "linear" (1/head_dim, muP).
-        residual_multiplier: factor on every residual branch (1.0 = plain; depth-muP sets it).
+        residual_multiplier: factor on every residual branch (1.0 = plain).
     """
 
     def __init__(
