@@ -125,10 +125,8 @@ def load_corpus(cfg: DataConfig, run_dir: str | Path | None = None) -> Corpus:
 
     fmt = cfg.resolved_format()
     if fmt == "tokens":
-        train = sources.read_tokens(cfg.path, cfg.token_dtype)
-        eval_ = sources.read_tokens(cfg.eval_path, cfg.token_dtype) if cfg.eval_path else None
+        train, eval_, top = _token_files(cfg)
         sha = sources.file_sha256(cfg.path)
-        top = int(max(train.max(), 0 if eval_ is None else eval_.max())) + 1
         if cfg.vocab_size and cfg.vocab_size < top:
             raise ConfigError(f"data.vocab_size={cfg.vocab_size} but {cfg.path} holds id {top - 1}")
         if eval_ is None:
@@ -144,7 +142,10 @@ def load_corpus(cfg: DataConfig, run_dir: str | Path | None = None) -> Corpus:
     else:
         raw, source = default_corpus(), f"stdlib:{platform.python_version()}"
     raw_eval = sources.read_text(cfg.eval_path, fmt, cfg.text_field) if cfg.eval_path else None
-    sha = hashlib.sha256(raw + (raw_eval or b"")).hexdigest()
+    digest = hashlib.sha256(raw)  # of raw + raw_eval, without joining them
+    if raw_eval:
+        digest.update(raw_eval)
+    sha = digest.hexdigest()
     tok = resolve_tokenizer(cfg.tokenizer, cfg.vocab_size, raw, run_dir)
     if cfg.tokenizer != "bpe" and 0 < cfg.vocab_size < tok.vocab_size:
         raise ConfigError(f"data.vocab_size={cfg.vocab_size} < the tokenizer's {tok.vocab_size}")
@@ -156,13 +157,22 @@ def load_corpus(cfg: DataConfig, run_dir: str | Path | None = None) -> Corpus:
     return Corpus(train, eval_, sha, source, max(tok.vocab_size, cfg.vocab_size), tok)
 
 
+def _token_files(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """A token-file corpus's train and (optional) eval ids, memory-mapped, and largest id + 1."""
+    from hptransfer import sources
+
+    train = sources.read_tokens(cfg.path, cfg.token_dtype)
+    eval_ = sources.read_tokens(cfg.eval_path, cfg.token_dtype) if cfg.eval_path else None
+    return train, eval_, int(max(train.max(), 0 if eval_ is None else eval_.max())) + 1
+
+
 def config_vocab_size(cfg: DataConfig) -> int:
     """The vocabulary ``cfg`` gives without loading the corpus (for building a model to list
     its roles): the tokenizer's size, bpe's target size, or a token file's largest id + 1."""
     from hptransfer.tokenizers import DEFAULT_BPE_VOCAB, load_tokenizer
 
     if cfg.resolved_format() == "tokens":
-        return cfg.vocab_size or load_corpus(cfg).vocab_size
+        return cfg.vocab_size or _token_files(cfg)[2]
     if cfg.tokenizer == "byte":
         return max(VOCAB_SIZE, cfg.vocab_size)
     if cfg.tokenizer == "bpe":
