@@ -104,7 +104,8 @@ def spec_paths(repro: Reproduction, recipes: Path = RECIPES) -> list[Path]:
 
 
 def smoke_table(table: dict[str, Any]) -> dict[str, Any]:
-    """A spec's TOML tables shrunk to a smoke run: SMOKE_BASE on top of its base, the swept
+    """A spec's TOML tables shrunk to a smoke run (other tables, e.g. [[cases]], kept as
+    they are): SMOKE_BASE on top of its base, the swept
     widths and depths replaced by SMOKE_GRID, its LR grid cut to its lowest and highest LR,
     alignment probes every 2 steps if on, no adaptive search, fixed steps."""
     from hptransfer.config import flatten
@@ -122,7 +123,7 @@ def smoke_table(table: dict[str, Any]) -> dict[str, Any]:
     if LR_KEY in grid:
         grid[LR_KEY] = sorted({min(grid[LR_KEY]), max(grid[LR_KEY])})
     sweep = {**table.get("sweep", {}), "adaptive": False, "workers": 1, "tokens_per_param": 0}
-    return {"base": base, "grid": grid, "sweep": sweep}
+    return {**table, "base": base, "grid": grid, "sweep": sweep}  # [[cases]] kept
 
 
 def load_specs(
@@ -215,8 +216,8 @@ def run_reproduction(
 
 def load_results(repro: Reproduction, root: Path) -> pd.DataFrame:
     """load_runs(root) with the setting columns (``repro.by`` and x) read from each run's
-    config.json: DIR/sweep.json lists only the last spec's runs and keys, and a config that
-    gained fields since gives new run ids, so the configs on disk are what counts."""
+    config.json: DIR/sweep.json lists only the last spec's runs and keys, so the configs on
+    disk are what counts."""
     from hptransfer.store import load_runs, read_json
 
     df = load_runs(root)
@@ -258,6 +259,7 @@ def transfer_table(
     the lowest L_inf among the settings given). The fits gain a ``setting`` column (the label).
     """
     from hptransfer.analysis import find_optima, fit_transfer
+    from hptransfer.report import _plain
 
     by = list(by)
     data = _scaled(df, x)
@@ -293,12 +295,6 @@ def transfer_table(
 def _round(value: Any, digits: int = 4) -> float | None:
     value = float(value)
     return round(value, digits) if math.isfinite(value) else None
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars as Python values (JSON and equality with the by-values)."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) and not isinstance(value, str) else value
 
 
 def _save(fig: Figure, path: Path) -> str:
