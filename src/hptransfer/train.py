@@ -193,12 +193,13 @@ def train(
         probe = AlignmentProbe(model, lambda: model(x_align))
 
     out = Path(out_dir) if out_dir is not None and ctx.is_main else None
+    # TensorBoard / W&B copies of every record; off by default. Opened first: a missing extra
+    # is a ConfigError before anything of the run is written.
+    tracker = open_trackers(cfg, out) if ctx.is_main else Trackers([])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
         metrics_file = (out / "metrics.jsonl").open("w")
-    # TensorBoard / W&B copies of every record; off by default
-    tracker = open_trackers(cfg, out) if ctx.is_main else Trackers([])
     losses: list[float] = []
     evals: list[tuple[int, float]] = []
     status, loss0 = "ok", None
