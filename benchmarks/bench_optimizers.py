@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from adam_atan2_pytorch import AdamAtan2 as RefAdamAtan2
 from pytorch_optimizer import ADOPT as RefADOPT
 from pytorch_optimizer import Lamb as RefLamb
+from timing import interleaved, median_ratio
 
 from hptransfer.optim import OPTIMIZERS, build_optimizer
 
 BLOCK = 10
+CPU = torch.device("cpu")
 VOCAB = 256
 DEPTH = 4
 
@@ -85,27 +86,22 @@ def contenders() -> dict[str, Factory]:
     return out
 
 
-def _time_block(opt: torch.optim.Optimizer) -> float:
-    start = time.perf_counter()
-    for _ in range(BLOCK):
-        opt.step()
-    return (time.perf_counter() - start) / BLOCK
-
-
 def block_times(width: int, repeats: int, skip: tuple[str, ...] = ()) -> dict[str, list[float]]:
     """Seconds per step of every contender at ``width``, one value per repeat (round); raises
     if a contender's parameters become non-finite."""
     opts = {
         name: make(decoder_groups(width)) for name, make in contenders().items() if name not in skip
     }
-    for opt in opts.values():  # warm-up: state allocation and Shampoo's first roots
-        for _ in range(BLOCK):
-            opt.step()
-    times: dict[str, list[float]] = {name: [] for name in opts}
-    names = list(opts)
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(_time_block(opts[name]))
+
+    def block(opt: torch.optim.Optimizer) -> Callable[[], None]:
+        def steps() -> None:
+            for _ in range(BLOCK):
+                opt.step()
+
+        return steps
+
+    # one warm-up block each: state allocation and Shampoo's first roots
+    secs = interleaved({name: block(opt) for name, opt in opts.items()}, repeats, CPU)
     failed = [
         name
         for name, opt in opts.items()
@@ -113,18 +109,13 @@ def block_times(width: int, repeats: int, skip: tuple[str, ...] = ()) -> dict[st
     ]
     if failed:
         raise FloatingPointError(f"width {width}: non-finite parameters after {failed}")
-    return times
-
-
-def bench_width(width: int, repeats: int, skip: tuple[str, ...] = ()) -> dict[str, float]:
-    """Median seconds per step for every contender at ``width``."""
-    return {name: statistics.median(ts) for name, ts in block_times(width, repeats, skip).items()}
+    return {name: [t / BLOCK for t in ts] for name, ts in secs.items()}
 
 
 def _ratio(times: dict[str, list[float]], name: str, base: str) -> float:
     """Median over rounds of the per-round ratio: a burst of load from another process slows
     both contenders of one round alike."""
-    return statistics.median(a / b for a, b in zip(times[name], times[base]))
+    return median_ratio(times[name], times[base])
 
 
 def run(quick: bool = False) -> dict[str, float]:
