@@ -22,6 +22,8 @@ from typing import Any
 
 import tomllib
 
+from hptransfer.errors import ConfigError
+
 PARAMETERIZATIONS = ("sp", "ntk", "mup", "mfp")
 ALIGNMENT_PRESETS = ("full", "none")
 EPS_MODES = ("constant", "small", "per_layer")
@@ -41,10 +43,6 @@ OPTIMIZERS = (
 )
 SCHEDULES = ("constant", "cosine", "wsd")
 DTYPES = ("float32", "float64", "bfloat16")
-
-
-class ConfigError(ValueError):
-    """Bad user input. The CLI prints the message on one line and exits with code 2."""
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
