@@ -30,7 +30,7 @@ from hptransfer.cli import (
 )
 from hptransfer.errors import ConfigError
 
-COMMANDS = (demo, train, sweep, ls, tune, report, repro, rules, coord_check)
+COMMANDS = (train, rules, coord_check, demo, sweep, ls, tune, report, repro)
 """In the order `hptransfer --help` lists them."""
 
 

@@ -139,8 +139,6 @@ def _rules_alignment(args: argparse.Namespace):
         raise ConfigError("--window needs --alignment-from")
     if args.alignment_from and (args.alignment or args.k_switches):
         raise ConfigError("--alignment-from replaces --alignment; do not give both")
-    if args.k_switches and args.param not in (None, "sp"):
-        raise ConfigError("--k-switches applies on top of sp; drop --param or use --param sp")
     if not args.alignment_from:
         args.param = args.param or ("sp" if args.k_switches else "mup")
         args.optimizer = args.optimizer or "adam"
