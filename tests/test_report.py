@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hptransfer.cli import main
+from hptransfer.cli.report import add_parser, run
 from hptransfer.config import ConfigError
-from hptransfer.report import ReportWarning, add_parser, build_report, run, setting_columns
+from hptransfer.report import ReportWarning, build_report, setting_columns
 
 SUMMARY_KEYS = {"optima", "fits", "headline", "counts", "provenance"}
 OPTIMA_KEYS = {"parameterization", "optimizer", "width", "lr_grid", "lr_interp", "loss"}
@@ -274,7 +276,7 @@ def test_bad_directories_exit_2_with_one_line(
     directory = make(tmp_path)
     with pytest.raises(ConfigError, match=message):
         build_report(directory)
-    assert run(_args(directory)) == 2
+    assert main(["report", str(directory)]) == 2  # through the CLI's one boundary
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in captured.err
@@ -283,7 +285,7 @@ def test_bad_directories_exit_2_with_one_line(
 
 def test_unknown_reference_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = write_synthetic_sweep(tmp_path / "sweep")
-    assert run(_args(root, reference="ntk")) == 2
+    assert main(["report", str(root), "--reference", "ntk"]) == 2
     assert "ntk" in capsys.readouterr().err
 
 
@@ -305,7 +307,7 @@ def test_cli_subprocess_exit_code(tmp_path: Path) -> None:
 
 def test_parser_construction_imports_nothing_heavy() -> None:
     code = (
-        "import argparse, sys; from hptransfer.report import add_parser; "
+        "import argparse, sys; from hptransfer.cli.report import add_parser; "
         "add_parser(argparse.ArgumentParser().add_subparsers()); "
         "print(sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules))"
     )

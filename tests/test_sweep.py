@@ -229,7 +229,7 @@ def test_unwritable_directory_fails_with_nothing_written(tmp_path, fake):
 def test_dry_run_prints_runs_as_json_lines_without_torch(tmp_path):
     spec = write_spec(tmp_path)
     code = (
-        "import sys, json; from hptransfer.sweep import command, load_spec\n"
+        "import sys, json; from hptransfer.cli import sweep as command\n"
         "import argparse; p = argparse.ArgumentParser(); command.add_parser(p.add_subparsers())\n"
         "a = p.parse_args(sys.argv[1:]); a.func(a); assert 'torch' not in sys.modules"
     )
@@ -244,7 +244,7 @@ def test_dry_run_prints_runs_as_json_lines_without_torch(tmp_path):
 
 CLI = (
     "import sys, argparse\n"
-    "from hptransfer.sweep import command\n"
+    "from hptransfer.cli import sweep as command\n"
     "if __name__ == '__main__':\n"
     "    p = argparse.ArgumentParser(); command.add_parser(p.add_subparsers())\n"
     "    a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"

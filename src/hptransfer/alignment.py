@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hptransfer.errors import ConfigError
+
 EXPONENTS = ("alpha", "omega", "u")
 PREFIX = "align"
 
@@ -161,7 +163,7 @@ def parse_window(text: str | None) -> tuple[int | None, int | None]:
             raise ValueError
         return (int(start) if start.strip() else None, int(end) if end.strip() else None)
     except ValueError:
-        raise ValueError(f"--window expects START:END in training steps, got {text!r}") from None
+        raise ConfigError(f"--window expects START:END in training steps, got {text!r}") from None
 
 
 def average_by_role(
@@ -220,7 +222,7 @@ def alignment_from_run(
     run = Path(run_dir)
     for f in ("config.json", "metrics.jsonl"):
         if not (run / f).is_file():
-            raise FileNotFoundError(f"{run / f}: not a run directory of `hptransfer train`")
+            raise ConfigError(f"{run / f}: not a run directory of `hptransfer train`")
     cfg = from_dict(json.loads((run / "config.json").read_text()))
     p = cfg.param
     table = roles_from_factory(
@@ -232,7 +234,7 @@ def alignment_from_run(
     per_role = average_by_role(records, roles, window)
     missing = sorted({"hidden", "output"} - set(per_role))
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"{run}: no alignment probes for {', '.join(missing)} in the window (was the run "
             "trained with train.align_every > 0?)"
         )

@@ -2,9 +2,12 @@
 
 Every stage reads its settings from one :class:`RunConfig`. A recipe is a TOML file whose
 tables mirror the dataclasses (``[model]``, ``[param]``, ``[optimizer]``, ``[train]``,
-``[data]``, top-level ``seed``). Unknown keys and wrongly typed values are rejected with a
-one-line :class:`ConfigError` that names the key. This module must not import torch: the CLI
-validates input before any heavy import.
+``[data]``, top-level ``seed``). A config is checked when it is built: every field's type,
+its choice (each choice set is one ``Literal`` type below), its range and finiteness, and the
+settings that constrain each other; ``RunConfig(model=ModelConfig(name="bogus"))`` raises. What
+touches the environment (the data files exist) is checked by ``validate()``, which loading a
+recipe calls. Every refusal is a one-line :class:`ConfigError` that names the key. This module
+must not import torch: the CLI validates input before any heavy import.
 """
 
 from __future__ import annotations
@@ -14,20 +17,52 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomllib
 
 from hptransfer.errors import ConfigError
 
-PARAMETERIZATIONS = ("sp", "ntk", "mup", "mfp")
-ALIGNMENT_PRESETS = ("full", "none")
-EPS_MODES = ("constant", "small", "per_layer")
-MODELS = ("nanodo", "mlp", "llama", "hf_gpt2", "hf_llama")
+# Each choice set is defined once, here, as the Literal type of its config field; the tuples
+# below (typing.get_args) are what models, param, the CLI and sweeps check names against.
+ModelName = Literal["nanodo", "mlp", "llama", "hf_gpt2", "hf_llama"]
+AttnScale = Literal["sqrt", "linear"]
+ParameterizationName = Literal["sp", "ntk", "mup", "mfp"]
+AlignmentPreset = Literal["full", "none"]
+AlignmentName = Literal[AlignmentPreset, "measured"]
+LrExponents = Literal["per_layer", "global"]
+Anchor = Literal["relative", "absolute"]
+Form = Literal["multiplier", "folded"]
+EpsMode = Literal["constant", "small", "per_layer"]
+TieRule = Literal["error", "input", "output", "untie"]
+Role = Literal["input", "hidden", "output", "vector", "fixed"]
+WdMode = Literal["coupled", "independent"]
+Schedule = Literal["constant", "cosine", "wsd"]
+Dtype = Literal["float32", "float64", "bfloat16"]
+Device = Literal["cpu", "cuda"]
+Distributed = Literal["auto", "none", "ddp", "fsdp"]
+DataFormat = Literal["auto", "text", "jsonl", "parquet", "tokens"]
+TokenDtype = Literal["uint16", "uint32"]
+WandbMode = Literal["offline", "online"]
+Executor = Literal["local", "ray"]
+"""Where a sweep's runs execute (the ``[sweep]`` table's executor, hptransfer.sweep.spec)."""
+
+MODELS: tuple[str, ...] = typing.get_args(ModelName)
+ATTN_SCALES: tuple[str, ...] = typing.get_args(AttnScale)
+PARAMETERIZATIONS: tuple[str, ...] = typing.get_args(ParameterizationName)
+ALIGNMENT_PRESETS: tuple[str, ...] = typing.get_args(AlignmentPreset)
+LR_EXPONENTS: tuple[str, ...] = typing.get_args(LrExponents)
+ANCHORS: tuple[str, ...] = typing.get_args(Anchor)
+FORMS: tuple[str, ...] = typing.get_args(Form)
+EPS_MODES: tuple[str, ...] = typing.get_args(EpsMode)
+TIE_RULES: tuple[str, ...] = typing.get_args(TieRule)
+ROLES: tuple[str, ...] = typing.get_args(Role)
+EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
 OPTIMIZERS = (
     "sgd",
     "adam",
@@ -41,8 +76,9 @@ OPTIMIZERS = (
     "shampoo",
     "muon",
 )
-SCHEDULES = ("constant", "cosine", "wsd")
-DTYPES = ("float32", "float64", "bfloat16")
+
+
+_Section = typing.TypeVar("_Section")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -50,9 +86,24 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
+def check_fields(section: Any, prefix: str) -> None:
+    """Every field of a config dataclass (a RunConfig section, a sweep's settings; called from
+    their ``__post_init__``) against its type: choices (Literal) by name, numbers
+    as numbers and finite (no NaN or inf anywhere in a config), strings as strings."""
+    for name, hint in _section_types(type(section)).items():
+        if not dataclasses.is_dataclass(hint):
+            _coerce(f"{prefix}{name}", getattr(section, name), hint)
+
+
+def _check_min(key: str, value: float, low: float, *, strict: bool = False) -> None:
+    """``value >= low`` (``> low`` when strict), naming the key."""
+    if value < low or (strict and value == low):
+        raise ConfigError(f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "nanodo"
+    name: ModelName = "nanodo"
     """Architecture: nanodo (the decoder of [E]), mlp (a per-token model for quick checks), llama
     (RMSNorm, SwiGLU, rotary), hf_gpt2 or hf_llama (transformers models; the hf extra)."""
     width: int = 128
@@ -61,18 +112,16 @@ class ModelConfig:
     """Number of transformer blocks (hidden layers for mlp)."""
     head_dim: int = 32
     """Attention head dimension, fixed across widths (heads = width / head_dim)."""
-    attn_scale: str = "sqrt"
+    attn_scale: AttnScale = "sqrt"
     """Attention logit scale: sqrt = 1/sqrt(head_dim), linear = 1/head_dim (muP's)."""
     kv_group: int = 1
     """llama, hf_llama: query heads per key/value head (grouped-query attention; 1 = off). Fixed
     across widths, so the kv heads (heads / kv_group) grow with width like the heads."""
 
-    def validate(self) -> None:
-        _check_choice("model.name", self.name, MODELS)
-        _check_choice("model.attn_scale", self.attn_scale, ("sqrt", "linear"))
+    def __post_init__(self) -> None:
+        check_fields(self, "model.")
         for key in ("width", "depth", "head_dim", "kv_group"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+            _check_min(f"model.{key}", getattr(self, key), 1)
         if self.name != "mlp" and self.width % self.head_dim:
             raise ConfigError(
                 f"model.width={self.width} is not divisible by model.head_dim={self.head_dim}"
@@ -91,9 +140,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ParamConfig:
-    name: str = "mup"
+    name: ParameterizationName = "mup"
     """Parameterization: sp, ntk, mup or mfp (the (a, b) table of [E])."""
-    alignment: str = "full"
+    alignment: AlignmentName = "full"
     """Alignment the LR exponents c are derived for: full, none, or measured (from
     param.alignment_values; `hptransfer rules --alignment-from RUN_DIR` prints them)."""
     alignment_values: dict[str, Any] = field(default_factory=dict)
@@ -101,12 +150,12 @@ class ParamConfig:
     {hidden = [0.8, 0.5, 0.7], output = [0.9, 0.5, 0.8]}."""
     base_width: int = 64
     """Width n0 at which hyperparameters are tuned; width_mult = width / base_width."""
-    lr_exponents: str = "per_layer"
+    lr_exponents: LrExponents = "per_layer"
     """per_layer: c from the solver; global: c = 0 for every role (one LR per width)."""
-    anchor: str = "relative"
+    anchor: Anchor = "relative"
     """relative: a and b use width_mult (every parameterization equals SP at base_width);
     absolute: a and b use the layer's n itself, as [E] does."""
-    form: str = "multiplier"
+    form: Form = "multiplier"
     """multiplier: forward multipliers n^-a; folded: no multipliers, init/LR/eps absorb them."""
     gamma_input: float = 1.0
     """Per-role LR constant for input (embedding) parameters."""
@@ -117,7 +166,7 @@ class ParamConfig:
     """Multiplies the rule's init std for input parameters (0 gives a zero init)."""
     init_hidden: float = 1.0
     init_output: float = 1.0
-    eps_mode: str = "constant"
+    eps_mode: EpsMode = "constant"
     """constant: one epsilon; small: a tiny constant (1e-15, or the optimizer's default if
     smaller); per_layer: eps * width_mult^-g (g = the role's gradient exponent; see
     docs/alignment.md for Sophia and Shampoo). adam_atan2 and sgd have no epsilon."""
@@ -138,19 +187,18 @@ class ParamConfig:
     )
     """Comma-separated fnmatch patterns naming the residual-branch modules whose outputs get the
     depth multiplier (the defaults cover nanodo, llama-style and GPT-2-style names)."""
-    tied: str = "error"
+    tied: TieRule = "error"
     """What to do with tied input/output weights: error, input, output, untie."""
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Role] = field(default_factory=dict)
     """Name pattern (fnmatch) -> role, applied before automatic role inference."""
 
-    def validate(self) -> None:
-        _check_choice("param.name", self.name, PARAMETERIZATIONS)
-        _check_choice("param.alignment", self.alignment, (*ALIGNMENT_PRESETS, "measured"))
+    def __post_init__(self) -> None:
+        check_fields(self, "param.")
         _check_alignment_values(self.alignment, self.alignment_values)
-        _check_choice("param.lr_exponents", self.lr_exponents, ("per_layer", "global"))
-        _check_choice("param.anchor", self.anchor, ("relative", "absolute"))
-        _check_choice("param.form", self.form, ("multiplier", "folded"))
-        _check_choice("param.eps_mode", self.eps_mode, EPS_MODES)
+        for role in ("input", "hidden", "output", "vector"):
+            _check_min(f"param.gamma_{role}", getattr(self, f"gamma_{role}"), 0, strict=True)
+        for role in ("input", "hidden", "output"):
+            _check_min(f"param.init_{role}", getattr(self, f"init_{role}"), 0)
         if self.k_switches and (len(self.k_switches) != 4 or set(self.k_switches) - {"0", "1"}):
             raise ConfigError(
                 f"param.k_switches must be four 0/1 digits such as '1000', got {self.k_switches!r}"
@@ -159,18 +207,11 @@ class ParamConfig:
             raise ConfigError("param.k_switches applies on top of sp: set param.name = sp")
         if self.k_switches and self.alignment != "full":
             raise ConfigError("param.k_switches uses muP's full-alignment ratios: unset alignment")
-        if self.depth_exponent < 0:
-            raise ConfigError(f"param.depth_exponent must be >= 0, got {self.depth_exponent}")
+        _check_min("param.depth_exponent", self.depth_exponent, 0)
         if self.depth_exponent > 0 and self.depth_base < 1:
             raise ConfigError("param.depth_exponent > 0 needs param.depth_base (L0) >= 1")
-        _check_choice("param.tied", self.tied, ("error", "input", "output", "untie"))
-        if self.base_width < 1:
-            raise ConfigError(f"param.base_width must be >= 1, got {self.base_width}")
-        for pattern, role in self.overrides.items():
-            _check_choice(f"param.overrides[{pattern!r}]", role, ROLES)
-
-
-ROLES = ("input", "hidden", "output", "vector", "fixed")
+        _check_min("param.base_width", self.base_width, 1)
+        _check_min("param.depth_base", self.depth_base, 0)
 
 
 def _check_alignment_values(alignment: str, values: dict[str, Any]) -> None:
@@ -188,10 +229,14 @@ def _check_alignment_values(alignment: str, values: dict[str, Any]) -> None:
         if (
             not isinstance(triple, (list, tuple))
             or len(triple) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in triple)
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in triple
+            )
         ):
             raise ConfigError(
-                f"param.alignment_values.{role} must be [alpha, omega, u] numbers, got {triple!r}"
+                f"param.alignment_values.{role} must be [alpha, omega, u] finite numbers, "
+                f"got {triple!r}"
             )
 
 
@@ -208,20 +253,23 @@ class OptimizerConfig:
     momentum: float | None = None
     """SGD momentum (muon: Muon's momentum; shampoo: its gradient EMA); None = the default."""
     weight_decay: float = 0.0
-    wd_mode: str = "coupled"
+    wd_mode: WdMode = "coupled"
     """coupled: shrink = lr * wd (PyTorch AdamW); independent: shrink follows only the schedule."""
     options: dict[str, Any] = field(default_factory=dict)
     """Optimizer-specific knobs, passed through (e.g. a, b for adam_atan2; clamp for lamb)."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        check_fields(self, "optimizer.")
         _check_choice("optimizer.name", self.name, OPTIMIZERS)
-        _check_choice("optimizer.wd_mode", self.wd_mode, ("coupled", "independent"))
-        if not self.lr > 0:
-            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
-        if self.eps is not None and self.eps < 0:
-            raise ConfigError(f"optimizer.eps must be >= 0, got {self.eps}")
-        if self.betas is not None and len(self.betas) != 2:
-            raise ConfigError(f"optimizer.betas must have two values, got {list(self.betas)}")
+        _check_min("optimizer.lr", self.lr, 0, strict=True)
+        if self.eps is not None:
+            _check_min("optimizer.eps", self.eps, 0)
+        for i, beta in enumerate(self.betas or ()):
+            if not 0 <= beta < 1:
+                raise ConfigError(f"optimizer.betas[{i}] must be in [0, 1), got {beta}")
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise ConfigError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
+        _check_min("optimizer.weight_decay", self.weight_decay, 0)
 
     def hparams(self) -> dict[str, Any]:
         """Knobs for ``build_optimizer`` (epsilon travels in the param groups instead)."""
@@ -241,7 +289,7 @@ class TrainConfig:
     steps: int = 200
     batch_size: int = 16
     seq_len: int = 64
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     """constant, cosine (warmup then cosine to final_lr_frac), wsd (warmup-stable-decay)."""
     warmup_steps: int = 20
     final_lr_frac: float = 0.1
@@ -252,7 +300,7 @@ class TrainConfig:
     eval_batches: int = 10
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value; 0 = off."""
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     """float32, float64 (parity tests), or bfloat16 (autocast; loss in float32)."""
     diverge_factor: float = 3.0
     """The run stops as diverged when its loss exceeds this factor times the step-0 loss."""
@@ -261,37 +309,27 @@ class TrainConfig:
     many steps as align/<exponent>/<param name>; 0 = off."""
     align_batch: int = 4
     """Sequences of the step-0 batch the alignment probes use (fewer = cheaper probes)."""
-    device: str = "cpu"
+    device: Device = "cpu"
     """cpu or cuda (with several processes, rank r uses cuda:LOCAL_RANK)."""
-    distributed: str = "auto"
+    distributed: Distributed = "auto"
     """none, ddp (data parallel) or fsdp (fully sharded, FSDP2); auto = ddp when launched by
     torchrun with WORLD_SIZE > 1, else none. The global batch train.batch_size is split evenly
     across the processes, so the result equals one process's (docs/performance.md)."""
     compile: bool = False
     """torch.compile the model for the training steps (evaluation stays eager)."""
 
-    def validate(self) -> None:
-        _check_choice("train.schedule", self.schedule, SCHEDULES)
-        _check_choice("train.dtype", self.dtype, DTYPES)
-        for key in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.align_every < 0:
-            raise ConfigError(f"train.align_every must be >= 0 (0 = off), got {self.align_every}")
-        if self.align_batch < 1:
-            raise ConfigError(f"train.align_batch must be >= 1, got {self.align_batch}")
+    def __post_init__(self) -> None:
+        check_fields(self, "train.")
+        for key in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "align_batch"):
+            _check_min(f"train.{key}", getattr(self, key), 1)
+        for key in ("warmup_steps", "align_every", "grad_clip"):
+            _check_min(f"train.{key}", getattr(self, key), 0)
+        for key in ("final_lr_frac", "decay_frac"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"train.{key} must be in [0, 1], got {getattr(self, key)}")
+        _check_min("train.diverge_factor", self.diverge_factor, 1, strict=True)
         if self.align_every and self.distributed == "fsdp":
             raise ConfigError("train.align_every: alignment probes do not support fsdp yet")
-        _check_choice("train.device", self.device, ("cpu", "cuda"))
-        _check_choice("train.distributed", self.distributed, ("auto", "none", "ddp", "fsdp"))
-        if not 0 <= self.decay_frac <= 1:
-            raise ConfigError(f"train.decay_frac must be in [0, 1], got {self.decay_frac}")
-
-
-DATA_FORMATS = ("auto", "text", "jsonl", "parquet", "tokens")
-TOKEN_DTYPES = ("uint16", "uint32")
 
 
 @dataclass(frozen=True)
@@ -299,7 +337,7 @@ class DataConfig:
     path: str = ""
     """A local file: text, JSON lines, Parquet or a token file; empty = the built-in corpus (the
     Python standard library's source)."""
-    format: str = "auto"
+    format: DataFormat = "auto"
     """auto (by extension: .jsonl / .ndjson, .parquet, .bin, else text), text, jsonl, parquet,
     tokens (headerless ids, nanoGPT's train.bin)."""
     text_field: str = "text"
@@ -307,7 +345,7 @@ class DataConfig:
     eval_path: str = ""
     """A second file of the same format held out for evaluation (nanoGPT's val.bin); empty =
     split data.path (5% held out)."""
-    token_dtype: str = "uint16"
+    token_dtype: TokenDtype = "uint16"
     """Token files: uint16 (nanoGPT) or uint32 little-endian ids."""
     dataset: str = ""
     """A Hugging Face dataset streamed from the hub: c4, fineweb-edu or NAME[:CONFIG] (the hf
@@ -331,22 +369,12 @@ class DataConfig:
             suffix, "text"
         )
 
-    def validate(self) -> None:
-        _check_choice("data.format", self.format, DATA_FORMATS)
-        _check_choice("data.token_dtype", self.token_dtype, TOKEN_DTYPES)
-        for key in ("path", "eval_path"):
-            value = getattr(self, key)
-            if value and not Path(value).is_file():
-                raise ConfigError(f"data.{key}: no such file: {value}")
+    def __post_init__(self) -> None:
+        check_fields(self, "data.")
         if self.dataset and self.path:
             raise ConfigError("data.dataset and data.path are exclusive: set one of them")
         if self.eval_path and not self.path:
             raise ConfigError("data.eval_path needs data.path (the training file)")
-        if self.tokenizer not in ("byte", "bpe") and not Path(self.tokenizer).exists():
-            raise ConfigError(
-                f"data.tokenizer: expected byte, bpe or a local tokenizer path; "
-                f"no such file or directory: {self.tokenizer}"
-            )
         if self.resolved_format() == "tokens" and (self.dataset or not self.path):
             raise ConfigError("data.format=tokens needs data.path (a token file)")
         if self.resolved_format() == "tokens" and self.tokenizer != "byte":
@@ -358,6 +386,18 @@ class DataConfig:
         if self.tokenizer == "bpe" and 0 < self.vocab_size <= 256:
             raise ConfigError(f"data.vocab_size={self.vocab_size}: bpe needs more than 256")
 
+    def validate(self) -> None:
+        """What construction cannot check: the files named exist."""
+        for key in ("path", "eval_path"):
+            value = getattr(self, key)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"data.{key}: no such file: {value}")
+        if self.tokenizer not in ("byte", "bpe") and not Path(self.tokenizer).exists():
+            raise ConfigError(
+                f"data.tokenizer: expected byte, bpe or a local tokenizer path; "
+                f"no such file or directory: {self.tokenizer}"
+            )
+
 
 @dataclass(frozen=True)
 class TrackConfig:
@@ -368,14 +408,14 @@ class TrackConfig:
     """Log every metric to TensorBoard event files (the track extra)."""
     wandb: bool = False
     """Log every metric to Weights & Biases (the track extra)."""
-    wandb_mode: str = "offline"
+    wandb_mode: WandbMode = "offline"
     """offline (files only; `wandb sync` uploads them later) or online."""
     wandb_project: str = "hptransfer"
     dir: str = ""
     """Where tracker files go; empty = the run directory (its tensorboard/ and wandb/)."""
 
-    def validate(self) -> None:
-        _check_choice("track.wandb_mode", self.wandb_mode, ("offline", "online"))
+    def __post_init__(self) -> None:
+        check_fields(self, "track.")
 
 
 @dataclass(frozen=True)
@@ -388,10 +428,20 @@ class RunConfig:
     track: TrackConfig = field(default_factory=TrackConfig)
     seed: int = 0
 
-    def validate(self) -> RunConfig:
-        for section in (self.model, self.param, self.optimizer, self.train, self.data, self.track):
-            section.validate()
+    def __post_init__(self) -> None:
+        for name, hint in _section_types(type(self)).items():
+            if dataclasses.is_dataclass(hint) and not isinstance(getattr(self, name), hint):
+                raise ConfigError(
+                    f"{name}: expected a {hint.__name__}, got {getattr(self, name)!r}"
+                )
+        check_fields(self, "")
+        _check_min("seed", self.seed, 0)
         _check_across_sections(self)
+
+    def validate(self) -> RunConfig:
+        """Checks that touch the environment (the data files exist); the values themselves were
+        checked when the config was built. Returns the config."""
+        self.data.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -455,9 +505,16 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
+    if origin is Literal:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        _check_choice(key, value, args)
+        return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -478,8 +535,26 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return dict(value)
+        if args[1] is Any:
+            return dict(value)
+        return {k: _coerce(f"{key}[{k!r}]", v, args[1]) for k, v in value.items()}
     raise TypeError(f"unsupported config field type {hint!r} for {key}")
+
+
+def from_table(cls: type[_Section], table: dict[str, Any], prefix: str) -> _Section:
+    """A config dataclass from a table of its own fields: values coerced to the field types (an
+    integer where a float is due becomes a float); the class checks the rest when built."""
+    hints = _section_types(cls)
+    return cls(**{k: _coerce(f"{prefix}{k}", v, hints[k]) for k, v in table.items()})
+
+
+def check_keys(keys: typing.Iterable[str]) -> None:
+    """Refuse, by name, a dotted key no recipe may set (without building a config)."""
+    known = all_keys()
+    for key in keys:
+        parts = key.split(".")
+        if key not in known and ".".join(parts[:2]) not in _DICT_FIELDS:
+            raise _unknown_key(key, known)
 
 
 def _unknown_key(key: str, known: list[str]) -> ConfigError:

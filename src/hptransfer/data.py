@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hptransfer.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -182,11 +184,11 @@ def config_vocab_size(cfg: DataConfig) -> int:
 
 def _check_length(tokens: np.ndarray, seq_len: int) -> None:
     if seq_len < 1:
-        raise ValueError(f"data seq_len={seq_len} must be at least 1")
+        raise ConfigError(f"data seq_len={seq_len} must be at least 1")
     if len(tokens) < seq_len + 1:
-        raise ValueError(
+        raise ConfigError(
             f"corpus of {len(tokens)} tokens is too short for seq_len={seq_len} "
-            f"(needs at least {seq_len + 1})"
+            f"(needs at least {seq_len + 1}; see data.path, train.seq_len)"
         )
 
 
@@ -214,7 +216,7 @@ class Batches:
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int) -> None:
         _check_length(tokens, seq_len)
         if batch_size < 1:
-            raise ValueError(f"data batch_size={batch_size} must be at least 1")
+            raise ConfigError(f"data batch_size={batch_size} must be at least 1")
         self.tokens = tokens
         self.batch_size = batch_size
         self.seq_len = seq_len

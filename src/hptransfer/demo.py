@@ -8,7 +8,6 @@ moves (>= 2 steps). The settings and the numbers measured are in docs/sweeps.md.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -119,22 +118,3 @@ def run_demo(
     html, _ = build_report(out)
     stream.write(f"\nreport: {html}\n")
     return shifts
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "demo",
-        help="quickstart: muP vs SP LR sweep across widths (~2 min on 2 idle cores)",
-        description="Run the built-in demo sweep (SP with one global LR vs muP, Adam, widths "
-        "32-256) and print the optimal LR per width. Re-running resumes.",
-    )
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results directory")
-    parser.add_argument("--workers", type=int, help="concurrent runs (default 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    run_demo(args.out, workers=args.workers, quiet=args.quiet)
-    return 0

@@ -11,18 +11,16 @@ The HTML is written with the standard library only: inline CSS, figures embedded
 PNG, no scripts and no external resources, so the file can be mailed or archived as is. The
 numbers come from `analysis.find_optima` and `analysis.fit_transfer`; see docs/results-format.md.
 
-CLI: ``hptransfer report DIR [--out OUT] [--open] [--reference NAME]`` (see `add_parser`).
+CLI: ``hptransfer report DIR [--out OUT] [--open] [--reference NAME]`` (hptransfer.cli.report).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import json
 import math
-import sys
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -684,58 +682,3 @@ def _plain_dict(row: dict[str, Any]) -> dict[str, Any]:
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [_plain_dict(r) for r in frame.to_dict("records")]
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI adapter
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``report DIR [--out OUT] [--open] [--reference NAME]``; imports nothing heavy."""
-    p = subparsers.add_parser(
-        "report",
-        help="write report.html and summary.json for a sweep directory",
-        description="Analyse a sweep directory and write a self-contained report.html (tables, "
-        "figures, provenance) and summary.json.",
-    )
-    p.add_argument("dir", type=Path, metavar="DIR", help="sweep results directory (holds runs/)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default: DIR)")
-    p.add_argument("--open", action="store_true", help="open the report in a web browser")
-    p.add_argument(
-        "--reference",
-        default=None,
-        metavar="NAME",
-        help="parameterization R_inf is measured against (default: lowest L_inf)",
-    )
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """Build the report; bad input prints one line on stderr and returns 2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ReportWarning)
-            html_path, summary_path = build_report(args.dir, args.out, reference=args.reference)
-    except ConfigError as e:
-        print(f"hptransfer report: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    for w in caught:
-        if issubclass(w.category, ReportWarning):
-            print(
-                f"hptransfer report: warning: {' '.join(str(w.message).split())}", file=sys.stderr
-            )
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    print(f"wrote {html_path}\nwrote {summary_path}")
-    if args.open:
-        import webbrowser
-
-        try:
-            webbrowser.open(html_path.resolve().as_uri())
-        except webbrowser.Error:
-            pass
-    return 0

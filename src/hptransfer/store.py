@@ -37,6 +37,10 @@ FINISHED = ("ok", "diverged", "failed")
 LOCK_TIMEOUT_S = 600.0
 """A lock whose heartbeat is older than this is stale (the holder is presumed dead)."""
 
+HEARTBEAT_S = 5.0
+"""Seconds between a lock holder's heartbeats. A lock timeout must span several of them
+(sweep.lock_timeout_s >= 3 * HEARTBEAT_S), or a live holder's lock would look stale."""
+
 COLUMNS = (
     "run_id", "status", "parameterization", "optimizer", "width", "lr", "seed",
     "final_eval_loss", "best_eval_loss", "steps", "tokens", "wall_time_s",

@@ -10,7 +10,8 @@ from typing import Any
 
 from torch import nn
 
-MODELS = ("nanodo", "mlp", "llama", "hf_gpt2", "hf_llama")
+from hptransfer.config import MODELS
+from hptransfer.errors import ConfigError
 
 
 def build_model(
@@ -32,13 +33,13 @@ def build_model(
     takes ``residual_multiplier=`` itself, the reference those hooks are tested against.
 
     The mlp model is per-token and ignores seq_len, head_dim and attn_scale. Extra keyword
-    arguments are passed to the model's constructor. Raises ValueError for an unknown name,
+    arguments are passed to the model's constructor. Raises ConfigError for an unknown name,
     or (nanodo, llama) a width not divisible by head_dim.
     """
     if name not in MODELS:
-        raise ValueError(f"model.name={name!r} is unknown; valid names: {', '.join(MODELS)}")
+        raise ConfigError(f"model.name={name!r} is unknown; valid names: {', '.join(MODELS)}")
     if kv_group != 1 and name not in ("llama", "hf_llama"):
-        raise ValueError(f"model.kv_group applies to llama and hf_llama, not {name}")
+        raise ConfigError(f"model.kv_group applies to llama and hf_llama, not {name}")
     shape = dict(vocab_size=vocab_size, width=width, depth=depth, seq_len=seq_len)
     shape.update(head_dim=head_dim, attn_scale=attn_scale)
     if name.startswith("hf_"):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hptransfer.errors import ConfigError
 from hptransfer.models.nanodo import attention_scale
 
 ROPE_THETA = 10000.0
@@ -50,7 +51,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads = width // head_dim
         if self.n_heads % kv_group:
-            raise ValueError(f"model.kv_group={kv_group} does not divide {self.n_heads} heads")
+            raise ConfigError(f"model.kv_group={kv_group} does not divide {self.n_heads} heads")
         self.n_kv_heads = self.n_heads // kv_group
         self.head_dim = head_dim
         self.scale = scale
@@ -133,9 +134,9 @@ class Llama(nn.Module):
     ) -> None:
         super().__init__()
         if width % head_dim != 0:
-            raise ValueError(f"model.width={width} is not divisible by model.head_dim={head_dim}")
+            raise ConfigError(f"model.width={width} is not divisible by model.head_dim={head_dim}")
         if head_dim % 2:
-            raise ValueError(f"model.head_dim={head_dim} must be even for rotary embeddings")
+            raise ConfigError(f"model.head_dim={head_dim} must be even for rotary embeddings")
         scale = attention_scale(attn_scale, head_dim)
         self.seq_len = seq_len
         self.tok_embed = nn.Embedding(vocab_size, width)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTN_SCALES = ("sqrt", "linear")
+from hptransfer.config import ATTN_SCALES
+from hptransfer.errors import ConfigError
 
 
 def attention_scale(attn_scale: str, head_dim: int) -> float:
@@ -28,7 +29,7 @@ def attention_scale(attn_scale: str, head_dim: int) -> float:
         return 1.0 / math.sqrt(head_dim)
     if attn_scale == "linear":
         return 1.0 / head_dim
-    raise ValueError(f"model.attn_scale={attn_scale!r} is not one of {', '.join(ATTN_SCALES)}")
+    raise ConfigError(f"model.attn_scale={attn_scale!r} is not one of {', '.join(ATTN_SCALES)}")
 
 
 class Attention(nn.Module):
@@ -116,7 +117,7 @@ class NanoDO(nn.Module):
     ) -> None:
         super().__init__()
         if width % head_dim != 0:
-            raise ValueError(f"model.width={width} is not divisible by model.head_dim={head_dim}")
+            raise ConfigError(f"model.width={width} is not divisible by model.head_dim={head_dim}")
         scale = attention_scale(attn_scale, head_dim)
         self.seq_len = seq_len
         self.tok_embed = nn.Embedding(vocab_size, width)

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from hptransfer.config import EPS_MODES
+from hptransfer.config import ANCHORS, EPS_MODES, FORMS
+from hptransfer.errors import ConfigError
 from hptransfer.param.roles import RoleTable
 from hptransfer.param.rules import (
     SP_B,
@@ -125,12 +126,13 @@ def compute_specs(
     init_scale: dict[str, float] | None = None,
 ) -> dict[str, ParamSpec]:
     """The per-parameter table, without touching any model (used by `hptransfer rules`)."""
-    if anchor not in ("relative", "absolute"):
-        raise ValueError(f"anchor={anchor!r}; choose relative or absolute")
-    if form not in ("multiplier", "folded"):
-        raise ValueError(f"form={form!r}; choose multiplier or folded")
-    if eps_mode not in EPS_MODES:
-        raise ValueError(f"eps_mode={eps_mode!r}; choose one of {', '.join(EPS_MODES)}")
+    for key, value, choices in (
+        ("anchor", anchor, ANCHORS),
+        ("form", form, FORMS),
+        ("eps_mode", eps_mode, EPS_MODES),
+    ):
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r}; choose one of {', '.join(choices)}")
     init_scale = init_scale or {}
     eps0 = base_eps(rule.optimizer, eps, eps_mode)
     specs = {}
@@ -199,7 +201,7 @@ def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float):
         ):
             return module.register_forward_hook(_scale_output(mult))  # the smaller tensor
         return module.register_forward_pre_hook(_scale_input(mult))
-    raise ValueError(
+    raise ConfigError(
         f"{name}: no forward multiplier for {type(module).__name__}.{pname}; "
         "use form='folded' (param.form = \"folded\"), which needs no hooks"
     )

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-ROLES = ("input", "hidden", "output", "vector", "fixed")
-TIE_RULES = ("error", "input", "output", "untie")
+from hptransfer.config import ROLES, TIE_RULES
+from hptransfer.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,11 @@ def infer_roles(
     gives the readout its own copy).
     """
     if tied not in TIE_RULES:
-        raise ValueError(f"tied={tied!r}; choose one of {', '.join(TIE_RULES)}")
+        raise ConfigError(f"tied={tied!r}; choose one of {', '.join(TIE_RULES)}")
     overrides = overrides or {}
     for pattern, role in overrides.items():
         if role not in ROLES:
-            raise ValueError(f"override {pattern!r} -> {role!r}: role must be one of {ROLES}")
+            raise ConfigError(f"override {pattern!r} -> {role!r}: role must be one of {ROLES}")
     target = _params_with_owner(model)
     base = {n: (m, p) for n, m, p in _params_with_owner(base_model)}
     probe = {n: (m, p) for n, m, p in _params_with_owner(probe_model)} if probe_model else None
@@ -170,7 +170,7 @@ def infer_roles(
         if tied_to is not None:
             first_role = entries[tied_to].role
             if tied == "error" and first_role != role:
-                raise ValueError(
+                raise ConfigError(
                     f"{name} is tied to {tied_to} ({first_role} vs {role}); set param.tied to "
                     "input, output or untie to choose a rule for the shared weight"
                 )

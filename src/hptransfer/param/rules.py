@@ -18,6 +18,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from hptransfer.config import LR_EXPONENTS
+
 Number = Fraction | float
 ROLES3 = ("input", "hidden", "output")
 HALF = Fraction(1, 2)
@@ -448,8 +450,8 @@ def make_rule(
             f"unknown parameterization {parameterization!r}; choose one of {', '.join(ABC)}"
         )
     kind, key = optimizer_regime(optimizer, options)
-    if lr_exponents not in ("per_layer", "global"):
-        raise ValueError(f"lr_exponents={lr_exponents!r}; choose per_layer or global")
+    if lr_exponents not in LR_EXPONENTS:
+        raise ValueError(f"lr_exponents={lr_exponents!r}; choose one of {', '.join(LR_EXPONENTS)}")
     abc = ABC[parameterization]
     family = key if kind == "family" else f"spectral:{key}"
     if lr_exponents == "global":
@@ -530,8 +532,8 @@ def switch_rule(
     exponent: the model takes it (``model.attn_scale`` = linear, 1/head_dim, when it is 1).
     """
     _check_code(code)
-    if lr_exponents not in ("per_layer", "global"):
-        raise ValueError(f"lr_exponents={lr_exponents!r}; choose per_layer or global")
+    if lr_exponents not in LR_EXPONENTS:
+        raise ValueError(f"lr_exponents={lr_exponents!r}; choose one of {', '.join(LR_EXPONENTS)}")
     mu = make_rule("mup", optimizer, "full", options=options)
     k = mu.k
     # muP folded into the direct form: (a, b, c) -> (0, b + a, c + k a)

@@ -7,7 +7,7 @@
 - executors.py: local processes or Ray tasks behind one interface
 - runner.py: the scheduling loop (skip finished, retry crashed workers, advance searches)
 - progress.py: the progress line on stderr
-- command.py: the ``hptransfer sweep`` subcommand
+- ls.py: the status screen of a results directory (`hptransfer ls`)
 """
 
 from hptransfer.sweep.runner import run_sweep

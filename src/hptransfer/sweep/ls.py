@@ -7,7 +7,6 @@ runs per status and the best final eval loss so far (and its LR), then the runs 
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -72,20 +71,3 @@ def status_text(root: str | Path) -> str:
         if len(runs) > MAX_LISTED:
             lines.append(f"  ... {len(runs) - MAX_LISTED} more")
     return "\n".join(lines)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "ls",
-        help="one-screen status of a results directory (done / running / diverged / failed)",
-        description="Count the runs of a results directory by status, per parameterization, "
-        "optimizer and width, with the best loss so far; list failed and running runs.",
-    )
-    parser.add_argument("dir", help="results directory (a sweep's --out)")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    print(status_text(args.dir))
-    return 0

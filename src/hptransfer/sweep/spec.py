@@ -42,14 +42,20 @@ from typing import Any
 
 from hptransfer.config import (
     ConfigError,
+    Executor,
     RunConfig,
     apply_overrides,
+    check_fields,
+    check_keys,
     flatten,
+    from_table,
     read_toml,
 )
+from hptransfer.store import HEARTBEAT_S
 
 LR_KEY = "optimizer.lr"
-EXECUTORS = ("local", "ray")
+HEARTBEATS_PER_TIMEOUT = 3
+"""A lock timeout spans at least this many heartbeat periods (store.HEARTBEAT_S)."""
 _RANGE_KEYS = {"min", "max", "step"}
 
 
@@ -57,7 +63,7 @@ _RANGE_KEYS = {"min", "max", "step"}
 class SweepSettings:
     """The ``[sweep]`` table."""
 
-    executor: str = "local"
+    executor: Executor = "local"
     """local (worker processes on this machine) or ray (Ray core tasks)."""
     workers: int = 1
     """Concurrent runs (local executor); torch threads per worker = max(1, cores // workers)."""
@@ -75,22 +81,22 @@ class SweepSettings:
     retries: int = 1
     """Times a run whose worker process died is resubmitted before it is recorded as failed."""
 
-    def validate(self) -> SweepSettings:
-        if self.executor not in EXECUTORS:
-            raise ConfigError(
-                f"sweep.executor: unknown value {self.executor!r}; choose one of local, ray"
-            )
+    def __post_init__(self) -> None:
+        check_fields(self, "sweep.")
         if self.workers < 1:
             raise ConfigError(f"sweep.workers must be >= 1, got {self.workers}")
         if self.tokens_per_param < 0:
             raise ConfigError(f"sweep.tokens_per_param must be >= 0, got {self.tokens_per_param}")
-        if self.lock_timeout_s <= 0:
-            raise ConfigError(f"sweep.lock_timeout_s must be > 0, got {self.lock_timeout_s}")
+        least = HEARTBEATS_PER_TIMEOUT * HEARTBEAT_S
+        if self.lock_timeout_s < least:
+            raise ConfigError(
+                f"sweep.lock_timeout_s must be >= {least:g} s ({HEARTBEATS_PER_TIMEOUT} heartbeat "
+                f"periods of {HEARTBEAT_S:g} s), got {self.lock_timeout_s}"
+            )
         if self.retries < 0:
             raise ConfigError(f"sweep.retries must be >= 0, got {self.retries}")
         if parse_step(self.lr_refine) > 2**0.5 + 1e-12:
             raise ConfigError(f"sweep.lr_refine must be 2^(1/4) or 2^(1/2), got {self.lr_refine!r}")
-        return self
 
 
 @dataclass(frozen=True)
@@ -201,8 +207,8 @@ def lr_range(table: dict[str, Any]) -> list[float]:
         )
     lo, hi = table["min"], table["max"]
     for name, v in (("min", lo), ("max", hi)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ConfigError(f"lr range {name} must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ConfigError(f"lr range {name} must be a positive finite number, got {v!r}")
     if hi < lo:
         raise ConfigError(f"lr range max {hi} is below min {lo}")
     step = parse_step(table["step"])
@@ -277,25 +283,12 @@ def parse_cases(items: Any, grid: dict[str, list[Any]]) -> tuple[dict[str, Any],
 
 
 def parse_settings(table: dict[str, Any]) -> SweepSettings:
-    known = {f.name: f.type for f in fields(SweepSettings)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
+    """The ``[sweep]`` table, checked by name, type and range."""
+    known = [f.name for f in fields(SweepSettings)]
+    for key in table:
         if key not in known:
             raise ConfigError(f"unknown sweep setting {key!r}; known: {', '.join(known)}")
-        default = getattr(SweepSettings(), key)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise ConfigError(f"sweep.{key}: expected {type(default).__name__}, got {value!r}")
-        values[key] = value
-    return SweepSettings(**values).validate()
+    return from_table(SweepSettings, table, "sweep.")
 
 
 def parse_base(table: dict[str, Any], relative_to: Path | None) -> RunConfig:
@@ -333,10 +326,7 @@ def parse_spec(table: dict[str, Any], relative_to: Path | None = None, text: str
         text=text,
         cases=parse_cases(table.get("cases"), grid),
     )
-    for key in spec.grid:
-        spec.base.replace(**{key: spec.grid[key][0]})  # unknown keys fail here, by name
-    for case in spec.cases:
-        spec.base.replace(**{k: v[0] if k == LR_KEY else v for k, v in case.items()})
+    check_keys([*spec.grid, *(key for case in spec.cases for key in case)])
     if spec.settings.adaptive and not all(LR_KEY in spec.grid or LR_KEY in c for c in spec.cases):
         raise ConfigError("sweep.adaptive needs an LR grid (grid.optimizer.lr) to start from")
     spec.expand()  # every config validated (e.g. a non-positive LR) before anything runs

@@ -6,26 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+
+from hptransfer.config import EXECUTORS
 
 DEFAULT_ROOT = Path("hpt-results")
-
-
-def add_executor_options(parser: argparse.ArgumentParser) -> None:
-    """--executor / --workers / --address / --quiet, shared by sweep, tune and demo."""
-    parser.add_argument("--executor", choices=("local", "ray"), help="overrides sweep.executor")
-    parser.add_argument("--workers", type=int, help="concurrent runs (overrides sweep.workers)")
-    parser.add_argument("--address", help="Ray cluster address, e.g. auto or head:6379")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-
-def executor_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The [sweep] settings given on the command line."""
-    out: dict[str, Any] = {}
-    for key in ("executor", "workers", "address"):
-        if getattr(args, key, None) is not None:
-            out[key] = getattr(args, key)
-    return out
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,7 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("spec", help="sweep spec TOML file")
     parser.add_argument("--out", help="results directory (default: hpt-results/<spec name>)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs as JSON lines")
-    add_executor_options(parser)
+    parser.add_argument("--executor", choices=EXECUTORS, help="overrides sweep.executor")
+    parser.add_argument("--workers", type=int, help="concurrent runs (overrides sweep.workers)")
+    parser.add_argument("--address", help="Ray cluster address, e.g. auto or head:6379")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run)
     return parser
 
@@ -47,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from hptransfer.sweep.runner import run_sweep
     from hptransfer.sweep.spec import load_spec
 
-    spec = load_spec(args.spec, executor_settings(args))
+    settings = {
+        key: getattr(args, key)
+        for key in ("executor", "workers", "address")
+        if getattr(args, key) is not None
+    }
+    spec = load_spec(args.spec, settings)
     if args.dry_run:
         for r in spec.expand():
             print(json.dumps({"run_id": r.run_id, **r.values}))
