@@ -1,95 +1,67 @@
 """``hptransfer demo``: the quickstart sweep, muP vs SP with Adam across widths.
 
-Runs :data:`DEMO_SPEC` (also in recipes/demo.toml) with the adaptive LR search, then prints
-the optimal LR per width for each parameterization and how far it moved across widths, in
-grid steps of 2^(1/2). The expected picture: muP's optimum stays put (<= 1 step) while SP's
-moves (>= 2 steps). The settings and the numbers measured are in docs/sweeps.md.
+Runs the packaged recipe ``recipes/demo.toml`` with the adaptive LR search, then prints, for
+each parameterization, the optimal LR per width on the grid, how far it moved across widths
+in grid steps of 2^(1/2), and the transfer verdict (analysis.transfer: the same numbers as the
+report it writes next to the runs). The expected picture: muP's optimum stays put (<= 1 step)
+while SP's moves (>= 2 steps). The settings and the numbers measured are in docs/sweeps.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from hptransfer.recipes import recipe_path
+
 if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_OUT = Path("hpt-results") / "demo"
+RECIPE = recipe_path("demo.toml")
+"""The demo's sweep spec."""
 GRID_STEP = 2**0.5
-
-DEMO_SPEC = """\
-# The quickstart sweep of `hptransfer demo`: SP (one global LR) vs muP (per-layer LR
-# exponents), Adam, widths 32..256 (x8), adaptive LR search on the 2^(1/2) grid from an
-# octave-pair start. About 2 minutes (53 runs) on 2 idle CPU cores with 2 workers.
-[base]
-model.depth = 2
-model.head_dim = 16
-param.base_width = 32
-optimizer.name = "adam"
-train.steps = 100
-train.batch_size = 16
-train.seq_len = 64
-train.warmup_steps = 10
-train.schedule = "cosine"
-train.eval_every = 100
-train.eval_batches = 8
-
-[grid]
-model.width = [32, 64, 256]
-optimizer.lr = {min = 0.0009765625, max = 0.0625, step = "2^2"}
-
-[[cases]]
-param.name = "sp"
-param.lr_exponents = "global"
-
-[[cases]]
-param.name = "mup"
-
-[sweep]
-workers = 2
-adaptive = true
-lr_refine = "2^(1/2)"
-"""
+BY = ("parameterization",)
 
 
-def optima(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (parameterization, width): the optimal LR, from analysis.optimum when available."""
-    try:
-        from hptransfer.analysis.optimum import find_optima
-    except ImportError:
-        find_optima = None
-    if find_optima is not None:
-        table = find_optima(df, by=("parameterization",), n_boot=0)
-        return table[["parameterization", "width", "lr_grid", "loss_grid"]]
-    ok = df[(df["status"] == "ok") & df["final_eval_loss"].notna()]
-    best = ok.loc[ok.groupby(["parameterization", "width"])["final_eval_loss"].idxmin()]
-    best = best.rename(columns={"lr": "lr_grid", "final_eval_loss": "loss_grid"})
-    return best[["parameterization", "width", "lr_grid", "loss_grid"]].reset_index(drop=True)
-
-
-def shift_in_steps(table: pd.DataFrame, parameterization: str) -> float:
-    """How far the optimal LR moves across widths, in grid steps of 2^(1/2)."""
-    lrs = table.loc[table["parameterization"] == parameterization, "lr_grid"]
-    logs = [math.log2(v) for v in lrs]
+def shift_in_steps(optima: pd.DataFrame) -> float:
+    """How far a setting's grid optimum moves across widths, in grid steps of 2^(1/2)."""
+    logs = [math.log2(v) for v in optima["lr_grid"]]
     return (max(logs) - min(logs)) / math.log2(GRID_STEP)
 
 
+def _verdict_line(v: dict) -> str:
+    if v["verdict"] == "unclear":
+        return f"  verdict: unclear ({v['note']})\n"
+    pct = v["transfer_penalty_pct"]
+    penalty = f", transfer penalty {pct:.2f} %" if math.isfinite(pct) else ""
+    return (
+        f"  verdict: {v['verdict']} (optimal LR x{v['drift_factor_per_doubling']:.2f} per "
+        f"doubling of width{penalty})\n"
+    )
+
+
 def report(df: pd.DataFrame, stream: TextIO) -> dict[str, float]:
-    """Print the optimal LR per width for each parameterization; return the shifts in steps."""
-    table = optima(df).sort_values(["parameterization", "width"])
+    """Print the optimal LR per width and the verdict for each parameterization; return the
+    shifts in grid steps."""
+    from hptransfer.analysis.transfer import finished_runs, records, transfer_verdict
+
+    transfer = transfer_verdict(finished_runs(df), BY)
     shifts: dict[str, float] = {}
-    for name, rows in table.groupby("parameterization", sort=True):
+    for v in sorted(records(transfer.verdicts), key=lambda v: str(v["parameterization"])):
+        name = str(v["parameterization"])
+        rows = transfer.optima_of(v)
         stream.write(f"\n{name}: optimal LR per width\n  width   lr*          log2(lr*)  loss\n")
         for row in rows.itertuples():
             stream.write(
                 f"  {row.width:<7d} {row.lr_grid:<12.4g} {math.log2(row.lr_grid):<10.2f} "
                 f"{row.loss_grid:.4f}\n"
             )
-        shifts[str(name)] = shift_in_steps(table, str(name))
-        stream.write(f"  moves by {shifts[str(name)]:.1f} grid step(s) of 2^(1/2) across widths\n")
+        shifts[name] = shift_in_steps(rows)
+        stream.write(f"  moves by {shifts[name]:.1f} grid step(s) of 2^(1/2) across widths\n")
+        stream.write(_verdict_line(v))
     return shifts
 
 
@@ -99,19 +71,18 @@ def run_demo(
 ) -> dict[str, float]:  # fmt: skip
     """Run (or resume) the demo sweep into ``out``, print the table, write report.html;
     return the shifts."""
-    import tomllib
-
-    from hptransfer.config import ConfigError
+    from hptransfer.config import read_toml
+    from hptransfer.errors import ConfigError
     from hptransfer.report import build_report
     from hptransfer.store import load_runs
     from hptransfer.sweep.runner import run_sweep
     from hptransfer.sweep.spec import parse_spec
 
     stream = stream if stream is not None else sys.stdout
-    table = tomllib.loads(DEMO_SPEC)
+    table = read_toml(RECIPE)
     if workers is not None:
         table["sweep"]["workers"] = workers
-    spec = parse_spec(table, text=DEMO_SPEC)
+    spec = parse_spec(table, relative_to=RECIPE.parent, text=RECIPE.read_text())
     counts = run_sweep(spec, out, quiet=quiet)
     if counts.failed:
         raise ConfigError(f"{counts.failed} demo run(s) failed; see {out}/runs/*/summary.json")
@@ -119,22 +90,3 @@ def run_demo(
     html, _ = build_report(out)
     stream.write(f"\nreport: {html}\n")
     return shifts
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "demo",
-        help="quickstart: muP vs SP LR sweep across widths (~2 min on 2 idle cores)",
-        description="Run the built-in demo sweep (SP with one global LR vs muP, Adam, widths "
-        "32-256) and print the optimal LR per width. Re-running resumes.",
-    )
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results directory")
-    parser.add_argument("--workers", type=int, help="concurrent runs (default 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    run_demo(args.out, workers=args.workers, quiet=args.quiet)
-    return 0
