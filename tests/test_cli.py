@@ -6,13 +6,15 @@ import pytest
 
 from hptransfer.cli import main
 
+TINY = "src/hptransfer/recipes/tiny.toml"
+
 BAD = [
-    (["train", "recipes/tiny.toml", "--set", "model.widht=64"], "unknown config key"),
-    (["train", "recipes/tiny.toml", "--set", "optimizer.lr=fast"], "expected a number"),
-    (["train", "recipes/tiny.toml", "--set", "model.width=70"], "not divisible"),
-    (["train", "recipes/tiny.toml", "--set", "data.path=/no/such/file.txt"], "no such file"),
-    (["train", "recipes/tiny.toml", "--set", "param.name=mupp"], "param.name"),
-    (["train", "recipes/tiny.toml", "--set", "optimizer.name=adamax"], "optimizer.name"),
+    (["train", TINY, "--set", "model.widht=64"], "unknown config key"),
+    (["train", TINY, "--set", "optimizer.lr=fast"], "expected a number"),
+    (["train", TINY, "--set", "model.width=70"], "not divisible"),
+    (["train", TINY, "--set", "data.path=/no/such/file.txt"], "no such file"),
+    (["train", TINY, "--set", "param.name=mupp"], "param.name"),
+    (["train", TINY, "--set", "optimizer.name=adamax"], "optimizer.name"),
     (["train", "no_such_recipe.toml"], "no such recipe"),
 ]
 
@@ -33,7 +35,7 @@ def test_bad_input_via_the_console_script(tmp_path):
             "-m",
             "hptransfer",
             "train",
-            "recipes/tiny.toml",
+            TINY,
             "--set",
             "model.widht=3",
             "--out",
@@ -129,7 +131,7 @@ def test_train_writes_summary(tmp_path, capsys):
         main(
             [
                 "train",
-                "recipes/tiny.toml",
+                TINY,
                 "--set",
                 "train.steps=5",
                 "--set",

@@ -65,10 +65,10 @@ def _round(value: Any, digits: int = 4) -> float | None:
 
 
 def fmt(value: Any, digits: int = 2) -> str:
-    """A signed number in a Markdown table, n/a for None."""
+    """A signed number in a Markdown table (no -0.00), n/a for None."""
     if value is None:
         return "n/a"
-    return f"{value:+.{digits}f}"
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
 
 
 def save(fig: matplotlib.figure.Figure, path: Path) -> str:
