@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hptransfer.cli import main
+from hptransfer.cli.report import add_parser, run
 from hptransfer.config import ConfigError
 from hptransfer.report import ReportWarning, build_report, setting_columns
 
@@ -95,6 +97,13 @@ def write_synthetic_sweep(root: Path) -> Path:
                     metrics,
                 )
     return root
+
+
+def _args(directory: Path, **kw: object) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    extra = [f"--{k}" if v is None else f"--{k}={v}" for k, v in kw.items()]
+    return parser.parse_args(["report", str(directory), *extra])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +218,7 @@ def test_partial_sweep_is_reported_with_a_warning(
         build_report(root)
     opened: list[str] = []
     monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or False)
-    assert main(["report", str(root), "--open"]) == 0
+    assert run(_args(root, open=None)) == 0
     assert opened == [(root / "report.html").resolve().as_uri()]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hptransfer report: warning: incomplete sweep")
@@ -267,7 +276,7 @@ def test_bad_directories_exit_2_with_one_line(
     directory = make(tmp_path)
     with pytest.raises(ConfigError, match=message):
         build_report(directory)
-    assert main(["report", str(directory)]) == 2
+    assert main(["report", str(directory)]) == 2  # through the CLI's one boundary
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in captured.err
@@ -276,7 +285,7 @@ def test_bad_directories_exit_2_with_one_line(
 
 def test_unknown_reference_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = write_synthetic_sweep(tmp_path / "sweep")
-    assert main(["report", str(root), "--reference=ntk"]) == 2
+    assert main(["report", str(root), "--reference", "ntk"]) == 2
     assert "ntk" in capsys.readouterr().err
 
 
@@ -294,3 +303,13 @@ def test_cli_subprocess_exit_code(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_parser_construction_imports_nothing_heavy() -> None:
+    code = (
+        "import argparse, sys; from hptransfer.cli.report import add_parser; "
+        "add_parser(argparse.ArgumentParser().add_subparsers()); "
+        "print(sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
