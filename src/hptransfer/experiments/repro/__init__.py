@@ -10,7 +10,7 @@
 The full-size numbers, the papers' claims and the commands are in docs/reproductions.md.
 """
 
-from hptransfer.experiments.repro.registry import REPRODUCTIONS, get, names
+from hptransfer.experiments.repro.registry import REPRODUCTIONS, get
 from hptransfer.experiments.repro.reproduction import Reproduction
 from hptransfer.experiments.repro.runner import (
     RECIPES,
@@ -34,7 +34,6 @@ __all__ = [
     "load_results",
     "load_specs",
     "markdown",
-    "names",
     "run_reproduction",
     "smoke_table",
     "spec_paths",

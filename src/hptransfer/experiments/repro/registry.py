@@ -116,7 +116,3 @@ def get(name: str) -> Reproduction:
         )
     return REPRODUCTIONS[name]
 
-
-def names() -> list[str]:
-    """The reproductions' names, in the order `hptransfer repro --list` shows them."""
-    return list(REPRODUCTIONS)
