@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_report import write_run
 
 from hptransfer.analysis.transfer import (
     MAX_DRIFT,
@@ -32,6 +31,13 @@ def _loss(width: int, j: int, j_best: int) -> float:
     return 2.5 - 0.1 * math.log2(width) + (0.01 * u * u if u < 0 else 0.3 * u * u)
 
 
+def _write_run(root: Path, run_id: str, config: dict, summary: dict) -> None:
+    run = root / "runs" / run_id
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "summary.json").write_text(json.dumps({"run_id": run_id, **summary}))
+
+
 def write_lopsided_sweep(root: Path) -> Path:
     """mup (optimum flat) and sp (optimum x2^-0.5 per doubling) on a half-octave grid, with a
     loss curve a wide fit window gets wrong; only sp's configs set param.lr_exponents."""
@@ -45,7 +51,7 @@ def write_lopsided_sweep(root: Path) -> Path:
                 if param == "sp":
                     config["param"]["lr_exponents"] = "global"
                 summary = {"status": "ok", "final_eval_loss": _loss(width, j, j_best), "steps": 1}
-                write_run(root, f"{param}-{width}-{j}", config, summary)
+                _write_run(root, f"{param}-{width}-{j}", config, summary)
     return root
 
 
