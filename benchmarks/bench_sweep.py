@@ -1,6 +1,6 @@
 """Sweep benchmarks: adaptive LR search vs a dense grid, and runs per hour per worker count.
 
-1. On the demo sweep (hptransfer.demo.DEMO_SPEC), the adaptive search should find each
+1. On the demo sweep (src/hptransfer/recipes/demo.toml), the adaptive search should find each
    (parameterization, width) optimum within 2^(1/4) of the dense-grid optimum (a 2^(1/4) grid
    over the demo's LR range) while spending at most 40% of the dense grid's training steps.
 2. Runs per hour with the local executor at 1 and 2 workers on a fixed grid of tiny runs.
@@ -23,7 +23,7 @@ from typing import Any
 
 import tomllib
 
-from hptransfer.demo import DEMO_SPEC
+from hptransfer.experiments.demo import RECIPE
 from hptransfer.store import load_runs
 from hptransfer.sweep import parse_spec, run_sweep
 
@@ -32,7 +32,7 @@ QUICK_WIDTHS = [16, 32]
 
 
 def _demo_table(quick: bool) -> dict[str, Any]:
-    table = tomllib.loads(DEMO_SPEC)
+    table = tomllib.loads(RECIPE.read_text())
     if quick:
         table["base"].update({"train": {**table["base"]["train"], "steps": 30, "batch_size": 8,
                                         "eval_every": 30}})  # fmt: skip

@@ -79,7 +79,7 @@ def optimizers(quick: bool, device: str) -> dict[str, Any]:
 def sweep(quick: bool, device: str) -> dict[str, Any]:
     import bench_sweep
 
-    from hptransfer.demo import DEMO_SPEC
+    from hptransfer.experiments.demo import RECIPE
     from hptransfer.store import load_runs
     from hptransfer.sweep import parse_spec, run_sweep
 
@@ -91,7 +91,7 @@ def sweep(quick: bool, device: str) -> dict[str, Any]:
         if quick:
             out["sweep_demo_runs_per_hour"] = "skipped in --quick (the demo takes ~2 min)"
             return out
-        spec = parse_spec(tomllib.loads(DEMO_SPEC))
+        spec = parse_spec(tomllib.loads(RECIPE.read_text()))
         start = time.perf_counter()
         counts = run_sweep(spec, Path(tmp) / "demo", quiet=True)
         wall = time.perf_counter() - start

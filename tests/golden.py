@@ -43,7 +43,7 @@ def run() -> list[float]:
     from hptransfer.config import load_recipe
     from hptransfer.train import train
 
-    cfg = load_recipe(HERE.parent / "recipes" / "tiny.toml", OVERRIDES)
+    cfg = load_recipe(HERE.parent / "src" / "hptransfer" / "recipes" / "tiny.toml", OVERRIDES)
     return train(cfg)["losses"]
 
 

@@ -157,7 +157,7 @@ def tiny(**over):
         "train.eval_every": 6,
         "train.eval_batches": 1,
     }
-    return load_recipe("recipes/tiny.toml", {**base, **over})
+    return load_recipe("src/hptransfer/recipes/tiny.toml", {**base, **over})
 
 
 @pytest.fixture(scope="module")

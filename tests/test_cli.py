@@ -9,13 +9,15 @@ import pytest
 from hptransfer.cli import main
 from hptransfer.config import ConfigError
 
+TINY = "src/hptransfer/recipes/tiny.toml"
+
 BAD = [
-    (["train", "recipes/tiny.toml", "--set", "model.widht=64"], "unknown config key"),
-    (["train", "recipes/tiny.toml", "--set", "optimizer.lr=fast"], "expected a number"),
-    (["train", "recipes/tiny.toml", "--set", "model.width=70"], "not divisible"),
-    (["train", "recipes/tiny.toml", "--set", "data.path=/no/such/file.txt"], "no such file"),
-    (["train", "recipes/tiny.toml", "--set", "param.name=mupp"], "param.name"),
-    (["train", "recipes/tiny.toml", "--set", "optimizer.name=adamax"], "optimizer.name"),
+    (["train", TINY, "--set", "model.widht=64"], "unknown config key"),
+    (["train", TINY, "--set", "optimizer.lr=fast"], "expected a number"),
+    (["train", TINY, "--set", "model.width=70"], "not divisible"),
+    (["train", TINY, "--set", "data.path=/no/such/file.txt"], "no such file"),
+    (["train", TINY, "--set", "param.name=mupp"], "param.name"),
+    (["train", TINY, "--set", "optimizer.name=adamax"], "optimizer.name"),
     (["train", "no_such_recipe.toml"], "no such recipe"),
 ]
 
@@ -36,7 +38,7 @@ def test_bad_input_via_the_console_script(tmp_path):
             "-m",
             "hptransfer",
             "train",
-            "recipes/tiny.toml",
+            TINY,
             "--set",
             "model.widht=3",
             "--out",
@@ -146,7 +148,7 @@ def test_train_writes_summary(tmp_path, capsys):
         main(
             [
                 "train",
-                "recipes/tiny.toml",
+                TINY,
                 "--set",
                 "train.steps=5",
                 "--set",
@@ -212,7 +214,7 @@ def spec_file(tmp_path, grid: str = "lr = [0.01]", sweep: str = "") -> str:
     return str(path)
 
 
-TRAIN = ["train", "recipes/tiny.toml", "--set"]
+TRAIN = ["train", TINY, "--set"]
 BATTERY = {
     # a value out of range or not finite, named by its key
     "seed=-1": ([*TRAIN, "seed=-1"], "seed"),
@@ -270,8 +272,8 @@ def test_bad_input_battery(argv, names, tmp_path, capsys, monkeypatch):
     argv = expand(argv, tmp_path)
     if argv[:1] in (["train"], ["sweep"]) and len(argv) > 1:
         argv += ["--out", str(tmp_path / "out")]
-    recipes = Path(__file__).parents[1] / "recipes"
-    argv = [str(recipes / a[len("recipes/") :]) if a.startswith("recipes/") else a for a in argv]
+    root = Path(__file__).parents[1]
+    argv = [str(root / a) if a == TINY else a for a in argv]
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main(argv) == 2
     err = capsys.readouterr().err

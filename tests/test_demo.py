@@ -1,7 +1,8 @@
-"""The demo: its spec (kept equal to recipes/demo.toml) and its report, on synthetic results."""
+"""The demo: its spec (the packaged recipes/demo.toml) and its report, on synthetic results."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -9,15 +10,19 @@ import pandas as pd
 import pytest
 import tomllib
 
-from hptransfer.demo import DEMO_SPEC, report, run_demo
+from hptransfer.experiments.demo import RECIPE, report, run_demo
 from hptransfer.sweep import parse_spec
 
-RECIPE = Path(__file__).parents[1] / "recipes" / "demo.toml"
+GRID_RUN_IDS = (24, "80322e9228ad9b33")
+"""Count and sha256 prefix of the sorted run ids of the demo's starting grid, as the demo ran
+them when its spec was a copy in demo.py (commit 0ec7111): the packaged recipe keeps them."""
 
 
-def test_demo_spec_matches_the_recipe_and_is_a_valid_quickstart() -> None:
-    assert RECIPE.read_text() == DEMO_SPEC
-    spec = parse_spec(tomllib.loads(DEMO_SPEC))
+def test_demo_spec_is_the_packaged_recipe_and_a_valid_quickstart() -> None:
+    assert RECIPE.parent.name == "recipes" and RECIPE.parent.parent.name == "hptransfer"
+    spec = parse_spec(tomllib.loads(RECIPE.read_text()))
+    ids = sorted(r.run_id for r in spec.expand())
+    assert (len(ids), hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16]) == GRID_RUN_IDS
     widths = spec.grid["model.width"]
     assert len(widths) >= 3 and max(widths) / min(widths) >= 8
     assert [c["param.name"] for c in spec.cases] == ["sp", "mup"]
@@ -39,6 +44,9 @@ def test_report_prints_optima_and_shifts_in_grid_steps() -> None:
     assert shifts == pytest.approx({"mup": 1.0, "sp": 4.0})
     text = stream.getvalue()
     assert "sp: optimal LR per width" in text and "moves by 4.0 grid step(s)" in text
+    # the verdict: mup's optimum moves half a step over 3 doublings, sp's 2 octaves
+    assert "verdict: transfers (optimal LR x0.89 per doubling of width" in text
+    assert "verdict: drifts (optimal LR x0.63 per doubling of width" in text
 
 
 def test_demo_runs_its_sweep_prints_optima_and_writes_the_report(tmp_path, monkeypatch) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hptransfer.config import ConfigError, RunConfig, load_recipe
+from hptransfer.experiments.tune import GAMMA_KEYS, recipe_text, sample_constants, tune_constants
 from hptransfer.store import load_runs
-from hptransfer.tune import GAMMA_KEYS, recipe_text, sample_constants, tune_constants
 
 TESTS = Path(__file__).parent
 

@@ -8,13 +8,14 @@ importing this module stays cheap and works with any backend (Agg included).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from hptransfer.analysis.optimum import DEFAULT_BY, find_optima, lr_curves
+from hptransfer.analysis.transfer import setting_label, setting_rows
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
 _WIDTH_CMAP = "viridis"
 _SETTING_CMAP = "tab10"
 _DIVERGED_Y = 0.96  # axes-fraction height of the diverged markers
-
-
-def _label(values: Sequence[object]) -> str:
-    """A setting's label: its by-values joined with ' / ', skipping NaN."""
-    return " / ".join(str(v) for v in values if not (isinstance(v, float) and np.isnan(v)))
 
 
 def _width_colors(widths: Sequence[int]) -> dict[int, tuple[float, ...]]:
@@ -54,6 +50,7 @@ def plot_lr_sweep(
     by: Sequence[str] = DEFAULT_BY,
     loss: str = "final_eval_loss",
     axes: Sequence[Axes] | None = None,
+    x_label: str = "width",
 ) -> Figure:
     """Loss against base LR, one panel per setting and one line per width.
 
@@ -62,6 +59,7 @@ def plot_lr_sweep(
     interpolated optimum of each width (find_optima) is marked with a star. The x axis is
     log2. The y range is cut at 1.5 x the panel's best loss so that near-divergent losses do
     not flatten the curves. `axes`, if given, needs one Axes per setting (sorted by key).
+    x_label names the width column in the legend (e.g. model.depth when it holds depths).
     """
     import matplotlib.pyplot as plt
 
@@ -107,10 +105,7 @@ def plot_lr_sweep(
                     label="_diverged",
                     gid="diverged",
                 )
-        mask = np.ones(len(optima), dtype=bool)
-        for col, val in zip(by, key):
-            mask &= (optima[col] == val).to_numpy() | (optima[col].isna() & pd.isna(val))
-        opt = optima[mask]
+        opt = setting_rows(optima, dict(zip(by, key)))
         ax.scatter(
             opt["lr_interp"],
             opt["loss_interp"],
@@ -130,7 +125,7 @@ def plot_lr_sweep(
         lrs = g["lr"].to_numpy(dtype=float)
         ax.set_xscale("log", base=2)
         ax.set_xlim(lrs.min() / 2**0.25, lrs.max() * 2**0.25)
-        ax.set_title(_label(key))
+        ax.set_title(setting_label(key))
         ax.set_xlabel("base learning rate")
         ax.set_ylabel(f"{loss} (nats)")
         ax.grid(True, which="major", alpha=0.3)
@@ -143,11 +138,11 @@ def plot_lr_sweep(
         Line2D([], [], color="0.3", marker="*", ms=9, ls="", label="optimum"),
     ]
     if created:
-        fig.legend(handles=handles, title="width", loc="outside right upper", fontsize="small")
+        fig.legend(handles=handles, title=x_label, loc="outside right upper", fontsize="small")
     else:
         axes[len(settings) - 1].legend(
             handles=handles,
-            title="width",
+            title=x_label,
             fontsize="small",
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),
@@ -175,7 +170,9 @@ def plot_optimal_lr(
 
     Points are lr_interp with the bootstrap interval as error bars when present; unbracketed
     optima (at_edge) are drawn hollow. With `fits` (from fit_transfer), the law C N^-beta is
-    drawn dashed and beta is given in the legend.
+    drawn dashed and beta is given in the legend. When the optima span less than a factor 4,
+    the y axis spans a factor 4 around them (equal optima would otherwise be drawn as if a span
+    of 1e-16 were a factor).
     """
     ax = _new_ax(ax)
     by = list(by)
@@ -186,12 +183,9 @@ def plot_optimal_lr(
         key = key if isinstance(key, tuple) else (key,)
         g = g.sort_values("width")
         color = cmap(i % 10)
-        label = _label(key)
+        label = setting_label(key)
         if fits is not None:
-            match = np.ones(len(fits), dtype=bool)
-            for col, val in zip(by, key):
-                match &= (fits[col] == val).to_numpy() | (fits[col].isna() & pd.isna(val))
-            row = fits[match]
+            row = setting_rows(fits, dict(zip(by, key)))
             if len(row) and np.isfinite(row["beta"].iloc[0]):
                 c, beta = float(row["C"].iloc[0]), float(row["beta"].iloc[0])
                 n = np.geomspace(g["width"].min(), g["width"].max(), 50)
@@ -216,6 +210,12 @@ def plot_optimal_lr(
             )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    lrs = optima["lr_interp"].to_numpy(dtype=float)
+    if np.isfinite(lrs).any():
+        lo, hi = np.nanmin(lrs), np.nanmax(lrs)
+        if hi / lo < 4:
+            mid = float(np.sqrt(lo * hi))
+            ax.set_ylim(mid / 2, mid * 2)
     ax.set_xlabel("width N")
     ax.set_ylabel("optimal base LR eta*")
     ax.set_title("Optimal LR vs width (hollow: not bracketed)")
@@ -258,11 +258,18 @@ def plot_coord_check(
     return ax
 
 
-def plot_diagnostics(metrics: pd.DataFrame, key_prefix: str, ax: Axes | None = None) -> Axes:
+def plot_diagnostics(
+    metrics: pd.DataFrame,
+    key_prefix: str,
+    ax: Axes | None = None,
+    title: str | None = None,
+    legend_cols: int | None = None,
+) -> Axes:
     """Per-layer optimizer diagnostics over steps, e.g. key_prefix="underflow/".
 
     One line per column starting with key_prefix (one per layer); when a width column is
     present, one line per (layer, width), with colour for the layer and line style for width.
+    The legend goes to the right of the panel (legend_cols given: that many columns, smaller).
     """
     cols = [c for c in metrics.columns if str(c).startswith(key_prefix)]
     if not cols:
@@ -284,8 +291,13 @@ def plot_diagnostics(metrics: pd.DataFrame, key_prefix: str, ax: Axes | None = N
             )
     ax.set_xlabel("step")
     ax.set_ylabel(key_prefix.rstrip("/"))
-    ax.set_title(f"{key_prefix.rstrip('/')} per layer")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.set_title(title if title is not None else f"{key_prefix.rstrip('/')} per layer")
+    ax.legend(
+        fontsize="small" if legend_cols is None else "x-small",
+        ncols=legend_cols or 1,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+    )
     ax.grid(True, alpha=0.3)
     return ax
 
@@ -327,7 +339,7 @@ def plot_transfer_metrics(
         if len(axes) != len(metrics):
             raise ValueError(f"plot_transfer_metrics needs {len(metrics)} axes, got {len(axes)}")
         fig = axes[0].figure
-    labels = [_label(v) for v in fits[list(by)].itertuples(index=False)]
+    labels = [setting_label(v) for v in fits[list(by)].itertuples(index=False)]
     pos = np.arange(len(fits))
     for a, metric in zip(axes, metrics):
         vals = fits[metric].to_numpy(dtype=float)
@@ -349,3 +361,86 @@ def plot_transfer_metrics(
     for a in axes[1:]:
         a.tick_params(labelleft=False)
     return fig
+
+
+_OPTIMUM_AXES = {
+    "log2_lr_opt": ("log2 optimal base LR", "optimal LR (flat = transfers; ringed: not bracketed)"),
+    "loss_opt": ("eval loss at the optimum", "loss at the optimal LR"),
+}
+
+
+def plot_optimum(
+    settings: Sequence[Mapping[str, Any]],
+    value: str = "log2_lr_opt",
+    ax: Axes | None = None,
+    x: str = "width",
+    style: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+) -> Axes:
+    """An optimum's quantity against the scaled dimension, one line per setting.
+
+    settings: one mapping per setting with its name ("setting"), the x values (key `x`), the
+    values per x (key `value`: "log2_lr_opt" or "loss_opt") and "at_edge" per x (ringed: the
+    LR grid did not bracket the optimum). style(setting) gives line keywords (default: cycle).
+    """
+    ax = _new_ax(ax)
+    for i, rec in enumerate(settings):
+        kw = style(rec) if style is not None else {"color": f"C{i % 10}", "marker": "o", "ms": 4}
+        xs, ys = rec[x], rec[value]
+        ax.plot(xs, ys, lw=1.3, label=rec["setting"], **kw)
+        edge = [j for j, e in enumerate(rec["at_edge"]) if e]
+        ax.scatter([xs[j] for j in edge], [ys[j] for j in edge], s=70, marker="o",
+                   facecolors="none", edgecolors="0.3", zorder=3)  # fmt: skip
+    ylabel, title = _OPTIMUM_AXES[value]
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title, fontsize="medium")
+    return ax
+
+
+def plot_underflow(settings: Sequence[Mapping[str, Any]], ax: Axes | None = None) -> Axes:
+    """Fraction of Adam's second-moment coordinates with sqrt(v_hat) < eps against width.
+
+    settings: mappings with "setting", "width" (list) and "underflow" ({role: fraction per
+    width, None where unmeasured}); the hidden (solid) and output (dashed) roles are drawn.
+    """
+    ax = _new_ax(ax)
+    for i, rec in enumerate(settings):
+        for role, ls in (("hidden", "-"), ("output", "--")):
+            if role in rec["underflow"]:
+                ax.plot(rec["width"], rec["underflow"][role], ls, marker="o", ms=4,
+                        color=f"C{i}", label=f"{rec['setting']}: {role}")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width")
+    ax.set_ylabel("fraction with sqrt(v_hat) < eps")
+    ax.set_title("underflow at the optimal LR, end of training", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small")
+    return ax
+
+
+def plot_alignment(
+    runs: Sequence[tuple[int, Mapping[str, Sequence[Mapping[str, float]]]]],
+    exponent: str,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """One alignment exponent (alpha, omega or u) over training steps, for several runs.
+
+    runs: (width, {role: [{"step": t, exponent: value}, ...]}) per run; colour = width (darker
+    = wider), solid = hidden, dashed = output role. Dotted lines at 1/2 and 1 (no and full
+    alignment of alpha).
+    """
+    ax = _new_ax(ax)
+    colors = _width_colors([w for w, _ in runs])
+    for width, curves in runs:
+        for role, ls in (("hidden", "-"), ("output", "--")):
+            points = curves.get(role, [])
+            ax.plot([p["step"] for p in points], [p[exponent] for p in points], ls, lw=1.3,
+                    color=colors[width], label=f"{role}, width {width}")  # fmt: skip
+    for level in (0.5, 1.0):
+        ax.axhline(level, color="0.6", lw=0.8, ls=":")
+    ax.set(title=title or exponent, xlabel="step", ylabel=f"{exponent} (log_n of the ratio)")
+    ax.grid(True, alpha=0.3)
+    return ax

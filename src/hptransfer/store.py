@@ -85,6 +85,25 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in order; OSError when the file is missing.
+
+    A half-written last line (a run killed mid-write) is skipped; a corrupt line before it
+    raises ValueError.
+    """
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise
+    return records
+
+
 def run_dir(root: str | Path, run_id: str) -> Path:
     return Path(root) / "runs" / run_id
 

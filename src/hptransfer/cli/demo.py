@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from hptransfer.demo import run_demo
+    from hptransfer.experiments.demo import run_demo
 
     where = {"out": args.out} if args.out else {}  # else the library's default directory
     run_demo(**where, workers=args.workers, quiet=args.quiet)

@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from hptransfer.repro import REPRODUCTIONS, run_reproduction
+    from hptransfer.experiments.repro import REPRODUCTIONS, run_reproduction
 
     if args.list:
         for r in REPRODUCTIONS.values():

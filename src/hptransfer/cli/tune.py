@@ -36,7 +36,7 @@ def _load(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from hptransfer.tune import tune_constants
+    from hptransfer.experiments.tune import tune_constants
 
     directory = args.dir or str(Path("hpt-results") / f"tune-{Path(args.spec).stem}")
     result = tune_constants(

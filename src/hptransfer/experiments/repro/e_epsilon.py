@@ -1,0 +1,107 @@
+"""[E] epsilon: a constant Adam epsilon underflows as gradients shrink with width.
+
+Transfer numbers per setting (constant or per-layer epsilon, Adam-atan2) plus the fraction of
+each role's second-moment coordinates with sqrt(v_hat) < eps, at each width's optimal grid LR.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hptransfer.experiments.repro.reproduction import Record, Reproduction, role_table
+from hptransfer.experiments.repro.transfer import (
+    finish,
+    optima_panels,
+    save,
+    sweep_figure,
+    transfer_lines,
+    transfer_table,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def label(key: Record) -> str:
+    if key["optimizer"] == "adam_atan2":
+        return "adam-atan2 (no epsilon)"
+    return f"adam, {key['param.eps_mode'].replace('_', '-')} epsilon"
+
+
+def underflow_by_role(run_dir: Path) -> dict[str, float]:
+    """Fraction of coordinates with sqrt(v_hat) < eps per role, at the run's last logged step.
+
+    metrics.jsonl holds ``underflow/<param name>`` per parameter at eval steps; a role's
+    fraction is the mean over its parameters weighted by their sizes (so it is the fraction of
+    the role's coordinates). Empty when the optimizer logs none (Adam-atan2 has no epsilon).
+    """
+    from hptransfer.store import read_metrics
+
+    last: dict[str, float] = {}
+    for record in read_metrics(run_dir):
+        found = {k[len("underflow/") :]: v for k, v in record.items()
+                 if k.startswith("underflow/")}  # fmt: skip
+        if found:
+            last = found
+    if not last:
+        return {}
+    _, roles = role_table(run_dir)
+    total: dict[str, float] = {}
+    size: dict[str, float] = {}
+    for name, fraction in last.items():
+        entry = roles[name]
+        n = float(math.prod(entry.shape))
+        total[entry.role] = total.get(entry.role, 0.0) + fraction * n
+        size[entry.role] = size.get(entry.role, 0.0) + n
+    return {role: total[role] / size[role] for role in sorted(total)}
+
+
+def _run_at(df: pd.DataFrame, by: Sequence[str], rec: Record, width: int, lr: float) -> str:
+    """run_id of the finished run of setting ``rec`` at ``width`` and grid LR ``lr``."""
+    import numpy as np
+
+    from hptransfer.analysis.transfer import setting_rows
+
+    runs = df[(df["status"] == "ok") & (df["width"] == width)]
+    runs = setting_rows(runs[np.isclose(runs["lr"], lr, rtol=1e-9)], {c: rec[c] for c in by})
+    return str(runs["run_id"].iloc[0])
+
+
+def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
+    """Transfer numbers per setting plus the underflow fraction per role at each width's
+    optimal grid LR; figure: underflow, optimal LR and loss against width."""
+    import matplotlib.pyplot as plt
+
+    from hptransfer.plots import plot_underflow
+
+    transfer, records = transfer_table(df, repro.by, repro.label)
+    lines = []
+    for rec in records:
+        mine = transfer.optima_of(rec)
+        per_role: dict[str, list[float | None]] = {}
+        for i, width in enumerate(rec["width"]):
+            lr = float(mine.loc[mine["width"] == width, "lr_grid"].iloc[0])
+            run = root / "runs" / _run_at(df, repro.by, rec, width, lr)
+            for role, value in underflow_by_role(run).items():
+                per_role.setdefault(role, [None] * len(rec["width"]))[i] = round(value, 4)
+        rec["underflow"] = per_role
+        for role in ("hidden", "output"):
+            if role in per_role:
+                shown = ", ".join("n/a" if v is None else f"{v:.3f}" for v in per_role[role])
+                lines.append(f"| {rec['setting']} | {role} | {shown} |")
+
+    fig, axes = plt.subplots(1, 3, figsize=(14.5, 3.8), layout="constrained")
+    plot_underflow(records, ax=axes[0])
+    optima_panels(axes[1:], records)
+    axes[2].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
+    table = transfer_lines(records, "width") + [
+        "",
+        "| setting | role | underflow fraction per width (at the optimal grid LR) |",
+        "|---|---|---|",
+        *lines,
+    ]
+    return finish(repro, root, records, figures, table)

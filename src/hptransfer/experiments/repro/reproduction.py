@@ -1,0 +1,63 @@
+"""What a reproduction is, and what its analyses read from a stored run.
+
+A reproduction is one or more sweep specs under ``hptransfer/recipes/repro/`` (``NAME.toml``
+plus, when a product grid cannot express it, ``NAME-PART.toml`` specs run into the same
+results directory), and an analysis that turns the results into figures and numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from hptransfer.config import RunConfig
+    from hptransfer.param.roles import RoleTable
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """One reproduction: its specs, the columns that name a setting, and its analysis."""
+
+    name: str
+    paper: str
+    claim: str
+    specs: tuple[str, ...]
+    """Spec file names under the recipes directory, run in this order into one directory."""
+    by: tuple[str, ...]
+    """Columns of load_runs() that identify a setting (one LR curve per x)."""
+    analyse: Callable[[Reproduction, pd.DataFrame, Path], Record]
+    """(repro, runs, results dir) -> numbers; writes the figures into the results dir."""
+    label: Callable[[Record], str]
+    """A setting's by-values -> its name in tables and legends."""
+    x: str = "width"
+    """The scaled dimension: width, or model.depth for depth transfer."""
+
+    style: Callable[[Record], Record] | None = None
+    """A setting's record -> matplotlib line keywords in the summary figure (None: cycle)."""
+
+    @property
+    def x_key(self) -> str:
+        """The config key that sweeps x."""
+        return "model.width" if self.x == "width" else self.x
+
+
+def role_table(run_dir: Path) -> tuple[RunConfig, RoleTable]:
+    """A stored run's config and its RoleTable (model built on the meta device)."""
+    from hptransfer.config import from_dict
+    from hptransfer.param.roles import roles_from_factory
+    from hptransfer.store import read_json
+    from hptransfer.train import model_factory
+
+    cfg = from_dict(read_json(run_dir / "config.json"))
+    p = cfg.param
+    table = roles_from_factory(
+        model_factory(cfg), cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied
+    )
+    return cfg, table
