@@ -140,8 +140,9 @@ def _rules_alignment(args: argparse.Namespace):
         args.optimizer = args.optimizer or "adam"
         args.alignment = args.alignment or "full"
         return args.alignment
-    from hptransfer.alignment import EXPONENTS, alignment_from_run, parse_window
+    from hptransfer.analysis.alignment import alignment_from_run, parse_window
     from hptransfer.param.rules import measured_alignment
+    from hptransfer.probes.alignment import EXPONENTS
 
     per_role, run_cfg = alignment_from_run(args.alignment_from, parse_window(args.window))
     args.measured = per_role
@@ -187,9 +188,9 @@ def _rules_for_model(args: argparse.Namespace, rule) -> int:
         )
         .validate()
     )
+    from hptransfer.assemble import model_factory
     from hptransfer.param.apply import compute_specs
     from hptransfer.param.roles import roles_from_factory
-    from hptransfer.train import model_factory
 
     roles = roles_from_factory(model_factory(cfg), args.width, args.base_width)
     specs = compute_specs(roles, rule)
@@ -215,7 +216,7 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
     out = Path(args.out)
     from hptransfer.analysis.coord import coord_slopes
     from hptransfer.plots import plot_coord_check
-    from hptransfer.probes import coord_check
+    from hptransfer.probes.coord import coord_check
 
     df = coord_check(cfg, widths, steps=args.steps, seeds=range(args.seeds))
     slopes = coord_slopes(df)

@@ -445,10 +445,10 @@ def _read_metrics(run_dir: Path) -> list[Record]:
 
 def _role_table(run_dir: Path):
     """The run's config and its RoleTable (model built on the meta device)."""
+    from hptransfer.assemble import model_factory
     from hptransfer.config import from_dict
     from hptransfer.param.roles import roles_from_factory
     from hptransfer.store import read_json
-    from hptransfer.train import model_factory
 
     cfg = from_dict(read_json(run_dir / "config.json"))
     p = cfg.param
@@ -554,7 +554,8 @@ def alignment_curves(run_dir: Path) -> tuple[dict[str, list[Record]], dict[str, 
     """A run's alignment probes per role: ``{role: [{step, alpha, omega, u}, ...]}`` (means
     over the role's layers at each probe step) and the means over the second half of training
     (``{role: {alpha, omega, u, n_probes, steps}}``), from ``align/<exponent>/<param>`` keys."""
-    from hptransfer.alignment import EXPONENTS, average_by_role
+    from hptransfer.analysis.alignment import average_by_role
+    from hptransfer.probes.alignment import EXPONENTS
 
     cfg, table = _role_table(run_dir)
     roles = {e.name: e.role for e in table}
@@ -574,7 +575,7 @@ def analyse_alignment(repro: Reproduction, df: pd.DataFrame, root: Path) -> Reco
     import matplotlib.pyplot as plt
     from matplotlib import colormaps
 
-    from hptransfer.alignment import EXPONENTS
+    from hptransfer.probes.alignment import EXPONENTS
 
     runs = df[df["status"] == "ok"].sort_values([*repro.by, "width"])
     settings = list(runs.groupby(list(repro.by), sort=True))
