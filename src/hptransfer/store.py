@@ -31,7 +31,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hptransfer.errors import ConfigError
 
@@ -156,10 +156,12 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._log: IO[str] | None = None
 
     def create(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
         """Start the run: config.json and env.json written whole, metrics.jsonl empty, and the
         temporary files of writes killed half-way removed."""
+        self.close()
         self.path.mkdir(parents=True, exist_ok=True)
         for name in (CONFIG, ENV, METRICS, SUMMARY):
             for tmp in self.path.glob(f".{name}.*.tmp"):
@@ -169,13 +171,22 @@ class RunDir:
         _write_text(self.path / METRICS, "")
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append ``record`` as one metrics.jsonl line (NaN written as NaN)."""
-        with (self.path / METRICS).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append ``record`` as one metrics.jsonl line (NaN written as NaN). The file stays
+        open, line-buffered: each record reaches the file when it is logged."""
+        if self._log is None:
+            self._log = (self.path / METRICS).open("a", buffering=1)
+        self._log.write(json.dumps(record) + "\n")
 
     def finish(self, summary: Summary) -> None:
         """Write summary.json: from here on the run is finished."""
+        self.close()
         write_json(self.path / SUMMARY, summary.to_dict())
+
+    def close(self) -> None:
+        """Close metrics.jsonl (``finish`` does; a run that raises may call it)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
