@@ -267,3 +267,35 @@ def test_create_removes_temporaries_of_killed_writes(tmp_path: Path) -> None:
 def test_summary_refuses_an_unknown_status() -> None:
     with pytest.raises(ValueError, match="status"):
         store.Summary("r", "pending")
+
+
+def _train_then_killed(cfg, out_dir):
+    """The real train, then a kill before the worker gets control back."""
+    from hptransfer.train import train
+
+    train(cfg, out_dir)
+    raise KeyboardInterrupt
+
+
+def test_a_run_killed_after_its_summary_keeps_its_corpus_hash(tmp_path: Path) -> None:
+    import torch
+
+    from hptransfer.config import RunConfig
+    from hptransfer.sweep.worker import RunTask, execute
+
+    cfg = RunConfig().replace(**{
+        "model.width": 32, "model.depth": 1, "model.head_dim": 16, "param.base_width": 32,
+        "train.steps": 2, "train.batch_size": 2, "train.seq_len": 16, "train.eval_batches": 1,
+    })  # fmt: skip
+    task = RunTask(str(tmp_path), cfg.run_id(), cfg.to_dict(), "test_store:_train_then_killed")
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute(task)
+    finally:
+        torch.set_num_threads(threads)
+    directory = store.run_dir(tmp_path, cfg.run_id())
+    assert store.finished_status(tmp_path, cfg.run_id()) == "ok"
+    env = store.read_json(directory / "env.json")
+    assert env["corpus_sha256"] == store.read_json(directory / "summary.json")["corpus_sha256"]
+    assert env["corpus_sha256"] is not None
