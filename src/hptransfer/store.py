@@ -31,15 +31,16 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, get_args
 
 from hptransfer.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FINISHED = ("ok", "diverged", "failed")
-"""Statuses of a run that a resumed sweep skips."""
+Status = Literal["ok", "diverged", "failed"]
+FINISHED: tuple[Status, ...] = get_args(Status)
+"""Statuses of a finished run (summary.json written); a resumed sweep skips these."""
 
 CONFIG, ENV, METRICS, SUMMARY = "config.json", "env.json", "metrics.jsonl", "summary.json"
 """The files of a run directory."""
@@ -126,8 +127,7 @@ class Summary:
     sweep run write the same keys; a value that does not apply is None)."""
 
     run_id: str
-    status: str
-    """ok, diverged or failed (one of FINISHED)."""
+    status: Status
     final_eval_loss: float | None = None
     """Eval loss after the last step; None unless the run is ok."""
     best_eval_loss: float | None = None

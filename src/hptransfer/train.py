@@ -99,7 +99,8 @@ def train(
         run.create(cfg.to_dict(), env)
     losses: list[float] = []
     evals: list[tuple[int, float]] = []
-    status, loss0 = "ok", None
+    status: store.Status = "ok"
+    loss0: float | None = None
     for step in range(t.steps):
         x, y = ctx.local_batch(*batches.get(step))
         if refresh is not None and step % opt.curvature_interval == 0:
