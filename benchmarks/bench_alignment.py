@@ -15,10 +15,11 @@ import time
 
 import torch
 
-from hptransfer.alignment import AlignmentProbe
+from hptransfer.assemble import build, loss_fn
 from hptransfer.config import RunConfig
 from hptransfer.data import Batches
-from hptransfer.train import build, loss_fn, train
+from hptransfer.probes.alignment import AlignmentProbe
+from hptransfer.train import train
 
 KS = (1, 10, 50)
 

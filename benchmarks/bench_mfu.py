@@ -1,6 +1,6 @@
 """Model FLOPs utilization (MFU) of the trainer's step, float32 and bfloat16 autocast.
 
-The step is the trainer's: a muP nanodo built by ``hptransfer.train.build`` (forward hooks,
+The step is the trainer's: a muP nanodo built by ``hptransfer.assemble.build`` (forward hooks,
 per-role param groups, the default fused Adam), ``loss_fn`` with the loss in float32, backward,
 optimizer step, and the loss read back as the trainer does. Depth 4, head_dim 64, batch 16 x 128
 tokens (on a GPU: 32 x 512).
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from timing import bench_args, matmul_flops, median_ratio, resolve_device, time_call
 
+from hptransfer.assemble import build, loss_fn
 from hptransfer.config import RunConfig
-from hptransfer.train import build, loss_fn
 
 WIDTHS = (128, 256, 512, 1024)
 QUICK_WIDTHS = (128, 512)

@@ -23,9 +23,10 @@ import time
 import torch
 from timing import bench_args, interleaved, median_ratio
 
+from hptransfer.assemble import build, loss_fn
 from hptransfer.config import RunConfig
 from hptransfer.models import build_model
-from hptransfer.train import build, loss_fn, train
+from hptransfer.train import train
 
 DEPTH, BATCH, SEQ, HEAD_DIM = 4, 16, 128, 32
 CPU = torch.device("cpu")

@@ -8,16 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from hptransfer.alignment import (
-    AlignmentProbe,
-    alignment_exponents,
-    average_by_role,
-    parse_window,
-)
+from hptransfer.analysis.alignment import average_by_role, parse_window
+from hptransfer.assemble import build
 from hptransfer.cli import main
 from hptransfer.config import ConfigError, RunConfig, load_recipe
 from hptransfer.param.rules import ABC, measured_alignment, solve_c
-from hptransfer.train import build, train
+from hptransfer.probes.alignment import AlignmentProbe, alignment_exponents
+from hptransfer.train import train
 
 N = 1024  # the acceptance tests ask for n >= 1024
 H = Fraction(1, 2)

@@ -30,8 +30,9 @@ import torch.multiprocessing as mp
 from golden import CORPUS
 
 from hptransfer import distributed
+from hptransfer.assemble import build
 from hptransfer.config import ConfigError, RunConfig
-from hptransfer.train import build, train
+from hptransfer.train import train
 
 TINY = {
     "model.width": 32,

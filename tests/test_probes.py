@@ -4,7 +4,7 @@ import pytest
 
 from hptransfer.analysis.coord import coord_slopes
 from hptransfer.config import RunConfig
-from hptransfer.probes import coord_check
+from hptransfer.probes.coord import coord_check
 
 WIDTHS = [64, 128, 256, 512]
 BASE = {

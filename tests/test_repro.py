@@ -116,8 +116,8 @@ def test_transfer_table_reports_drift_per_doubling_and_penalty() -> None:
 
 
 def test_underflow_by_role_is_the_size_weighted_fraction_of_each_role(tmp_path: Path) -> None:
+    from hptransfer.assemble import model_factory
     from hptransfer.param.roles import roles_from_factory
-    from hptransfer.train import model_factory
 
     cfg = RunConfig().replace(**{"model.width": 32, "model.head_dim": 8, "param.base_width": 16})
     roles = roles_from_factory(model_factory(cfg), 32, 16)

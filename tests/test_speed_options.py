@@ -8,9 +8,10 @@ import pytest
 import torch
 from golden import CORPUS
 
+from hptransfer.assemble import build, loss_fn
 from hptransfer.config import RunConfig
 from hptransfer.optim import build_optimizer
-from hptransfer.train import build, loss_fn, train
+from hptransfer.train import train
 
 SMALL = {
     "model.width": 64,

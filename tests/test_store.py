@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hptransfer import store
+from hptransfer.errors import ConfigError
 
 
 def test_write_json_is_atomic_and_maps_nan_to_null(tmp_path: Path) -> None:
@@ -156,3 +158,144 @@ def test_load_runs_reports_corrupt_runs(tmp_path: Path) -> None:
 def test_load_runs_of_an_empty_directory(tmp_path: Path) -> None:
     df = store.load_runs(tmp_path)
     assert df.empty and "final_eval_loss" in df.columns
+
+
+def test_load_runs_reports_a_summary_that_is_not_a_table(tmp_path: Path) -> None:
+    _run(tmp_path, "listed", CFG, None)
+    (store.run_dir(tmp_path, "listed") / "summary.json").write_text("[]")
+    with pytest.warns(UserWarning, match="summary.json is not a table"):
+        df = store.load_runs(tmp_path)
+    assert df["status"].tolist() == ["pending"]
+
+
+# --- the run directory ------------------------------------------------------------------------
+
+
+def _metrics_with_a_cut_last_line(directory: Path) -> list[dict]:
+    run = store.RunDir(directory)
+    run.create({"seed": 0}, {"seed": 0})
+    records = [{"step": 0, "loss": 2.5}, {"step": 1, "loss": float("nan"), "eval_loss": 2.0}]
+    for record in records:
+        run.log(record)
+    with (directory / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2, "loss": 2.')  # a kill in the middle of a write
+    return records
+
+
+def test_read_metrics_drops_a_half_written_last_line(tmp_path: Path) -> None:
+    records = _metrics_with_a_cut_last_line(tmp_path)
+    got = store.read_metrics(tmp_path)
+    assert [r["step"] for r in got] == [0, 1] and got[0] == records[0]
+    assert math.isnan(got[1]["loss"]) and got[1]["eval_loss"] == 2.0
+    assert [r["step"] for r in store.RunDir(tmp_path).read_metrics()] == [0, 1]
+
+
+def test_read_metrics_raises_on_a_corrupt_line_before_the_last(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n{"ste\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl: line 2"):
+        store.read_metrics(tmp_path)
+
+
+def test_alignment_analysis_reads_metrics_through_the_store(tmp_path: Path) -> None:
+    """A run directory whose last metrics line was cut by a kill is read like any other."""
+    from hptransfer.analysis.alignment import alignment_from_run
+    from hptransfer.config import RunConfig
+
+    cfg = RunConfig().replace(**{"model.width": 32, "model.head_dim": 8, "param.base_width": 16})
+    run = store.RunDir(tmp_path)
+    run.create(cfg.to_dict(), {})
+    for step, role_name in ((0, "blocks.0.mlp.fc_in.weight"), (1, "head.weight")):
+        run.log({"step": step, **{f"align/{e}/{role_name}": 0.5 for e in ("alpha", "omega", "u")}})
+    run.log({"step": 2, **{f"align/{e}/head.weight": 0.9 for e in ("alpha", "omega", "u")}})
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "align/alpha/head.weight": 7')
+    per_role, _ = alignment_from_run(tmp_path)
+    assert per_role["hidden"]["alpha"] == 0.5
+    assert per_role["output"]["alpha"] == pytest.approx(0.7) and per_role["output"]["n_probes"] == 2
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_respect_the_umask(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        run = store.RunDir(tmp_path / "run")
+        run.create({"seed": 0}, {"seed": 0})
+        run.log({"step": 0})
+        run.finish(store.Summary("r", "ok"))
+        store.write_json(tmp_path / "sweep.json", {})
+    finally:
+        os.umask(old)
+    files = [tmp_path / "sweep.json", *(run.path / n for n in ("config.json", "env.json"))]
+    files += [run.path / "metrics.jsonl", run.path / "summary.json"]
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o666 & ~umask)}
+
+
+def test_clear_partial_refuses_a_symlinked_run_directory(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "data.json").write_text("{}")
+    link = store.run_dir(tmp_path / "results", "abc")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target, target_is_directory=True)
+    with pytest.raises(ConfigError, match="abc is a symbolic link"):
+        store.RunDir(link).clear_partial()
+    assert (target / "data.json").exists()
+
+
+def test_clear_partial_keeps_the_lock_and_removes_the_rest(tmp_path: Path) -> None:
+    run = store.RunDir(tmp_path)
+    run.create({"seed": 0}, {"seed": 0})
+    (tmp_path / "lock").write_text("{}")
+    (tmp_path / ".lock.1234abcd.tmp").write_text("{}")  # a heartbeat being written
+    (tmp_path / "outside.txt").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "outside.txt")
+    run.clear_partial()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock.1234abcd.tmp", "lock"]
+
+
+def test_create_removes_temporaries_of_killed_writes(tmp_path: Path) -> None:
+    for name in ("config.json", "env.json", "summary.json", "metrics.jsonl"):
+        (tmp_path / f".{name}.0badf00d.tmp").write_text("{")
+    (tmp_path / ".lock.0badf00d.tmp").write_text("{}")  # the lock's own: not ours to remove
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    store.RunDir(tmp_path).create({"seed": 1}, {"seed": 1})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".lock.0badf00d.tmp", "config.json", "env.json", "metrics.jsonl"]
+    assert store.read_metrics(tmp_path) == []  # a new attempt starts an empty log
+
+
+def test_summary_refuses_an_unknown_status() -> None:
+    with pytest.raises(ValueError, match="status"):
+        store.Summary("r", "pending")
+
+
+def _train_then_killed(cfg, out_dir):
+    """The real train, then a kill before the worker gets control back."""
+    from hptransfer.train import train
+
+    train(cfg, out_dir)
+    raise KeyboardInterrupt
+
+
+def test_a_run_killed_after_its_summary_keeps_its_corpus_hash(tmp_path: Path) -> None:
+    import torch
+
+    from hptransfer.config import RunConfig
+    from hptransfer.sweep.worker import RunTask, execute
+
+    cfg = RunConfig().replace(**{
+        "model.width": 32, "model.depth": 1, "model.head_dim": 16, "param.base_width": 32,
+        "train.steps": 2, "train.batch_size": 2, "train.seq_len": 16, "train.eval_batches": 1,
+    })  # fmt: skip
+    task = RunTask(str(tmp_path), cfg.run_id(), cfg.to_dict(), "test_store:_train_then_killed")
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute(task)
+    finally:
+        torch.set_num_threads(threads)
+    directory = store.run_dir(tmp_path, cfg.run_id())
+    assert store.finished_status(tmp_path, cfg.run_id()) == "ok"
+    env = store.read_json(directory / "env.json")
+    assert env["corpus_sha256"] == store.read_json(directory / "summary.json")["corpus_sha256"]
+    assert env["corpus_sha256"] is not None

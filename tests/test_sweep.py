@@ -315,8 +315,8 @@ def test_progress_lines():
 
 
 def test_tokens_per_param_sets_steps_per_width(tmp_path):
+    from hptransfer.assemble import model_factory
     from hptransfer.sweep.spec import non_embedding_params
-    from hptransfer.train import model_factory
 
     text = SPEC.replace("workers = 2", "tokens_per_param = 20")
     runs = load_spec(write_spec(tmp_path, text)).expand()

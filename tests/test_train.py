@@ -1,10 +1,16 @@
+import dataclasses
 import json
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
+import torch
 from golden import GOLDEN
 from golden import run as golden_run
 
+from hptransfer import store
+from hptransfer import train as train_mod
 from hptransfer.config import RunConfig
 from hptransfer.train import lr_schedule, train
 
@@ -104,3 +110,45 @@ def test_local_text_file(tmp_path):
     path.write_text("hello width scaling world. " * 2000)
     s = train(tiny(**{"data.path": str(path)}))
     assert s["corpus_sha256"] != train(tiny())["corpus_sha256"]
+
+
+def test_eval_loss_that_is_not_finite_makes_the_run_diverged(tmp_path, monkeypatch):
+    """Train losses stay finite; the first eval (after step 6 of 12) returns NaN."""
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: math.nan)
+    s = train(tiny(), tmp_path)
+    assert s["status"] == "diverged" and s["steps"] == 6
+    assert all(math.isfinite(v) for v in s["losses"])
+    assert s["final_eval_loss"] is None and s["best_eval_loss"] is None
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_train_writes_env_json_with_real_provenance(tmp_path):
+    s = train(tiny(seed=3), tmp_path)
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["torch_version"] == torch.__version__
+    assert env["seed"] == 3 and env["device"] == "cpu"
+    assert env["threads"] == torch.get_num_threads()
+    # the corpus hash is there from the start, so a kill after the summary cannot lose it
+    assert env["corpus_sha256"] == s["corpus_sha256"] and len(env["corpus_sha256"]) == 64
+    package = Path(train_mod.__file__).parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev = None  # not a git checkout (an installed wheel)
+    assert env["git_revision"] == rev
+
+
+def test_a_failed_run_and_train_write_one_summary_schema(tmp_path):
+    from hptransfer.sweep.worker import record_failure
+
+    ok = train(tiny(), tmp_path / "ok")
+    (tmp_path / "failed").mkdir()
+    failed = record_failure(tmp_path / "failed", "abc", "Traceback ...", 1.5)
+    fields = [f.name for f in dataclasses.fields(store.Summary)]
+    on_disk = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ok", "failed")]
+    for summary in (ok, failed, *on_disk):
+        assert sorted(summary) == sorted(fields)
+    assert on_disk[1]["status"] == "failed" and on_disk[1]["error"] == "Traceback ..."
+    assert on_disk[0]["error"] is None and on_disk[0]["n_params"] > 0

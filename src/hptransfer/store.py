@@ -1,4 +1,4 @@
-"""Results on disk.
+"""Results on disk: the run directory's one owner.
 
 Layout of a results directory::
 
@@ -7,10 +7,14 @@ Layout of a results directory::
     DIR/runs/<run_id>/config.json, metrics.jsonl, summary.json, env.json
     DIR/runs/<run_id>/lock      present while a process runs it (pid, hostname, heartbeat)
 
-Every JSON file is written to a temporary name and renamed into place, so a reader (or a
-resumed sweep) never sees half a file. A run is finished when its summary.json says ok,
-diverged or failed. A run is claimed by creating its lock with O_CREAT|O_EXCL; a lock whose pid
-is dead (same host) or whose heartbeat is older than the timeout is stale and may be taken over.
+A run directory is written through :class:`RunDir` alone: ``create`` (config.json and
+env.json), ``log`` (one metrics.jsonl line per record), ``finish`` (summary.json, a
+:class:`Summary`). Every JSON file is written to a temporary name and renamed into place, so a
+reader (or a resumed sweep) never sees half a file; files are created with the mode the umask
+allows. metrics.jsonl is appended to, so a killed run can leave half a last line:
+:func:`read_metrics` drops it. A run is finished when its summary.json says ok, diverged or
+failed. A run is claimed by creating its lock with O_CREAT|O_EXCL; a lock whose pid is dead
+(same host) or whose heartbeat is older than the timeout is stale and may be taken over.
 """
 
 from __future__ import annotations
@@ -19,20 +23,27 @@ import json
 import math
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, get_args
+
+from hptransfer.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FINISHED = ("ok", "diverged", "failed")
-"""Statuses of a run that a resumed sweep skips."""
+Status = Literal["ok", "diverged", "failed"]
+FINISHED: tuple[Status, ...] = get_args(Status)
+"""Statuses of a finished run (summary.json written); a resumed sweep skips these."""
+
+CONFIG, ENV, METRICS, SUMMARY = "config.json", "env.json", "metrics.jsonl", "summary.json"
+"""The files of a run directory."""
 
 LOCK_TIMEOUT_S = 600.0
 """A lock whose heartbeat is older than this is stale (the holder is presumed dead)."""
@@ -53,7 +64,18 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``.NAME.<random>.tmp`` next to ``path``, fsync, rename it over ``path``.
+
+    The temporary file is opened with mode 0o666, so the process umask decides the mode (as for
+    any file the user creates; ``tempfile.mkstemp`` would force 0o600).
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -61,7 +83,7 @@ def _write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -85,13 +107,121 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl, in order; OSError when the file is missing.
+def run_dir(root: str | Path, run_id: str) -> Path:
+    """The directory of run ``run_id`` in the results directory ``root``."""
+    return Path(root) / "runs" / run_id
 
-    A half-written last line (a run killed mid-write) is skipped; a corrupt line before it
-    raises ValueError.
+
+def finished_status(root: str | Path, run_id: str) -> str | None:
+    """The run's status if it is finished (ok / diverged / failed), else None."""
+    try:
+        status = read_json(run_dir(root, run_id) / SUMMARY).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if status in FINISHED else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories
+
+
+@dataclass(frozen=True)
+class Summary:
+    """summary.json: how a run ended. The one definition of its schema (train and a failed
+    sweep run write the same keys; a value that does not apply is None)."""
+
+    run_id: str
+    status: Status
+    final_eval_loss: float | None = None
+    """Eval loss after the last step; None unless the run is ok."""
+    best_eval_loss: float | None = None
+    final_train_loss: float | None = None
+    steps: int = 0
+    tokens: int = 0
+    wall_time_s: float = 0.0
+    n_params: int | None = None
+    corpus_sha256: str | None = None
+    losses: list[float] = field(default_factory=list)
+    """Train loss of every step taken."""
+    error: str | None = None
+    """Why a failed run failed (the traceback); None otherwise."""
+
+    def __post_init__(self) -> None:
+        if self.status not in FINISHED:
+            raise ValueError(f"summary status must be one of {FINISHED}, got {self.status!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RunDir:
+    """One run's directory, ``DIR/runs/<run_id>`` in a sweep or ``--out`` of ``train``; the one
+    writer of its config.json, env.json, metrics.jsonl and summary.json."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._log: IO[str] | None = None
+
+    def create(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
+        """Start the run: config.json and env.json written whole, metrics.jsonl empty, and the
+        temporary files of writes killed half-way removed."""
+        self.close()
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG, ENV, METRICS, SUMMARY):
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+        write_json(self.path / CONFIG, config)
+        write_json(self.path / ENV, environment)
+        _write_text(self.path / METRICS, "")
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one metrics.jsonl line (NaN written as NaN). The file stays
+        open, line-buffered: each record reaches the file when it is logged."""
+        if self._log is None:
+            self._log = (self.path / METRICS).open("a", buffering=1)
+        self._log.write(json.dumps(record) + "\n")
+
+    def finish(self, summary: Summary) -> None:
+        """Write summary.json: from here on the run is finished."""
+        self.close()
+        write_json(self.path / SUMMARY, summary.to_dict())
+
+    def close(self) -> None:
+        """Close metrics.jsonl (``finish`` does; a run that raises may call it)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def clear_partial(self) -> None:
+        """Remove what a killed attempt left (every file but the lock's) before a new one.
+
+        Raises ConfigError when the directory is a symbolic link: deleting through it would
+        delete files wherever it points.
+        """
+        if self.path.is_symlink():
+            raise ConfigError(
+                f"{self.path} is a symbolic link, not a run directory; remove the link"
+            )
+        if not self.path.is_dir():
+            return
+        for path in self.path.iterdir():
+            lock_file = path.name == "lock" or path.name.startswith(("lock.", ".lock."))
+            if not lock_file and (path.is_symlink() or path.is_file()):
+                path.unlink(missing_ok=True)
+
+
+def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in order.
+
+    A last line without its newline is a write cut short by a kill and is dropped when it is
+    not whole JSON; a corrupt line elsewhere raises ValueError naming the file and line. A
+    missing file raises FileNotFoundError.
     """
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    path = Path(directory) / METRICS
+    lines = path.read_text().split("\n")
     records = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -99,22 +229,10 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         try:
             records.append(json.loads(line))
         except ValueError:
-            if i < len(lines) - 1:
-                raise
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON") from None
     return records
-
-
-def run_dir(root: str | Path, run_id: str) -> Path:
-    return Path(root) / "runs" / run_id
-
-
-def finished_status(root: str | Path, run_id: str) -> str | None:
-    """The run's status if it is finished (ok / diverged / failed), else None."""
-    try:
-        status = read_json(run_dir(root, run_id) / "summary.json").get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return status if status in FINISHED else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,13 +346,6 @@ def lock_state(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> str:
     return "stale" if lock_is_stale(_read_lock(lock), timeout_s) else "live"
 
 
-def clear_partial(directory: str | Path) -> None:
-    """Remove what a killed run left (everything but the lock) before running it again."""
-    for path in Path(directory).iterdir():
-        if path.name != "lock" and path.is_file():
-            path.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Provenance
 
@@ -255,8 +366,9 @@ def git_revision() -> str | None:
     return _GIT_CACHE["rev"]
 
 
-def environment(seed: int, corpus_sha256: str | None) -> dict[str, Any]:
-    """Provenance of a run: package, git revision, torch, device, corpus hash, seed, host."""
+def environment(seed: int, corpus_sha256: str | None, device: str | None = None) -> dict[str, Any]:
+    """Provenance of a run: package, git revision, torch, device, threads, corpus hash, seed,
+    host. ``device`` is the one the run trains on (default: torch's default device)."""
     from importlib import metadata
 
     try:
@@ -264,8 +376,7 @@ def environment(seed: int, corpus_sha256: str | None) -> dict[str, Any]:
     except metadata.PackageNotFoundError:
         version = None
     torch = sys.modules.get("torch")
-    device = None
-    if torch is not None:
+    if torch is not None and device is None:
         get_default = getattr(torch, "get_default_device", None)
         device = str(get_default()) if get_default is not None else "cpu"
     return {
@@ -273,6 +384,7 @@ def environment(seed: int, corpus_sha256: str | None) -> dict[str, Any]:
         "git_revision": git_revision(),
         "torch_version": getattr(torch, "__version__", None),
         "device": device,
+        "threads": torch.get_num_threads() if torch is not None else None,
         "corpus_sha256": corpus_sha256,
         "seed": seed,
         "hostname": socket.gethostname(),
@@ -313,19 +425,22 @@ def load_runs(
         if not directory.is_dir():
             continue
         try:
-            config = read_json(directory / "config.json")
+            config = read_json(directory / CONFIG)
             if not isinstance(config, dict):
                 raise ValueError("config.json is not a table")
         except (OSError, ValueError) as e:
             problems.append(f"{directory.name}: {type(e).__name__}: {e}")
             continue
-        summary_path = directory / "summary.json"
+        summary_path = directory / SUMMARY
         summary: dict[str, Any] = {}
         if summary_path.exists():
             try:
                 summary = read_json(summary_path)
+                if not isinstance(summary, dict):
+                    raise ValueError("summary.json is not a table")
             except (OSError, ValueError) as e:
                 problems.append(f"{directory.name}: summary.json: {type(e).__name__}: {e}")
+                summary = {}
         status = summary.get("status")
         if status not in FINISHED:
             live = lock_state(directory, lock_timeout_s) == "live"

@@ -1,115 +1,29 @@
 """train(config) -> summary: one readable loop.
 
-A run that produces a non-finite loss, or a loss above ``train.diverge_factor`` times its
-step-0 loss, stops with status "diverged": divergence is a result (LR sweeps need that edge),
-never an exception.
+A run that produces a non-finite train loss, a train loss above ``train.diverge_factor`` times
+its step-0 loss, or a non-finite eval loss stops with status "diverged": divergence is a result
+(LR sweeps need that edge), never an exception. The model, parameterization and optimizer come
+from `hptransfer.assemble`; the run directory is written through `hptransfer.store.RunDir`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hptransfer import data as data_mod
-from hptransfer import distributed
-from hptransfer.alignment import AlignmentProbe
+from hptransfer import distributed, store
+from hptransfer.assemble import build, loss_fn
 from hptransfer.config import RunConfig
-from hptransfer.models import build_model
-from hptransfer.optim import build_optimizer
 from hptransfer.optim.diagnostics import optimizer_diagnostics
-from hptransfer.param.apply import Parameterization, parameterize, scale_depth
-from hptransfer.param.roles import RoleTable, roles_from_factory
-from hptransfer.param.rules import K_SWITCHES, make_rule, measured_alignment
-from hptransfer.store import write_json
+from hptransfer.probes.alignment import AlignmentProbe
+from hptransfer.probes.updates import update_ratios
 from hptransfer.trackers import Trackers, open_trackers
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
-
-
-@dataclass
-class Setup:
-    """Everything a run is built from; shared by train, coord-check and the benchmarks."""
-
-    model: nn.Module
-    roles: RoleTable
-    parameterization: Parameterization
-    optimizer: torch.optim.Optimizer
-    corpus: data_mod.Corpus
-
-
-def model_factory(cfg: RunConfig, vocab_size: int | None = None) -> Callable[[int], nn.Module]:
-    m = cfg.model
-    vocab_size = vocab_size or data_mod.config_vocab_size(cfg.data)
-    return lambda width: build_model(
-        m.name,
-        width=width,
-        depth=m.depth,
-        vocab_size=vocab_size,
-        kv_group=m.kv_group,
-        seq_len=cfg.train.seq_len,
-        head_dim=m.head_dim,
-        attn_scale="linear" if _switch_on(cfg, "attn") else m.attn_scale,
-    )
-
-
-def _switch_on(cfg: RunConfig, switch: str) -> bool:
-    """Whether [K]'s ``switch`` (one of rules.K_SWITCHES) is on in ``param.k_switches``."""
-    code = cfg.param.k_switches
-    return bool(code) and code[K_SWITCHES.index(switch)] == "1"
-
-
-def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
-    """Model, roles, parameterization and optimizer for ``cfg`` (seeded by ``cfg.seed``)."""
-    p, o = cfg.param, cfg.optimizer
-    corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.data)
-    torch.manual_seed(cfg.seed)
-    factory = model_factory(cfg, corpus.vocab_size)
-    model = factory(cfg.model.width).to(DTYPES[cfg.train.dtype])
-    roles = roles_from_factory(
-        factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied
-    )
-    rule = make_rule(
-        p.name,
-        o.name,
-        measured_alignment(p.alignment_values) if p.alignment == "measured" else p.alignment,
-        lr_exponents=p.lr_exponents,
-        gammas={
-            "input": p.gamma_input,
-            "hidden": p.gamma_hidden,
-            "output": p.gamma_output,
-            "vector": p.gamma_vector,
-        },
-        options=o.options,
-        k_switches=p.k_switches,
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    par = parameterize(
-        model,
-        roles,
-        rule,
-        lr=o.lr,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        wd_mode=o.wd_mode,
-        anchor=p.anchor,
-        form=p.form,
-        eps_mode=p.eps_mode,
-        init_scale={"input": p.init_input, "hidden": p.init_hidden, "output": p.init_output},
-        generator=gen,
-    )
-    if p.depth_exponent:  # residual-branch multipliers (depth_base / depth)^p
-        d = (cfg.model.depth, p.depth_base, p.depth_exponent)
-        scale_depth(par, model, *d, branches=p.depth_branches.split(","), scale_lr=p.depth_lr)
-    optimizer = build_optimizer(o.name, par.param_groups, **o.hparams())
-    return Setup(model, roles, par, optimizer, corpus)
 
 
 def lr_schedule(cfg: RunConfig) -> Callable[[int], float]:
@@ -133,24 +47,6 @@ def lr_schedule(cfg: RunConfig) -> Callable[[int], float]:
     return factor
 
 
-def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool) -> torch.Tensor:
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        logits_BxTxV = model(x)
-    return F.cross_entropy(logits_BxTxV.float().flatten(0, 1), y.flatten())
-
-
-@torch.no_grad()
-def update_ratios(named: dict[str, torch.Tensor], before: list[torch.Tensor]) -> dict[str, float]:
-    """Per layer: RMS of this step's update divided by RMS of the weight ("update/NAME")."""
-    names = list(named)
-    after = list(named.values())
-    deltas = torch._foreach_sub(after, before)
-    upd = distributed.full(torch.stack(torch._foreach_norm(deltas))).double()  # fsdp: DTensors
-    wts = distributed.full(torch.stack(torch._foreach_norm(after))).double().clamp_min(1e-30)
-    ratios = (upd / wts).tolist()  # the sqrt(numel) of the two RMS cancel
-    return {f"update/{n}": r for n, r in zip(names, ratios)}
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list, autocast: bool) -> float:
     was_training = model.training
@@ -165,10 +61,11 @@ def train(
     out_dir: str | Path | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train one run; write config, metrics.jsonl and summary.json under ``out_dir`` if given.
+    """Train one run; with ``out_dir``, record it there as a `store.RunDir` (config.json and
+    env.json first, a metrics.jsonl line per step, summary.json at the end).
 
-    Returns the summary: status ("ok" or "diverged"), final and best eval loss, steps, tokens,
-    wall time, and the per-step train losses.
+    Returns the summary (`store.Summary` as a dict): status ("ok" or "diverged"), final and
+    best eval loss, steps, tokens, wall time, and the per-step train losses.
     """
     t = cfg.train
     start = time.perf_counter()
@@ -196,13 +93,14 @@ def train(
     # TensorBoard / W&B copies of every record; off by default. Opened first: a missing extra
     # is a ConfigError before anything of the run is written.
     tracker = open_trackers(cfg, out) if ctx.is_main else Trackers([])
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", cfg.to_dict())
-        metrics_file = (out / "metrics.jsonl").open("w")
+    run = store.RunDir(out) if out is not None else None
+    if run is not None:
+        env = store.environment(cfg.seed, s.corpus.sha256, device=str(ctx.device))
+        run.create(cfg.to_dict(), env)
     losses: list[float] = []
     evals: list[tuple[int, float]] = []
-    status, loss0 = "ok", None
+    status: store.Status = "ok"
+    loss0: float | None = None
     for step in range(t.steps):
         x, y = ctx.local_batch(*batches.get(step))
         if refresh is not None and step % opt.curvature_interval == 0:
@@ -236,32 +134,30 @@ def train(
                 status = "diverged"
         if probe is not None and (step + 1) % t.align_every == 0:
             record.update(probe.measure())
-        if out is not None:
-            metrics_file.write(json.dumps(record) + "\n")
+        if run is not None:
+            run.log(record)
         tracker.log(record)
         if progress is not None and ctx.is_main:
             progress(record)
         if status == "diverged":
             break
-    if out is not None:
-        metrics_file.close()
     finite = [v for _, v in evals if math.isfinite(v)]
-    summary = {
-        "run_id": cfg.run_id(),
-        "status": status,
-        "final_eval_loss": evals[-1][1] if status == "ok" and evals else None,
-        "best_eval_loss": min(finite) if finite else None,
-        "final_train_loss": losses[-1] if losses else None,
-        "steps": len(losses),
-        "tokens": len(losses) * t.batch_size * t.seq_len,
-        "wall_time_s": round(time.perf_counter() - start, 3),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "corpus_sha256": s.corpus.sha256,
-        "losses": losses,
-    }
-    if out is not None:
-        write_json(out / "summary.json", summary)
-    tracker.close(summary)
+    summary = store.Summary(
+        run_id=cfg.run_id(),
+        status=status,
+        final_eval_loss=evals[-1][1] if status == "ok" and evals else None,
+        best_eval_loss=min(finite) if finite else None,
+        final_train_loss=losses[-1] if losses else None,
+        steps=len(losses),
+        tokens=len(losses) * t.batch_size * t.seq_len,
+        wall_time_s=round(time.perf_counter() - start, 3),
+        n_params=sum(p.numel() for p in model.parameters()),
+        corpus_sha256=s.corpus.sha256,
+        losses=losses,
+    )
+    if run is not None:
+        run.finish(summary)
+    tracker.close(summary.to_dict())
     s.parameterization.remove()
     distributed.finish(ctx)
-    return summary
+    return summary.to_dict()

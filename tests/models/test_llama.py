@@ -13,7 +13,7 @@ from hptransfer.config import ConfigError, RunConfig
 from hptransfer.models import build_model
 from hptransfer.models.llama import Llama, apply_rotary, ffn_dim, rotary_tables
 from hptransfer.param.roles import roles_from_factory
-from hptransfer.probes import coord_check
+from hptransfer.probes.coord import coord_check
 
 V, T = 64, 16
 CORPUS = Path(__file__).parents[1] / "data" / "golden_corpus.txt"

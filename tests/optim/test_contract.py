@@ -295,9 +295,9 @@ def test_shampoo_512_is_finite() -> None:
 
 def test_muon_takes_betas_for_its_adamw_part_and_momentum_for_muon() -> None:
     """A config's optimizer.betas / optimizer.momentum reach MuonAdamW's two halves."""
+    from hptransfer.assemble import build
     from hptransfer.config import RunConfig
     from hptransfer.optim.muon import routes_to_muon
-    from hptransfer.train import build
 
     cfg = RunConfig().replace(
         **{

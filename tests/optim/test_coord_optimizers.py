@@ -28,7 +28,7 @@ import pytest
 from hptransfer.analysis.coord import coord_slopes
 from hptransfer.config import RunConfig
 from hptransfer.optim import OPTIMIZERS
-from hptransfer.probes import coord_check
+from hptransfer.probes.coord import coord_check
 
 WIDTHS = (64, 128, 256, 512)
 STEPS = 6  # activations are measured before each step: step 5 follows five updates

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from hptransfer import data as data_mod
+from hptransfer.assemble import build
 from hptransfer.config import RunConfig
-from hptransfer.train import build, evaluate, train
+from hptransfer.train import evaluate, train
 
 BASE = {
     "model.width": 64,

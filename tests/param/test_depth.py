@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hptransfer.assemble import build
 from hptransfer.config import ConfigError, RunConfig
 from hptransfer.models import build_model
 from hptransfer.param.apply import scale_branches
 from hptransfer.param.rules import depth_lr_factor, depth_multiplier
-from hptransfer.train import build
 
 
 def test_multiplier_and_lr_factor_values():

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hptransfer.assemble import build
 from hptransfer.config import ConfigError, RunConfig
 from hptransfer.models import build_model
 from hptransfer.optim import build_optimizer
@@ -12,7 +13,6 @@ from hptransfer.optim.muon import routes_to_muon
 from hptransfer.param.apply import parameterize
 from hptransfer.param.roles import roles_from_factory
 from hptransfer.param.rules import DEFAULT_EPS, make_rule
-from hptransfer.train import build
 
 # muP's gradient exponents g (§5 table; vectors: the backward exponent 1), width_mult 4
 G_MUP = {"input": 0.5, "hidden": 1.0, "output": 0.5, "vector": 1.0}

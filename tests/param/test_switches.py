@@ -4,12 +4,12 @@ from fractions import Fraction
 
 import pytest
 
+from hptransfer.assemble import build
 from hptransfer.config import ConfigError, RunConfig
 from hptransfer.models import build_model
 from hptransfer.param.apply import compute_specs
 from hptransfer.param.roles import roles_from_factory
 from hptransfer.param.rules import SWITCH_COMBINATIONS, make_rule, switch_name, switch_rule
-from hptransfer.train import build
 
 H = Fraction(1, 2)
 CODES = list(SWITCH_COMBINATIONS)

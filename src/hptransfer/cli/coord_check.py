@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     from hptransfer.analysis.coord import coord_slopes
     from hptransfer.plots import plot_coord_check
-    from hptransfer.probes import coord_check
+    from hptransfer.probes.coord import coord_check
 
     df = coord_check(cfg, widths, steps=args.steps, seeds=range(args.seeds))
     slopes = coord_slopes(df)

@@ -144,8 +144,9 @@ def _rules_alignment(args: argparse.Namespace):
         args.optimizer = args.optimizer or "adam"
         args.alignment = args.alignment or "full"
         return args.alignment
-    from hptransfer.alignment import EXPONENTS, alignment_from_run, parse_window
+    from hptransfer.analysis.alignment import alignment_from_run, parse_window
     from hptransfer.param.rules import measured_alignment
+    from hptransfer.probes.alignment import EXPONENTS
 
     per_role, run_cfg = alignment_from_run(args.alignment_from, parse_window(args.window))
     args.measured = per_role
@@ -196,9 +197,9 @@ def _config(args: argparse.Namespace, options: dict) -> RunConfig:
 
 
 def _rules_for_model(cfg: RunConfig, rule, fmt: str) -> int:
+    from hptransfer.assemble import model_factory
     from hptransfer.param.apply import compute_specs
     from hptransfer.param.roles import roles_from_factory
-    from hptransfer.train import model_factory
 
     roles = roles_from_factory(model_factory(cfg), cfg.model.width, cfg.param.base_width)
     specs = compute_specs(roles, rule)

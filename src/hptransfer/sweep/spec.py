@@ -358,7 +358,7 @@ def non_embedding_params(cfg: RunConfig) -> int:
     import torch
     from torch import nn
 
-    from hptransfer.train import model_factory
+    from hptransfer.assemble import model_factory
 
     with torch.device("meta"):
         model = model_factory(cfg)(cfg.model.width)

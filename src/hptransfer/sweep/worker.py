@@ -72,13 +72,9 @@ def _summary(directory: Path) -> dict[str, Any]:
 
 def record_failure(directory: Path, run_id: str, message: str, wall_time_s: float = 0.0) -> dict:
     """Write a "failed" summary (with the traceback or reason) for a run."""
-    summary = {
-        "run_id": run_id, "status": "failed", "error": message, "final_eval_loss": None,
-        "best_eval_loss": None, "final_train_loss": None, "steps": 0, "tokens": 0,
-        "wall_time_s": round(wall_time_s, 3), "losses": [],
-    }  # fmt: skip
-    store.write_json(directory / "summary.json", summary)
-    return summary
+    summary = store.Summary(run_id, "failed", wall_time_s=round(wall_time_s, 3), error=message)
+    store.RunDir(directory).finish(summary)
+    return summary.to_dict()
 
 
 def execute(task: RunTask) -> dict[str, Any]:
@@ -103,10 +99,10 @@ def execute(task: RunTask) -> dict[str, Any]:
 
 
 def _run(task: RunTask, directory: Path) -> dict[str, Any]:
-    store.clear_partial(directory)  # a killed earlier attempt starts from scratch
-    store.write_json(directory / "config.json", task.config)
-    seed = int(task.config.get("seed", 0))
-    store.write_json(directory / "env.json", store.environment(seed, None))
+    run = store.RunDir(directory)
+    run.clear_partial()  # a killed earlier attempt starts from scratch
+    # train rewrites env.json with the corpus hash once it has the corpus, before any metric
+    run.create(task.config, store.environment(int(task.config.get("seed", 0)), None))
     stop = threading.Event()
     beat = threading.Thread(target=_beat, args=(directory, task.lock_timeout_s, stop), daemon=True)
     beat.start()
@@ -124,7 +120,6 @@ def _run(task: RunTask, directory: Path) -> dict[str, Any]:
     finally:
         stop.set()
         beat.join()
-    store.write_json(directory / "env.json", store.environment(seed, summary.get("corpus_sha256")))
     return summary
 
 

@@ -24,7 +24,8 @@ def alignment_curves(run_dir: Path) -> tuple[dict[str, list[Record]], dict[str, 
     """A run's alignment probes per role: ``{role: [{step, alpha, omega, u}, ...]}`` (means
     over the role's layers at each probe step) and the means over the second half of training
     (``{role: {alpha, omega, u, n_probes, steps}}``), from ``align/<exponent>/<param>`` keys."""
-    from hptransfer.alignment import EXPONENTS, average_by_role
+    from hptransfer.analysis.alignment import average_by_role
+    from hptransfer.probes.alignment import EXPONENTS
     from hptransfer.store import read_metrics
 
     cfg, table = role_table(run_dir)
@@ -44,8 +45,8 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     per exponent, colour = width, line style = role."""
     import matplotlib.pyplot as plt
 
-    from hptransfer.alignment import EXPONENTS
     from hptransfer.plots import plot_alignment
+    from hptransfer.probes.alignment import EXPONENTS
 
     runs = df[df["status"] == "ok"].sort_values([*repro.by, "width"])
     settings = list(runs.groupby(list(repro.by), sort=True))

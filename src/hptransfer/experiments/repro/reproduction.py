@@ -50,10 +50,10 @@ class Reproduction:
 
 def role_table(run_dir: Path) -> tuple[RunConfig, RoleTable]:
     """A stored run's config and its RoleTable (model built on the meta device)."""
+    from hptransfer.assemble import model_factory
     from hptransfer.config import from_dict
     from hptransfer.param.roles import roles_from_factory
     from hptransfer.store import read_json
-    from hptransfer.train import model_factory
 
     cfg = from_dict(read_json(run_dir / "config.json"))
     p = cfg.param

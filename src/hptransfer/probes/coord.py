@@ -1,4 +1,4 @@
-"""Per-layer statistics measured while training.
+"""Coordinate check: per-layer activation sizes measured while training, across widths.
 
 coord_check: the activation RMS of every layer with parameters (and the logits) over the first
 k steps, at several widths. A parameterization that transfers keeps these sizes width-free
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from hptransfer import data as data_mod
+from hptransfer.assemble import build, loss_fn
 from hptransfer.config import RunConfig
-from hptransfer.train import build, loss_fn
 
 
 def _rms_hook(records: list, layer: str, width: int, step_ref: list[int | None]):
