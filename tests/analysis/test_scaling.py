@@ -161,10 +161,10 @@ def _two_widths(big_ks: range, diverge_from: int | None = None) -> pd.DataFrame:
 
 
 def test_transfer_penalty_uses_measured_loss_outside_fitted_range() -> None:
-    # At 1024, eta* = 1e-2 / 16 (k = -8). With curvature 0.5 the 1.35 threshold keeps only
-    # |ln lr - ln eta*| <= sqrt(0.35 * L* / 0.5) ~ 1.2, so the transferred LR (k = 0, 2.77 away
-    # in ln lr) is outside the fitted range: the penalty is the measured grid loss there minus
-    # L*: 0.5 (4 ln 2)^2 = 3.8436 nats.
+    # At 1024, eta* = 1e-2 / 16 (k = -8). The fit keeps the points within one octave of it
+    # (|ln lr - ln eta*| <= ln 2), so the transferred LR (k = 0, 4 octaves away) is outside
+    # the fitted range: the penalty is the measured grid loss there minus L*:
+    # 0.5 (4 ln 2)^2 = 3.8436 nats.
     df = _two_widths(range(-12, 3))
     df["final_eval_loss"] += (0.5 - 0.1) * (
         np.log(df["lr"]) - (np.log(1e-2) - np.log(df["width"] / 64))
