@@ -107,6 +107,7 @@ def test_kappa_and_e_on_constructed_optima() -> None:
             "width": n.astype(int),
             "lr_interp": 1e-2 * (n / 64) ** -1.0 * np.exp(d),
             "loss_interp": 2 + 5 * n**-0.5,
+            "loss_grid": 2 + 5 * n**-0.5,
             "curvature": 0.2 * (n / 64) ** -0.25,
             "interp_ok": True,
             "at_edge": False,
@@ -122,6 +123,38 @@ def test_kappa_and_e_on_constructed_optima() -> None:
     assert row["gamma"] == pytest.approx(1.75, rel=1e-9)
     assert row["alpha"] == pytest.approx(0.5, rel=1e-4)
     assert row["kappa"] == pytest.approx(0.25, abs=1e-4)
+
+
+def test_loss_law_is_fitted_on_the_raw_grid_minimum_by_default() -> None:
+    """[K]'s released code fits L* = L_inf + A N^-alpha to the best measured loss per width;
+    the quadratic's vertex (loss_interp) is an option. Here the two follow different laws."""
+    n = 64.0 * 2.0 ** np.arange(5)
+    optima = pd.DataFrame(
+        {
+            "parameterization": "sp",
+            "optimizer": "adam",
+            "width": n.astype(int),
+            "lr_interp": 1e-2,
+            "loss_interp": 2.0 + 5 * n**-0.5,
+            "loss_grid": 2.1 + 3 * n**-0.8,
+            "curvature": 0.2,
+            "interp_ok": True,
+            "at_edge": False,
+            "fit_lr_lo": 1e-3,
+            "fit_lr_hi": 1e-1,
+        }
+    )
+    ref = optima.assign(parameterization="mup", loss_grid=optima["loss_grid"] - 0.05)
+    both = pd.concat([optima, ref], ignore_index=True)
+    grid = fit_transfer(both, reference="mup").set_index("parameterization").loc["sp"]
+    assert grid["L_inf"] == pytest.approx(2.1, abs=1e-4)
+    assert grid["alpha"] == pytest.approx(0.8, abs=1e-4)
+    assert grid["R_inf"] == pytest.approx(0.05, abs=1e-4)
+    interp = fit_transfer(optima, optimum_loss="interpolated").iloc[0]
+    assert interp["L_inf"] == pytest.approx(2.0, abs=1e-4)
+    assert interp["alpha"] == pytest.approx(0.5, abs=1e-4)
+    with pytest.raises(ValueError, match="optimum_loss='vertex'; choose one of grid"):
+        fit_transfer(optima, optimum_loss="vertex")
 
 
 def test_transfer_and_extrapolation_penalties_match_hand_values() -> None:
@@ -161,10 +194,10 @@ def _two_widths(big_ks: range, diverge_from: int | None = None) -> pd.DataFrame:
 
 
 def test_transfer_penalty_uses_measured_loss_outside_fitted_range() -> None:
-    # At 1024, eta* = 1e-2 / 16 (k = -8). With curvature 0.5 the 1.35 threshold keeps only
-    # |ln lr - ln eta*| <= sqrt(0.35 * L* / 0.5) ~ 1.2, so the transferred LR (k = 0, 2.77 away
-    # in ln lr) is outside the fitted range: the penalty is the measured grid loss there minus
-    # L*: 0.5 (4 ln 2)^2 = 3.8436 nats.
+    # At 1024, eta* = 1e-2 / 16 (k = -8). The fit keeps the points within one octave of it
+    # (|ln lr - ln eta*| <= ln 2), so the transferred LR (k = 0, 4 octaves away) is outside
+    # the fitted range: the penalty is the measured grid loss there minus L*:
+    # 0.5 (4 ln 2)^2 = 3.8436 nats.
     df = _two_widths(range(-12, 3))
     df["final_eval_loss"] += (0.5 - 0.1) * (
         np.log(df["lr"]) - (np.log(1e-2) - np.log(df["width"] / 64))

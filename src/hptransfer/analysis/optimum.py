@@ -6,9 +6,18 @@ into the optimum eta*(N), L*(N) and the curvature a(N) of the quadratic model, i
 
     L(eta) = L* + a (ln eta - ln eta*)^2,
 
-fitted by least squares over the grid points with L <= threshold * L_min (at least `min_points`
-of them). The threshold rule (1.35) follows [K]'s released figures; reading it as a ratio to the
-minimum is our assumption, which presumes positive losses.
+fitted by least squares over the grid points within one octave (a factor 2 in eta,
+`WINDOW_OCTAVES`) of the best grid point, at least `min_points` of them: the best point and
+its two neighbours on an octave grid, five points on a half-octave grid. This is the one
+estimator of the package (report, plots and reproductions all use it). It was chosen on
+synthetic LR curves with known optima (lopsided, flat-bottomed, noisy, diverging on one side,
+kinked; octave and half-octave grids; 1 and 3 seeds), against a window of the loss (L <= 1.35
+L_min, the value of [K]'s released figures; L <= 1.03 L_min), wider LR windows, the 3-point
+parabola and the raw grid minimum: it had the lowest loss cost of its errors and the lowest
+mean error (0.27 octave; the 3-point parabola within 0.01); the 1.35 loss window put lopsided
+optima 1 to 1.5 octaves off, because at losses of a few nats it spans the whole curve
+(docs/sweeps.md has the table; tests/analysis/test_optimum_estimators.py checks it). A window
+in ln eta, unlike one in L, does not depend on the loss level.
 
 Run status conventions (one rule, used everywhere in analysis):
 - usable: status "ok" and a finite loss;
@@ -28,6 +37,10 @@ import pandas as pd
 DEFAULT_BY: tuple[str, ...] = ("parameterization", "optimizer")
 
 _BOOT_PERCENTILES = (16.0, 84.0)
+
+WINDOW_OCTAVES = 1.0
+"""The quadratic is fitted to the grid points within this many octaves (log2 of eta) of the
+best grid point (see the module docstring)."""
 
 
 def _check_columns(df: pd.DataFrame, by: Sequence[str], loss: str) -> list[str]:
@@ -81,14 +94,12 @@ def lr_curves(
     return out
 
 
-def _fit_quadratic(
-    x: np.ndarray, y: np.ndarray, threshold: float, min_points: int
-) -> dict[str, np.ndarray]:
+def _fit_quadratic(x: np.ndarray, y: np.ndarray, min_points: int) -> dict[str, np.ndarray]:
     """Batched quadratic fit of y against x = ln(lr), one fit per row of y.
 
     x has shape (P,) (sorted), y shape (B, P) with NaN where a point is missing. Each row keeps
-    the points with y <= threshold * min(y), topped up with the points nearest in x to the grid
-    optimum until min_points are kept, then solves the 3x3 normal equations of
+    the points within `WINDOW_OCTAVES` of its grid optimum, topped up with the points nearest in
+    x to the grid optimum until min_points are kept, then solves the 3x3 normal equations of
     y = c0 + c1 u + c2 u^2 with u = x - x_best (centred for conditioning). The vertex gives
     ln eta* = x_best - c1 / (2 c2), L* = c0 - c1^2 / (4 c2) and a = c2; the fit is accepted
     (ok) when at least 3 points are kept, a > 0 and the vertex lies inside the kept x range.
@@ -114,8 +125,8 @@ def _fit_quadratic(
     i_best = np.argmin(y_inf, axis=1)
     y_best = y_inf[rows, i_best]
     x_best = x[i_best]
-    keep = finite & (y <= threshold * y_best[:, None])
     dist = np.where(finite, np.abs(x[None, :] - x_best[:, None]), np.inf)
+    keep = dist <= WINDOW_OCTAVES * np.log(2.0) * (1.0 + 1e-9)  # a grid point at 1 octave too
     rank = dist.argsort(axis=1, kind="stable").argsort(axis=1)
     short = keep.sum(axis=1) < min_points
     keep |= short[:, None] & (rank < min_points) & finite
@@ -179,7 +190,6 @@ def find_optima(
     df: pd.DataFrame,
     by: Sequence[str] = DEFAULT_BY,
     loss: str = "final_eval_loss",
-    threshold: float = 1.35,
     min_points: int = 3,
     n_boot: int = 200,
     seed: int = 0,
@@ -187,9 +197,10 @@ def find_optima(
     """Optimal LR and loss per (setting, width) of an LR sweep.
 
     Seeds are averaged per LR first; the quadratic L = L* + a (ln eta - ln eta*)^2 is then fitted
-    to the points with L <= threshold * L_min (at least `min_points`, topped up with the grid
-    points nearest in ln eta to the grid optimum). Diverged and ignored runs are excluded from the
-    fits; an LR where any seed diverged is excluded at that width.
+    to the points within one octave of the best grid point (at least `min_points`, topped up
+    with the grid points nearest in ln eta to the grid optimum; see the module docstring).
+    Diverged and ignored runs are excluded from the fits; an LR where any seed diverged is
+    excluded at that width.
 
     With several seeds, a bootstrap over seeds (n_boot resamples, seeds drawn with replacement,
     the whole fit redone on each) gives lr_interp_lo / lr_interp_hi as the 16th / 84th
@@ -232,13 +243,13 @@ def find_optima(
             lr_all[sel], g["_seed"].to_numpy()[sel], g["_loss"].to_numpy()[sel], lrs_good
         )
         x = np.log(lrs_good)
-        fit = _fit_quadratic(x, _seed_mean(mat, axis=0)[None, :], threshold, min_points)
+        fit = _fit_quadratic(x, _seed_mean(mat, axis=0)[None, :], min_points)
         at_edge = x.size < 2 or fit["x_best"][0] in (x[0], x[-1])
 
         lo = hi = np.nan
         if mat.shape[0] > 1 and n_boot > 0:
             draw = rng.integers(0, mat.shape[0], size=(n_boot, mat.shape[0]))
-            boot = _fit_quadratic(x, _seed_mean(mat[draw], axis=1), threshold, min_points)
+            boot = _fit_quadratic(x, _seed_mean(mat[draw], axis=1), min_points)
             xs = boot["x_interp"][np.isfinite(boot["x_interp"])]
             if xs.size:
                 lo, hi = np.exp(np.percentile(xs, _BOOT_PERCENTILES))

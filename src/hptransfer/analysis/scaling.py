@@ -17,6 +17,11 @@ gamma = gamma_log + 2 beta. Both are reported; kappa uses the linear-LR gamma, a
   loss of a relative LR error eps, as a fraction of the reducible loss A N^-alpha, scales like
   N^kappa eps^2; kappa < 0 means transfer becomes more forgiving with width.
 - R_inf: L_inf of the setting minus L_inf of a reference setting.
+
+The loss law (alpha, L_inf, hence kappa and R_inf) is fitted on each width's best grid loss
+(``loss_grid``, the seed mean at the best grid LR), as [K]'s released code does;
+``optimum_loss="interpolated"`` fits the quadratic's vertex ``loss_interp`` instead, which
+lies below every measured loss by an amount that depends on the grid's offset from the optimum.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import pandas as pd
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from hptransfer.analysis.optimum import DEFAULT_BY, lr_curves
+
+#: which per-width loss the loss law is fitted on: find_optima's column for each choice
+OPTIMUM_LOSSES = {"grid": "loss_grid", "interpolated": "loss_interp"}
 
 _ALPHA_MAX = 5.0
 _ALPHA_GRID = np.linspace(0.01, _ALPHA_MAX, 250)
@@ -167,11 +175,14 @@ def _penalty(loss: float, best: float) -> tuple[float, float]:
         return float(pen), float(100.0 * pen / best)
 
 
-def _setting_row(g: pd.DataFrame, curves: dict[int, pd.DataFrame] | None) -> dict[str, float]:
-    """All fitted quantities of one setting; g holds its optima rows sorted by width."""
+def _setting_row(
+    g: pd.DataFrame, curves: dict[int, pd.DataFrame] | None, loss_column: str
+) -> dict[str, float]:
+    """All fitted quantities of one setting; g holds its optima rows sorted by width; the loss
+    law is fitted on ``loss_column``."""
     widths = g["width"].to_numpy(dtype=float)
     c, beta, e = fit_lr_law(widths, g["lr_interp"])
-    l_inf, a, alpha = fit_loss_law(widths, g["loss_interp"])
+    l_inf, a, alpha = fit_loss_law(widths, g[loss_column])
     curv_ok = g["interp_ok"].to_numpy(dtype=bool) & (g["curvature"].to_numpy() > 0)
     curv = _log_log_fit(*_finite_pairs(widths[curv_ok], g["curvature"].to_numpy()[curv_ok]))
     gamma_log = np.nan if curv is None else curv[1]
@@ -246,6 +257,7 @@ def fit_transfer(
     by: Sequence[str] = DEFAULT_BY,
     reference: str | Mapping[str, object] | None = None,
     loss: str = "final_eval_loss",
+    optimum_loss: str = "grid",
 ) -> pd.DataFrame:
     """Scaling laws and transfer metrics per setting, from the output of `find_optima`.
 
@@ -253,7 +265,8 @@ def fit_transfer(
     - n_widths, width_min, width_max, n_at_edge (widths whose optimum is not bracketed);
     - C, beta, E: eta*(N) = C N^-beta on lr_interp, E our RMS natural-log residual;
     - drift_per_doubling = -beta: log2 of the factor eta* moves by per doubling of width;
-    - L_inf, A, alpha: L*(N) = L_inf + A N^-alpha on loss_interp (needs 3 widths);
+    - L_inf, A, alpha: L*(N) = L_inf + A N^-alpha (needs 3 widths) on the best grid loss
+      loss_grid ([K]'s released code), or on loss_interp with optimum_loss="interpolated";
     - gamma_log, gamma: curvature exponents in log and linear LR (gamma = gamma_log + 2 beta),
       fitted on widths with an accepted quadratic;
     - kappa = alpha - 2 beta + gamma;
@@ -270,6 +283,10 @@ def fit_transfer(
     range, else from the grid point nearest in ln LR in `df` (inf if it diverged; NaN without
     df). Values that cannot be computed are NaN; this function does not raise on thin data.
     """
+    if optimum_loss not in OPTIMUM_LOSSES:
+        raise ValueError(
+            f"optimum_loss={optimum_loss!r}; choose one of {', '.join(OPTIMUM_LOSSES)}"
+        )
     by = list(by)
     opt = optima.reset_index(drop=True).copy()
     opt["_row"] = np.arange(len(opt))
@@ -282,7 +299,8 @@ def fit_transfer(
     records = []
     for _, g in opt.groupby(by, dropna=False, sort=True):
         g = g.sort_values("width")
-        records.append({**g.iloc[0][by].to_dict(), **_setting_row(g, curves)})
+        row = _setting_row(g, curves, OPTIMUM_LOSSES[optimum_loss])
+        records.append({**g.iloc[0][by].to_dict(), **row})
     fits = pd.DataFrame.from_records(records, columns=[*by, *_FIT_COLUMNS])
     if not fits.empty:
         fits["R_inf"] = fits["L_inf"].to_numpy(dtype=float) - _reference_l_inf(fits, by, reference)

@@ -9,9 +9,14 @@ r"""Adam-atan2: Adam with the epsilon-division replaced by ``atan2``.
 
 There is no epsilon: the step is exactly invariant to a rescaling of the gradient, a zero
 gradient gives a zero step, and the step is bounded by ``eta * a * pi / 2``. Defaults: betas
-(0.9, 0.95) (the reference's default is (0.9, 0.99)), ``a`` = 1.27 (about 4/pi, so that
-``a * atan2(x, 1)`` is close to ``x`` for small ``x``), ``b`` = 1. ``a = b = 1`` is the other
-setting used in public readings of [E]; pass it explicitly.
+(0.9, 0.95) (the reference's default is (0.9, 0.99)), ``a`` = 1.27 (about 4/pi), ``b`` = 1.
+With ``x = m_hat / sqrt(v_hat)`` (Adam's step per unit LR, without epsilon) and ``b = 1`` the
+step is ``a * atan(x)``: ``a = 4/pi`` makes it equal Adam's where ``|m_hat| = sqrt(v_hat)``
+(``x = +-1``, e.g. a gradient of constant sign and size), since ``atan(1) = pi/4``; for small
+``x`` it is about ``a * x``, 1.27 times Adam's step, and for large ``x`` it saturates at
+``a * pi/2``.
+``a = b = 1`` (the small-``x`` match) is the other setting used in public readings of [E]; pass
+it explicitly.
 
 Weight decay is a multiplicative shrink applied before the update (see
 :mod:`hptransfer.optim`): coupled ``w *= 1 - lr * wd`` (the reference's default form) or

@@ -31,7 +31,15 @@ where this schedule trains. Roots are computed in the parameter's dtype (at leas
 one batched ``eigh`` per statistic: in float32 they are accurate to about 1e-3 relative on the
 gradient for a relative ``eps`` >= 1e-6. An eigendecomposition that fails (an error, or MKL's
 float32 ``eigh`` returning NaN, as it does for some statistics with many zero rows) is redone
-in float64.
+in float64. Where that fails too (MKL's float64 ``eigh`` raised on such statistics with one
+thread: nanodo with 8 tokens, widths 512 and 1024), a run must not stop: each matrix of the
+stack is then decomposed on its own in float64; one that still fails is decomposed shifted,
+``M + d I`` with ``d`` its mean eigenvalue (``trace / dim``), and ``d`` is subtracted from the
+eigenvalues again (a shift moves no eigenvector, so this is the same root up to float64
+rounding, about ``1e-16 max(lam)``, far below ``e``); one that fails even so keeps its previous
+root (none at the first refresh: no step on that block until the next refresh, as for an
+all-zero statistic). Each matrix that needed the shift or kept its root adds 1 to the
+parameter's ``state["eigh_fallbacks"]`` (absent while none did).
 
 Stale roots (the steps between refreshes) are the optimizer's weak point: with statistics that
 include the current gradient, each block's step has spectral norm at most ``lr`` (``L >= G
@@ -182,29 +190,61 @@ def block_classes(rows: int, cols: int, max_dim: int) -> tuple[BlockGrid, ...]:
 
 
 def inverse_root(
-    mats_BxMxM: Tensor, root: int, eps: float, relative: bool, scale: float = 1.0
-) -> Tensor:
+    mats_BxMxM: Tensor,
+    root: int,
+    eps: float,
+    relative: bool,
+    scale: float = 1.0,
+    previous_BxMxM: Tensor | None = None,
+) -> tuple[Tensor, int]:
     """``(scale M + e I)^(-1/root)`` for a stack of symmetric PSD matrices (``e`` as in the
     module docstring, from the scaled eigenvalues), via ``eigh`` in the input's dtype (at least
-    float32, float64 if that fails).
-    ``eigh`` reads only the lower triangle, so a statistic that is symmetric up to rounding
-    needs no symmetrizing."""
+    float32), and the number of matrices that needed a fallback.
+    Where ``eigh`` fails (an error or a non-finite result) the stack is redone in float64, and
+    where that fails each matrix alone, then shifted, then ``previous`` (zeros if None) stands in
+    for its root (module docstring); the count is the matrices that needed the shift or kept
+    their previous root. ``eigh`` reads only the lower triangle, so a statistic that is symmetric
+    up to rounding needs no symmetrizing."""
     work = mats_BxMxM.to(torch.promote_types(mats_BxMxM.dtype, torch.float32))
+    found = _eigh(work) or _eigh(work.double())
+    if found is not None:
+        return _powered(*found, root, eps, relative, scale).to(mats_BxMxM.dtype), 0
+    roots, fallbacks = [], 0
+    for i, mat in enumerate(work.double()):
+        found = _eigh(mat)
+        if found is None:
+            fallbacks += 1
+            shift = mat.diagonal().mean()
+            found = _eigh(mat + shift * torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device))
+            found = None if found is None else (found[0] - shift, found[1])
+        if found is not None:
+            roots.append(_powered(*found, root, eps, relative, scale))
+        elif previous_BxMxM is not None:
+            roots.append(previous_BxMxM[i].to(mat.dtype))
+        else:
+            roots.append(torch.zeros_like(mat))
+    return torch.stack(roots).to(mats_BxMxM.dtype), fallbacks
+
+
+def _eigh(mats: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``torch.linalg.eigh(mats)``, or None where it raises or gives a non-finite result."""
     try:
-        lam, q = torch.linalg.eigh(work)
-        # one reduction instead of an elementwise test: a NaN or inf anywhere makes it non-finite
-        # (eigenvector entries are at most 1 in size, so the sum cannot overflow)
-        failed = not torch.isfinite(lam.sum() + q.sum()).item()
+        lam, q = torch.linalg.eigh(mats)
     except torch.linalg.LinAlgError:
-        failed = True
-    if failed:  # e.g. MKL's float32 eigh returns NaN for some matrices with many zero rows
-        lam, q = torch.linalg.eigh(work.double())
+        return None
+    # one reduction instead of an elementwise test: a NaN or inf anywhere makes it non-finite
+    # (eigenvector entries are at most 1 in size, so the sum cannot overflow)
+    return (lam, q) if torch.isfinite(lam.sum() + q.sum()).item() else None
+
+
+def _powered(lam: Tensor, q: Tensor, root: int, eps: float, relative: bool, scale: float) -> Tensor:
+    """``Q diag((scale max(lam, 0) + e)^(-1/root)) Q^T``, zero along directions where the shifted
+    eigenvalue is 0 (an all-zero statistic in relative mode, or eps = 0)."""
     lam = lam.clamp_min(0.0) * scale
     reg = eps * lam.amax(-1, keepdim=True) if relative else eps
     shifted = lam + reg
-    # an all-zero statistic (relative mode) or eps = 0: no step along zero eigenvalues
     powered = torch.where(shifted > 0, shifted, 1.0).pow(-1.0 / root) * (shifted > 0)
-    return ((q * powered.unsqueeze(-2)) @ q.mT).to(mats_BxMxM.dtype)
+    return (q * powered.unsqueeze(-2)) @ q.mT
 
 
 class Shampoo(InHouseOptimizer):
@@ -325,8 +365,9 @@ class Shampoo(InHouseOptimizer):
 
     def _refresh_roots(self, group: dict[str, Any], matrices: list[tuple[Tensor, State]]) -> None:
         """Recompute due inverse roots, one batched ``eigh`` per statistic (all blocks of one
-        shape). Not concatenated across parameters: ``eigh`` runs matrix by matrix anyway, and
-        large temporaries cost more in fresh memory pages than the batching saves."""
+        shape), counting fallbacks in ``state["eigh_fallbacks"]``. Not concatenated across
+        parameters: ``eigh`` runs matrix by matrix anyway, and large temporaries cost more in
+        fresh memory pages than the batching saves."""
         for p, st in matrices:
             if not self._refreshes(st["step"]):
                 continue
@@ -334,8 +375,13 @@ class Shampoo(InHouseOptimizer):
             scale = 1.0 if decay is None else 1.0 / (1.0 - decay ** st["step"])  # bias correction
             for c in range(len(self._classes(p))):
                 for key in (f"L{c}", f"R{c}"):
-                    root = inverse_root(st[key], 4, group["eps"], group["eps_relative"], scale)
+                    old = st.get(f"{key}_root")  # stands in where eigh fails
+                    root, fallbacks = inverse_root(
+                        st[key], 4, group["eps"], group["eps_relative"], scale, old
+                    )
                     st[f"{key}_root"] = root.to(self._product_dtype(root.dtype))
+                    if fallbacks:
+                        st["eigh_fallbacks"] = st.get("eigh_fallbacks", 0) + fallbacks
 
     def _precondition(
         self, group: dict[str, Any], p: Tensor, st: State, grads_KxMxN: list[Tensor]

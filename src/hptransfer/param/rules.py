@@ -118,13 +118,22 @@ def solve_c(
     learning rates minimize sum(c); this is a linear program (each min(...) >= 0 splits into
     one inequality per term, and r_l enters later rows only with a positive sign), solved here
     with HiGHS and snapped back to exact fractions when the inputs were fractions.
-    """
+
+    ``n_hidden`` is the number of hidden layers in series that the chain models: the model's
+    hidden matrices along its longest path (docs/alignment.md counts them per model: depth for
+    the MLP, 4 per block for nanodo and llama). The presets do not depend on it (the default 2
+    gives [E]'s tables). Per layer, r_l <= min(U - alpha, r_{l-1} + s) with
+    s = min(U - u, 1/2 - omega): where s < 0 the chain loses |s| per layer, so c grows with
+    n_hidden. omega > 1/2 makes s < 0 for every c, and the hidden c (mostly the input c too)
+    then rises with depth; with omega <= 1/2 and u <= alpha, U >= alpha >= u gives s >= 0 and c
+    does not depend on n_hidden; u > alpha can go either way (the LP may buy s < 0 cheaper at
+    small depth)."""
     from scipy.optimize import linprog
 
     if family not in FAMILIES:
         raise ValueError(f"unknown optimizer family {family!r}; choose one of {list(FAMILIES)}")
-    if n_hidden < 1:
-        raise ValueError("n_hidden must be >= 1")
+    if isinstance(n_hidden, bool) or not isinstance(n_hidden, int) or n_hidden < 1:
+        raise ValueError(f"n_hidden must be an integer >= 1, got {n_hidden!r}")
     al = _per_role(alignment)
     a = {r: float(abc[r][0]) for r in ROLES3}
     b = {r: float(abc[r][1]) for r in ROLES3}
