@@ -312,11 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_coord_check)
 
     # stages owned by their own modules; each registers its parser (no heavy imports there)
-    from hptransfer import demo, report, repro, tune
+    from hptransfer import demo, predict_cli, report, repro, tune
     from hptransfer.sweep import command as sweep_command
     from hptransfer.sweep import ls
 
-    for module in (demo, sweep_command, ls, tune, report, repro):
+    for module in (demo, sweep_command, ls, tune, report, predict_cli, repro):
         module.add_parser(sub)
     return parser
 
