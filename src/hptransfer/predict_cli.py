@@ -249,7 +249,7 @@ def _table(args, rows: list[dict], label, why: str, notes: list[str]) -> str:
                 f"{r['lr']:.4g}",
                 f"{r['lr_lo']:.4g} .. {r['lr_hi']:.4g}",
                 f"{r['keep_share']:.0%}",
-                f"{r['drift_per_doubling']:+.3f}",
+                f"{round(r['drift_per_doubling'], 3) + 0.0:+.3f}",
                 f"{r['E']:.3f}" if r["n_widths"] > 2 else "-",
                 f"{r['loss']:.4f}" if math.isfinite(r["loss"]) else "-",
             )
