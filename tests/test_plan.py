@@ -109,7 +109,18 @@ def test_apply_without_init_keeps_the_values(exported: dict) -> None:
     groups = plan.apply(model, init=False)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert sum(len(g["params"]) for g in groups) == len(before)
-    torch.optim.Adam(groups)  # the groups are a valid optimizer argument as they are
+    # the plain loop of docs/predict.md: the groups go to a torch optimizer as they are
+    opt = torch.optim.AdamW(groups)
+    x = torch.randint(0, 256, (2, 8))
+    for _ in range(2):
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert math.isfinite(loss.item())
+    assert not torch.equal(before["head.weight"], model.head.weight)
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in groups]
 
 
 def test_apply_refuses_a_model_of_another_width(exported: dict) -> None:
