@@ -87,6 +87,10 @@ def _template(root: Path, df: pd.DataFrame, by: list[str], row: dict) -> tuple[R
     return from_dict(read_json(run_dir(root, run_id) / "config.json")), run_id
 
 
+def _isnum(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _isna(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -221,7 +225,11 @@ def _plain(x: Any) -> Any:
 
 
 def _json(args, rows: list[dict], by: list[str], label, why: str, notes: list[str]) -> dict:
-    settings = [{**r, "warnings": list(r["warnings"])} for r in rows]
+    settings = [
+        {k: None if _isnum(v) and not math.isfinite(v) else v for k, v in r.items()}
+        | {"warnings": list(r["warnings"])}
+        for r in rows
+    ]
     return {
         "sweep_dir": str(args.dir),
         "width": args.width,
@@ -236,7 +244,7 @@ def _json(args, rows: list[dict], by: list[str], label, why: str, notes: list[st
 
 def _table(args, rows: list[dict], label, why: str, notes: list[str]) -> str:
     pct = f"{args.level:.0%}"
-    head = ("setting", "rule", "base LR", f"{pct} interval", "keep", "drift/2x", "E", "loss")
+    head = ("setting", "rule", "base LR", f"{pct} interval", "kept", "drift/2x", "E", "loss")
     lines = [head]
     for r in rows:
         if not math.isfinite(r["lr"]):
