@@ -63,7 +63,8 @@ def test_transfers_keeps_the_measured_optimum() -> None:
     assert row["lr"] == row["lr_keep"]
     assert row["beta_lo"] <= 0 <= row["beta_hi"]
     assert row["loss"] == pytest.approx(3 + 2 * 2048**-0.5, abs=0.01)
-    assert row["warnings"] == ()  # 2048 = 8 x 256: not yet far
+    # 2048 = 8 x 256: not yet far; three widths: the loss law is exact, which is said
+    assert [w.split(":")[0] for w in row["warnings"]] == ["three widths"]
 
 
 def test_drift_extrapolates_the_law() -> None:

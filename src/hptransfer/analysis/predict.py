@@ -159,6 +159,11 @@ def _warnings(fit: dict, width: float, n_residuals: int, at_edge: list[int]) -> 
         notes.append("two widths only: E cannot judge the law and no loss law is fitted")
     elif np.isfinite(fit["E"]) and fit["E"] > E_POOR:
         notes.append(f"poor fit: E = {fit['E']:.3g} > {E_POOR:g} (the optima stray from C N^-beta)")
+    if fit["n_widths"] == 3 and np.isfinite(fit["L_inf"]):
+        notes.append(
+            "three widths: the loss law (3 parameters) fits them exactly, so the expected "
+            "loss is an unchecked extrapolation"
+        )
     if at_edge:
         notes.append(
             f"the LR grid does not bracket the optimum at width(s) {at_edge}: extend the grid"
@@ -185,7 +190,7 @@ def predict_lr(
     drift per doubling (-beta), C, E, loss (expected L* at ``width``, NaN without a loss
     law), n_widths / width_min / width_max / n_at_edge (widths with an optimum), n_residuals
     (runs resampled) and warnings (a tuple of sentences: far extrapolation, poor fit, two
-    widths only, unbracketed optima).
+    widths only, a loss law that fits three widths exactly, unbracketed optima).
 
     Raises ConfigError when no run converged, no setting has optima at two widths, or
     ``width`` lies below the smallest swept width.
