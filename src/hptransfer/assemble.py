@@ -59,16 +59,25 @@ def _switch_on(cfg: RunConfig, switch: str) -> bool:
     return bool(code) and code[K_SWITCHES.index(switch)] == "1"
 
 
-def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
-    """Model, roles, parameterization and optimizer for ``cfg`` (seeded by ``cfg.seed``)."""
-    p, o = cfg.param, cfg.optimizer
-    corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.data)
-    torch.manual_seed(cfg.seed)
-    factory = model_factory(cfg, corpus.vocab_size)
-    model = factory(cfg.model.width).to(DTYPES[cfg.train.dtype])
-    roles = roles_from_factory(
+def run_roles(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> RoleTable:
+    """The roles table of ``cfg``'s model (``factory`` at model.width against param.base_width)."""
+    p = cfg.param
+    return roles_from_factory(
         factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied
     )
+
+
+def parameterize_run(
+    cfg: RunConfig,
+    model: nn.Module,
+    roles: RoleTable,
+    *,
+    init: bool = True,
+    generator: torch.Generator | None = None,
+) -> Parameterization:
+    """``cfg``'s rule applied to ``model``: init (unless ``init=False``), forward multipliers,
+    param groups at base LR optimizer.lr, and the residual-branch depth multipliers."""
+    p, o = cfg.param, cfg.optimizer
     rule = make_rule(
         p.name,
         o.name,
@@ -83,7 +92,6 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
         options=o.options,
         k_switches=p.k_switches,
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
     par = parameterize(
         model,
         roles,
@@ -96,11 +104,24 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
         form=p.form,
         eps_mode=p.eps_mode,
         init_scale={"input": p.init_input, "hidden": p.init_hidden, "output": p.init_output},
-        generator=gen,
+        init=init,
+        generator=generator,
     )
     if p.depth_exponent:  # residual-branch multipliers (depth_base / depth)^p
         d = (cfg.model.depth, p.depth_base, p.depth_exponent)
         scale_depth(par, model, *d, branches=p.depth_branches.split(","), scale_lr=p.depth_lr)
+    return par
+
+
+def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
+    """Model, roles, parameterization and optimizer for ``cfg`` (seeded by ``cfg.seed``)."""
+    corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.data)
+    torch.manual_seed(cfg.seed)
+    factory = model_factory(cfg, corpus.vocab_size)
+    model = factory(cfg.model.width).to(DTYPES[cfg.train.dtype])
+    roles = run_roles(cfg, factory)
+    par = parameterize_run(cfg, model, roles, generator=torch.Generator().manual_seed(cfg.seed))
+    o = cfg.optimizer
     optimizer = build_optimizer(o.name, par.param_groups, **o.hparams())
     return Setup(model, roles, par, optimizer, corpus)
 

@@ -21,6 +21,7 @@ from hptransfer.cli import (
     coord_check,
     demo,
     ls,
+    predict,
     report,
     repro,
     rules,
@@ -30,7 +31,7 @@ from hptransfer.cli import (
 )
 from hptransfer.errors import ConfigError
 
-COMMANDS = (train, rules, coord_check, demo, sweep, ls, tune, report, repro)
+COMMANDS = (train, rules, coord_check, demo, sweep, ls, tune, report, predict, repro)
 """In the order `hptransfer --help` lists them."""
 
 

@@ -221,12 +221,14 @@ def parameterize(
     form: str = "multiplier",
     eps_mode: str = "constant",
     init_scale: dict[str, float] | None = None,
+    init: bool = True,
     generator: torch.Generator | None = None,
 ) -> Parameterization:
     """Re-initialize ``model`` in place per ``rule``, install its forward multipliers, and
     return the param groups (``lr``, ``eps``, ``weight_decay``, ``role``, ``name`` per group)
     for any torch optimizer. ``lr`` is the base LR beta. Parameters are re-initialized in the
-    roles table's order from ``generator``, so a seed fixes the init.
+    roles table's order from ``generator``, so a seed fixes the init; ``init=False`` keeps the
+    model's values (a trained or loaded model: only multipliers and param groups change).
     """
     owners = _owners(model)
     missing = [e.name for e in roles if e.name not in owners]
@@ -252,7 +254,7 @@ def parameterize(
     for name, s in specs.items():
         module, pname = owners[name]
         p = getattr(module, pname)
-        if s.init_std is not None:
+        if init and s.init_std is not None:
             if s.init_std == 0.0:
                 p.zero_()
             else:

@@ -4,6 +4,6 @@
 `page` renders the page through the Jinja2 template in ``templates/``.
 """
 
-from hptransfer.report.build import ReportWarning, build_report, setting_columns
+from hptransfer.report.build import ReportWarning, build_report, load_sweep, setting_columns
 
-__all__ = ["ReportWarning", "build_report", "setting_columns"]
+__all__ = ["ReportWarning", "build_report", "load_sweep", "setting_columns"]

@@ -49,7 +49,7 @@ class ReportWarning(UserWarning):
 # Loading
 
 
-def _load(sweep_dir: Path) -> tuple[pd.DataFrame, int, list[str]]:
+def load_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, int, list[str]]:
     """Runs of the sweep, the number of unreadable run directories, and load_runs' complaints.
 
     Raises ConfigError when the directory is missing, holds no runs, or only unreadable ones.
@@ -307,7 +307,7 @@ def build_report(
     from hptransfer.store import write_json, write_text
 
     sweep_dir = Path(sweep_dir)
-    df, unreadable, problems = _load(sweep_dir)
+    df, unreadable, problems = load_sweep(sweep_dir)
     by = list(by) if by is not None else setting_columns(df)
     counts = _counts(df, unreadable)
     unfinished = counts["running"] + counts["pending"]
