@@ -9,8 +9,10 @@ Layout of a results directory::
 
 Every JSON file is written to a temporary name and renamed into place, so a reader (or a
 resumed sweep) never sees half a file. A run is finished when its summary.json says ok,
-diverged or failed. A run is claimed by creating its lock with O_CREAT|O_EXCL; a lock whose pid
-is dead (same host) or whose heartbeat is older than the timeout is stale and may be taken over.
+diverged or failed. A run is claimed by publishing a complete lock record under the name
+``lock`` with os.link (which fails when the name exists), so no reader ever sees an empty or
+half-written lock. A lock whose pid is dead or a zombie (same host), or whose heartbeat is older
+than the timeout (any host), is stale and may be taken over.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ FINISHED = ("ok", "diverged", "failed")
 
 LOCK_TIMEOUT_S = 600.0
 """A lock whose heartbeat is older than this is stale (the holder is presumed dead)."""
+
+HEARTBEAT_S = 5.0
+"""Seconds between a lock holder's heartbeats. A lock timeout must span several of them
+(sweep.lock_timeout_s >= 3 * HEARTBEAT_S), or a live holder's lock would look stale."""
 
 COLUMNS = (
     "run_id", "status", "parameterization", "optimizer", "width", "lr", "seed",
@@ -103,27 +109,39 @@ def _lock_record() -> dict[str, Any]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host; a zombie (dead, not yet reaped) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    except (OverflowError, ValueError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs (macOS): the signal answered
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def lock_is_stale(record: dict[str, Any] | None, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
     """A lock is stale when its heartbeat is too old, or its pid is dead on this host.
 
-    A lock naming this very process is stale too: it is left from an earlier run of a
-    recycled pid, since a process never waits for a run it holds itself.
+    Another host's pid says nothing here, so its lock is judged by the heartbeat age alone. A
+    lock naming this very process is stale too: it is left from an earlier run of a recycled
+    pid, since a process never waits for a run it holds itself.
     """
     if not isinstance(record, dict):
         return True
-    if time.time() - float(record.get("heartbeat", 0)) > timeout_s:
+    try:
+        age = time.time() - float(record.get("heartbeat", 0))
+        pid = int(record.get("pid", -1))
+    except (TypeError, ValueError):
+        return True
+    if not age <= timeout_s:
         return True
     if record.get("hostname") == socket.gethostname():
-        pid = int(record.get("pid", -1))
         return pid == os.getpid() or not _pid_alive(pid)
     return False
 
@@ -138,8 +156,8 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
 def try_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
     """Claim ``directory/lock``; take over a stale lock. True when this process holds it.
 
-    Takeover is serialised by ``lock.takeover`` (also O_EXCL), so two processes that both see
-    a stale lock cannot both replace it.
+    Takeover is serialised by ``lock.takeover`` (claimed the same way), so two processes that
+    both see a stale lock cannot both replace it.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -167,17 +185,26 @@ def try_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
 
 
 def _create_exclusive(path: Path) -> bool:
+    """Publish this process's lock record at ``path`` whole, unless ``path`` exists.
+
+    The record is written to a temporary file first and hard-linked to ``path``; the link
+    fails when the name exists, and readers see either no file or the complete record.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(_lock_record()))
+        os.link(tmp, path)
+    except (FileExistsError, FileNotFoundError):  # taken, or the holder cleared our temp file
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(_lock_record()))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return True
 
 
 def heartbeat(directory: str | Path) -> bool:
-    """Refresh the heartbeat of this process's lock; False if the lock is no longer ours."""
+    """Refresh the heartbeat of this process's lock; False if the lock is no longer ours (or
+    is gone). The fresh record replaces the old one by rename, so it too appears whole."""
     lock = Path(directory) / "lock"
     record = _read_lock(lock) or {}
     mine = _lock_record()
