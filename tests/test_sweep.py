@@ -54,6 +54,11 @@ def write_spec(tmp_path: Path, text: str = SPEC, name: str = "spec.toml") -> Pat
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Route runs to the fake train; returns the path of its start/done log."""
+    return route_to_fake(monkeypatch, tmp_path)
+
+
+def route_to_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Set the environment that makes sweeps run the fake train; returns its log's path."""
     log = tmp_path / "train.log"
     monkeypatch.setenv("HPTRANSFER_TRAIN_FN", FAKE)
     monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))

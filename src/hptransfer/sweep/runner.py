@@ -32,6 +32,7 @@ from typing import Any, TextIO
 from hptransfer import store
 from hptransfer.config import ConfigError
 from hptransfer.sweep.executors import Executor, check_executor, make_executor
+from hptransfer.sweep.preflight import check_runs
 from hptransfer.sweep.progress import Counts, Progress
 from hptransfer.sweep.search import LRSearch
 from hptransfer.sweep.spec import LR_KEY, Run, SweepSpec, parse_step
@@ -301,11 +302,14 @@ def run_sweep(
     Finished runs are skipped (failed ones are run again once with ``retry_failed``); a run
     left by a killed process is re-run from scratch; a run that raises is recorded as failed
     and the sweep goes on. ``executor`` defaults to the one the spec's ``[sweep]`` table names;
-    ``runs`` replaces the spec's grid (as tune does). A full disk raises ConfigError naming the
-    path once the runs in flight have ended; a resume finishes the sweep.
+    ``runs`` replaces the spec's grid (as tune does). Every run is checked against this machine
+    (device, data length; see preflight.py) before anything is written. A full disk raises
+    ConfigError naming the path once the runs in flight have ended; a resume finishes it.
     """
     settings = spec.settings
     check_executor(settings.executor)
+    runs = runs if runs is not None else spec.expand()
+    check_runs(runs)
     root = prepare_dir(out_dir)
     own = executor is None
     executor = executor or make_executor(settings.executor, settings.workers, settings.address)

@@ -105,6 +105,7 @@ def execute(task: RunTask) -> dict[str, Any]:
     run was already finished, here or by another sweep).
     """
     directory = store.run_dir(task.root, task.run_id)
+    _set_threads(task.threads)  # imports torch (seconds) before the run is claimed
     try:
         while True:
             if _done(task):
@@ -139,7 +140,6 @@ def _run(task: RunTask, directory: Path) -> dict[str, Any]:
     beat.start()
     start = time.perf_counter()
     try:
-        _set_threads(task.threads)
         train = _resolve(task.train_fn)
         cfg = from_dict(task.config)
         if cfg.run_id() != task.run_id:
