@@ -33,13 +33,13 @@ def check_device(runs: Sequence[Run]) -> None:
 def check_data(runs: Sequence[Run]) -> None:
     """Every local data file holds more than seq_len tokens in both its train and eval parts.
 
-    Each distinct [data] table is loaded once (as a run would load it); the built-in corpus and
-    hub datasets are left to the runs.
+    Each distinct [data] table is loaded once (as a run would load it). The built-in corpus,
+    hub datasets and bpe tokenizers (whose training is a run's work) are left to the runs.
     """
     longest: dict[DataConfig, int] = {}
     for run in runs:
         data = run.config.data
-        if data.path and not data.dataset:
+        if data.path and not data.dataset and data.tokenizer != "bpe":
             longest[data] = max(longest.get(data, 0), run.config.train.seq_len)
     for data, seq_len in longest.items():
         from hptransfer.data import load_corpus
