@@ -9,14 +9,16 @@ Layout of a results directory::
 
 Every JSON file is written to a temporary name and renamed into place, so a reader (or a
 resumed sweep) never sees half a file. A run is finished when its summary.json says ok,
-diverged or failed. A run is claimed by publishing a complete lock record under the name
-``lock`` with os.link (which fails when the name exists), so no reader ever sees an empty or
-half-written lock. A lock whose pid is dead or a zombie (same host), or whose heartbeat is older
-than the timeout (any host), is stale and may be taken over.
+diverged or failed. A run is claimed under a guard file published with os.link (which fails
+when the name exists): the claimer reads the lock, and if it is absent or stale, renames its
+complete record into place, so no reader ever sees an empty or half-written lock. A lock whose
+pid is dead or a zombie (same host), or whose heartbeat is older than the timeout (any host), is
+stale and may be taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,9 @@ FINISHED = ("ok", "diverged", "failed")
 
 LOCK_TIMEOUT_S = 600.0
 """A lock whose heartbeat is older than this is stale (the holder is presumed dead)."""
+
+CLAIM_GUARD_S = 10.0
+"""A claim guard (``lock.claim``) older than this was left by a killed process and expires."""
 
 HEARTBEAT_S = 5.0
 """Seconds between a lock holder's heartbeats. A lock timeout must span several of them
@@ -154,38 +160,51 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
 
 
 def try_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
-    """Claim ``directory/lock``; take over a stale lock. True when this process holds it.
+    """Claim ``directory/lock`` when it is absent or stale. True when this process holds it.
 
-    Takeover is serialised by ``lock.takeover`` (claimed the same way), so two processes that
-    both see a stale lock cannot both replace it.
+    Every change of hands happens under ``lock.claim``, a short-lived guard claimed by
+    :func:`_create_exclusive`: under it, the lock is read, judged, and replaced by this
+    process's complete record (temporary file, then rename). So no two processes can judge
+    the same lock free, and no reader sees a partial record. A busy guard answers False; the
+    caller tries again later.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "lock"
-    if _create_exclusive(lock):
-        return True
-    if not lock_is_stale(_read_lock(lock), timeout_s) and lock.exists():
+    if not _free(lock, timeout_s):
         return False
-    guard = directory / "lock.takeover"
+    with _claim_guard(directory) as held:
+        if not held or not _free(lock, timeout_s):
+            return False
+        write_json(lock, _lock_record())
+        return True
+
+
+def _free(lock: Path, timeout_s: float) -> bool:
+    return not lock.exists() or lock_is_stale(_read_lock(lock), timeout_s)
+
+
+@contextlib.contextmanager
+def _claim_guard(directory: Path) -> Iterator[bool]:
+    """Hold ``lock.claim`` for the block (yields False when another process holds it). A guard
+    left by a killed process expires after CLAIM_GUARD_S."""
+    guard = directory / "lock.claim"
     if not _create_exclusive(guard):
-        # another process is taking over; a guard left by a killed process expires
         try:
-            if time.time() - guard.stat().st_mtime > 10:
+            if time.time() - guard.stat().st_mtime > CLAIM_GUARD_S:
                 guard.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
-        return False
+        yield False
+        return
     try:
-        if lock.exists() and not lock_is_stale(_read_lock(lock), timeout_s):
-            return False
-        lock.unlink(missing_ok=True)
-        return _create_exclusive(lock)
+        yield True
     finally:
         guard.unlink(missing_ok=True)
 
 
 def _create_exclusive(path: Path) -> bool:
-    """Publish this process's lock record at ``path`` whole, unless ``path`` exists.
+    """Publish this process's record at ``path`` whole, unless ``path`` exists.
 
     The record is written to a temporary file first and hard-linked to ``path``; the link
     fails when the name exists, and readers see either no file or the complete record.
@@ -219,9 +238,13 @@ def unlock(directory: str | Path) -> None:
 
 
 def clear_stale_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> None:
-    """Remove a stale lock (its holder died after writing the summary, before unlocking)."""
-    if lock_state(directory, timeout_s) == "stale":
-        unlock(directory)
+    """Remove a stale lock (its holder died after writing the summary, before unlocking);
+    under the claim guard, so a lock claimed meanwhile is never removed."""
+    if lock_state(directory, timeout_s) != "stale":
+        return
+    with _claim_guard(Path(directory)) as held:
+        if held and lock_state(directory, timeout_s) == "stale":
+            unlock(directory)
 
 
 def lock_state(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> str:

@@ -234,8 +234,13 @@ class SweepRunner:
         directory = store.run_dir(self.root, run.run_id)
         if not store.try_lock(directory, self.spec.settings.lock_timeout_s):
             return None
+
+        def record() -> None:  # a complete record: the worker may have died before the config
+            store.write_json(directory / "config.json", run.config.to_dict())
+            record_failure(directory, run.run_id, reason)
+
         try:
-            self.write_or_stop(lambda: record_failure(directory, run.run_id, reason), directory)
+            self.write_or_stop(record, directory)
         finally:
             store.unlock(directory)
         return {"run_id": run.run_id, "status": "failed", "error": reason, "skipped": False}
