@@ -36,7 +36,13 @@ from hptransfer.sweep.preflight import check_runs
 from hptransfer.sweep.progress import Counts, Progress
 from hptransfer.sweep.search import LRSearch
 from hptransfer.sweep.spec import LR_KEY, Run, SweepSpec, parse_step
-from hptransfer.sweep.worker import NO_SPACE, RunTask, record_failure, train_function
+from hptransfer.sweep.worker import (
+    NO_SPACE,
+    RunTask,
+    no_space_message,
+    record_failure,
+    train_function,
+)
 
 SWEEP_JSON_EVERY_S = 2.0
 
@@ -211,7 +217,7 @@ class SweepRunner:
                 self._push(run)
                 return
             recorded = self._record_crash(run, outcome.get("error", "worker died"))
-            if recorded is None:  # another live process holds the run now: wait for it
+            if recorded is None:  # another process holds it now, or the disk is full
                 self._move(run.run_id, "pending")
                 self._push(run)
                 return
@@ -229,8 +235,8 @@ class SweepRunner:
             self.advance(self.searches[key])
 
     def _record_crash(self, run: Run, reason: str) -> dict[str, Any] | None:
-        """Write a failed summary for a run whose worker died; None when another live
-        process holds the run (it is not ours to record)."""
+        """Write a failed record for a run whose worker died; None when it is not written
+        (another live process holds the run, or the disk is full)."""
         directory = store.run_dir(self.root, run.run_id)
         if not store.try_lock(directory, self.spec.settings.lock_timeout_s):
             return None
@@ -243,6 +249,8 @@ class SweepRunner:
             self.write_or_stop(record, directory)
         finally:
             store.unlock(directory)
+        if self.no_space:
+            return None
         return {"run_id": run.run_id, "status": "failed", "error": reason, "skipped": False}
 
     def write_or_stop(self, write: Callable[[], Any], path: Path) -> None:
@@ -252,7 +260,7 @@ class SweepRunner:
         except OSError as e:
             if e.errno not in NO_SPACE:
                 raise
-            self.no_space = self.no_space or f"no space left on device writing {path}"
+            self.no_space = self.no_space or no_space_message(path)
 
     def advance(self, s: _Search) -> None:
         """When every run of a search is finished, record its losses and queue its next LRs."""

@@ -69,9 +69,13 @@ def _set_threads(threads: int) -> None:
         _THREADS.append(threads)
 
 
-def no_space(run_id: str, path: str | os.PathLike | None) -> dict[str, Any]:
+def no_space_message(path: str | os.PathLike) -> str:
+    return f"no space left on device writing {path}"
+
+
+def no_space(run_id: str, path: str | os.PathLike) -> dict[str, Any]:
     """The outcome of a run stopped by a full disk at ``path``."""
-    error = f"no space left on device writing {path}"
+    error = no_space_message(path)
     return {"run_id": run_id, "status": "no_space", "error": error, "skipped": False}
 
 
