@@ -54,6 +54,11 @@ def write_spec(tmp_path: Path, text: str = SPEC, name: str = "spec.toml") -> Pat
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Route runs to the fake train; returns the path of its start/done log."""
+    return route_to_fake(monkeypatch, tmp_path)
+
+
+def route_to_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Set the environment that makes sweeps run the fake train; returns its log's path."""
     log = tmp_path / "train.log"
     monkeypatch.setenv("HPTRANSFER_TRAIN_FN", FAKE)
     monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
@@ -359,3 +364,28 @@ def test_costliest_pending_run_starts_first(tmp_path, fake):
     started = [(int(df.loc[r, "width"]), float(df.loc[r, "lr"])) for r in events(fake, "start")]
     assert started == [(128, 0.001), (128, 0.004), (64, 0.001), (64, 0.004),
                        (32, 0.001), (32, 0.004)]  # fmt: skip
+
+
+MACHINE = [
+    ('train.device = "cuda"', 'train.device = "cuda" but this machine has no CUDA device'),
+    ('data.path = "short.txt"', "data.path short.txt: its eval part holds 5 tokens, too few"),
+]
+
+
+@pytest.mark.parametrize("line,message", MACHINE, ids=["no-cuda", "short-data"])
+def test_sweep_checks_the_machine_before_writing_anything(
+    tmp_path, fake, monkeypatch, capsys, line, message
+):
+    from hptransfer.cli import main
+
+    if "cuda" in line:
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "short.txt").write_text("x" * 50)  # 45 train bytes, 5 eval bytes
+    spec = write_spec(tmp_path, SPEC.replace("[grid]", f"{line}\n\n[grid]"))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists() and events(fake, "start") == []

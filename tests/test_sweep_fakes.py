@@ -6,6 +6,7 @@ and holds no tests itself.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -27,7 +28,11 @@ def synthetic_loss(lr: float, width: int) -> float:
 
 
 def fake_train(cfg: RunConfig, out_dir: str | Path | None = None, progress=None) -> dict:
-    """Sleeps FAKE_TRAIN_S (default 0.2 s); logs start/done lines to FAKE_TRAIN_LOG if set."""
+    """Sleeps FAKE_TRAIN_S (default 0.2 s); logs start/done lines to FAKE_TRAIN_LOG if set.
+
+    FAKE_TRAIN_FAIL_SGD makes SGD runs raise; FAKE_DISK_FULL_SGD makes them find the disk full
+    (OSError ENOSPC without a file name, as a buffered write's flush raises it).
+    """
     log = os.environ.get("FAKE_TRAIN_LOG")
     token = uuid.uuid4().hex
     if log:
@@ -35,6 +40,8 @@ def fake_train(cfg: RunConfig, out_dir: str | Path | None = None, progress=None)
             f.write(json.dumps({"event": "start", "run_id": cfg.run_id(), "token": token}) + "\n")
     if cfg.optimizer.name == "sgd" and os.environ.get("FAKE_TRAIN_FAIL_SGD"):
         raise RuntimeError("fake failure for sgd")
+    if cfg.optimizer.name == "sgd" and os.environ.get("FAKE_DISK_FULL_SGD"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     time.sleep(float(os.environ.get("FAKE_TRAIN_S", "0.2")))
     loss = synthetic_loss(cfg.optimizer.lr, cfg.model.width)
     ok = math.isfinite(loss)

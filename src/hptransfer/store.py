@@ -13,12 +13,16 @@ env.json), ``log`` (one metrics.jsonl line per record), ``finish`` (summary.json
 reader (or a resumed sweep) never sees half a file; files are created with the mode the umask
 allows. metrics.jsonl is appended to, so a killed run can leave half a last line:
 :func:`read_metrics` drops it. A run is finished when its summary.json says ok, diverged or
-failed. A run is claimed by creating its lock with O_CREAT|O_EXCL; a lock whose pid is dead
-(same host) or whose heartbeat is older than the timeout is stale and may be taken over.
+failed. A run is claimed under a guard file published with os.link (which fails when the name
+exists): the claimer reads the lock, and if it is absent or stale, renames its complete record
+into place, so no reader ever sees an empty or half-written lock. A lock whose pid is dead or a
+zombie (same host), or whose heartbeat is older than the timeout (any host), is stale and may be
+taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, get_args
@@ -47,6 +52,9 @@ CONFIG, ENV, METRICS, SUMMARY = "config.json", "env.json", "metrics.jsonl", "sum
 
 LOCK_TIMEOUT_S = 600.0
 """A lock whose heartbeat is older than this is stale (the holder is presumed dead)."""
+
+CLAIM_GUARD_S = 10.0
+"""A claim guard (``lock.claim``) older than this was left by a killed process and expires."""
 
 HEARTBEAT_S = 5.0
 """Seconds between a lock holder's heartbeats. A lock timeout must span several of them
@@ -69,13 +77,7 @@ def _write_text(path: Path, text: str) -> None:
     The temporary file is opened with mode 0o666, so the process umask decides the mode (as for
     any file the user creates; ``tempfile.mkstemp`` would force 0o600).
     """
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            break
-        except FileExistsError:
-            continue
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -85,6 +87,16 @@ def _write_text(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _temp_beside(path: Path) -> tuple[int, Path]:
+    """A new ``.NAME.<random>.tmp`` next to ``path``, opened for writing (mode 0o666 & ~umask)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -244,27 +256,39 @@ def _lock_record() -> dict[str, Any]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host; a zombie (dead, not yet reaped) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    except (OverflowError, ValueError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs (macOS): the signal answered
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def lock_is_stale(record: dict[str, Any] | None, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
     """A lock is stale when its heartbeat is too old, or its pid is dead on this host.
 
-    A lock naming this very process is stale too: it is left from an earlier run of a
-    recycled pid, since a process never waits for a run it holds itself.
+    Another host's pid says nothing here, so its lock is judged by the heartbeat age alone. A
+    lock naming this very process is stale too: it is left from an earlier run of a recycled
+    pid, since a process never waits for a run it holds itself.
     """
     if not isinstance(record, dict):
         return True
-    if time.time() - float(record.get("heartbeat", 0)) > timeout_s:
+    try:
+        age = time.time() - float(record.get("heartbeat", 0))
+        pid = int(record.get("pid", -1))
+    except (TypeError, ValueError):
+        return True
+    if not age <= timeout_s:
         return True
     if record.get("hostname") == socket.gethostname():
-        pid = int(record.get("pid", -1))
         return pid == os.getpid() or not _pid_alive(pid)
     return False
 
@@ -277,48 +301,70 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
 
 
 def try_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
-    """Claim ``directory/lock``; take over a stale lock. True when this process holds it.
+    """Claim ``directory/lock`` when it is absent or stale. True when this process holds it.
 
-    Takeover is serialised by ``lock.takeover`` (also O_EXCL), so two processes that both see
-    a stale lock cannot both replace it.
+    Every change of hands happens under ``lock.claim``, a short-lived guard claimed by
+    :func:`_create_exclusive`: under it, the lock is read, judged, and replaced by this
+    process's complete record (temporary file, then rename). So no two processes can judge
+    the same lock free, and no reader sees a partial record. A busy guard answers False; the
+    caller tries again later.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "lock"
-    if _create_exclusive(lock):
-        return True
-    if not lock_is_stale(_read_lock(lock), timeout_s) and lock.exists():
+    if not _free(lock, timeout_s):
         return False
-    guard = directory / "lock.takeover"
+    with _claim_guard(directory) as held:
+        if not held or not _free(lock, timeout_s):
+            return False
+        write_json(lock, _lock_record())
+        return True
+
+
+def _free(lock: Path, timeout_s: float) -> bool:
+    return not lock.exists() or lock_is_stale(_read_lock(lock), timeout_s)
+
+
+@contextlib.contextmanager
+def _claim_guard(directory: Path) -> Iterator[bool]:
+    """Hold ``lock.claim`` for the block (yields False when another process holds it). A guard
+    left by a killed process expires after CLAIM_GUARD_S."""
+    guard = directory / "lock.claim"
     if not _create_exclusive(guard):
-        # another process is taking over; a guard left by a killed process expires
         try:
-            if time.time() - guard.stat().st_mtime > 10:
+            if time.time() - guard.stat().st_mtime > CLAIM_GUARD_S:
                 guard.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
-        return False
+        yield False
+        return
     try:
-        if lock.exists() and not lock_is_stale(_read_lock(lock), timeout_s):
-            return False
-        lock.unlink(missing_ok=True)
-        return _create_exclusive(lock)
+        yield True
     finally:
         guard.unlink(missing_ok=True)
 
 
 def _create_exclusive(path: Path) -> bool:
+    """Publish this process's record at ``path`` whole, unless ``path`` exists.
+
+    The record is written to a temporary file first and hard-linked to ``path``; the link
+    fails when the name exists, and readers see either no file or the complete record.
+    """
+    fd, tmp = _temp_beside(path)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(_lock_record()))
+        os.link(tmp, path)
+    except (FileExistsError, FileNotFoundError):  # taken, or the holder cleared our temp file
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(_lock_record()))
+    finally:
+        tmp.unlink(missing_ok=True)
     return True
 
 
 def heartbeat(directory: str | Path) -> bool:
-    """Refresh the heartbeat of this process's lock; False if the lock is no longer ours."""
+    """Refresh the heartbeat of this process's lock; False if the lock is no longer ours (or
+    is gone). The fresh record replaces the old one by rename, so it too appears whole."""
     lock = Path(directory) / "lock"
     record = _read_lock(lock) or {}
     mine = _lock_record()
@@ -333,9 +379,13 @@ def unlock(directory: str | Path) -> None:
 
 
 def clear_stale_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> None:
-    """Remove a stale lock (its holder died after writing the summary, before unlocking)."""
-    if lock_state(directory, timeout_s) == "stale":
-        unlock(directory)
+    """Remove a stale lock (its holder died after writing the summary, before unlocking);
+    under the claim guard, so a lock claimed meanwhile is never removed."""
+    if lock_state(directory, timeout_s) != "stale":
+        return
+    with _claim_guard(Path(directory)) as held:
+        if held and lock_state(directory, timeout_s) == "stale":
+            unlock(directory)
 
 
 def lock_state(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> str:

@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--executor", choices=EXECUTORS, help="overrides sweep.executor")
     parser.add_argument("--workers", type=int, help="concurrent runs (overrides sweep.workers)")
     parser.add_argument("--address", help="Ray cluster address, e.g. auto or head:6379")
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="run the runs recorded as failed once more"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run)
     return parser
@@ -48,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
         return 0
     out = Path(args.out) if args.out else DEFAULT_ROOT / Path(args.spec).stem
-    counts = run_sweep(spec, out, quiet=args.quiet)
+    counts = run_sweep(spec, out, quiet=args.quiet, retry_failed=args.retry_failed)
     print(f"{out}: {counts.line(spec.settings.workers)}")
     return 1 if counts.failed else 0

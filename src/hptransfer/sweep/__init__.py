@@ -4,7 +4,8 @@
   tokens-per-parameter horizon)
 - search.py: [E]'s adaptive LR search as a pure state machine
 - worker.py: one run in a worker process (lock, train, record)
-- executors.py: local processes or Ray tasks behind one interface
+- executors.py: supervised local processes or Ray tasks behind one interface
+- preflight.py: what the runs need from the machine (device, data length), checked first
 - runner.py: the scheduling loop (skip finished, retry crashed workers, advance searches)
 - progress.py: the progress line on stderr
 - ls.py: the status screen of a results directory (`hptransfer ls`)

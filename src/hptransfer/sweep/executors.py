@@ -2,21 +2,25 @@
 
 One small interface, two implementations:
 
-- ``local``: a pool of ``workers`` processes started with "spawn" (no forked torch state);
-  each sets torch threads to max(1, cores // workers).
+- ``local``: ``workers`` long-lived worker processes started with "spawn" (no forked torch
+  state), each fed one task at a time over its own pipe by a small supervisor here.
 - ``ray``: Ray core tasks, on an existing cluster (``address``) or a local instance started
-  here (``pip install "hptransfer[ray]"``).
+  here (``pip install "hptransfer[ray]"``); each reserves ``task.threads`` CPUs.
+
+Torch threads per run come from the task (``sweep.threads_per_run``), never from the number
+of workers, so a run computes the same losses however many runs go beside it.
 
 A worker process that dies (SIGKILL, out of memory) shows up as a "crashed" outcome for the
-runs it was holding; the runner resubmits or records them as failed.
+one run it was holding, and only that run; the local executor reaps it (so its pid is free, not
+a zombie holding the run's lock) and starts a fresh worker in its place. The runner resubmits
+the run or records it as failed.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import multiprocessing
-import os
 from abc import ABC, abstractmethod
+from multiprocessing import connection
 from typing import Any
 
 from hptransfer.config import ConfigError
@@ -33,8 +37,6 @@ class Executor(ABC):
     """Submit tasks, collect finished outcomes; at most ``workers`` run at once."""
 
     workers: int
-    threads: int
-    """torch threads each task should use."""
 
     @abstractmethod
     def submit(self, task: RunTask) -> None: ...
@@ -47,44 +49,91 @@ class Executor(ABC):
     def close(self) -> None: ...
 
 
+def serve(conn: connection.Connection) -> None:
+    """A worker process's loop: receive a task, send back its outcome, until told to stop (None)
+    or the supervisor is gone."""
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        outcome = execute(task)
+        try:
+            conn.send(outcome)
+        except OSError:  # the supervisor died; the run's record is on disk all the same
+            return
+
+
+class _Worker:
+    """One worker process, its end of the pipe, and the task it holds (None when idle)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=serve, args=(child,), name="hptransfer-worker")
+        self.process.start()
+        child.close()
+        self.task: RunTask | None = None
+
+    def stop(self, wait_s: float) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(wait_s)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
 class LocalExecutor(Executor):
-    """Worker processes on this machine (concurrent.futures with the "spawn" start method)."""
+    """Worker processes on this machine, supervised one by one: a death costs one run."""
 
     def __init__(self, workers: int = 1) -> None:
         self.workers = workers
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
-        self._pool = self._new_pool()
-        self._futures: dict[cf.Future, RunTask] = {}
-
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self._ctx = multiprocessing.get_context("spawn")
+        self._pool: list[_Worker] = []
 
     def submit(self, task: RunTask) -> None:
-        self._futures[self._pool.submit(execute, task)] = task
+        idle = next((w for w in self._pool if w.task is None), None)
+        if idle is None:
+            if len(self._pool) >= self.workers:
+                raise RuntimeError(f"all {self.workers} workers are busy")
+            idle = _Worker(self._ctx)
+            self._pool.append(idle)
+        idle.conn.send(task)
+        idle.task = task
 
     def wait(self, timeout: float) -> list[Outcome]:
-        if not self._futures:
+        busy = [w for w in self._pool if w.task is not None]
+        if not busy:
             return []
-        done, _ = cf.wait(self._futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout)
         out: list[Outcome] = []
-        broken = False
-        for future in done:
-            task = self._futures.pop(future)
+        for w in busy:
+            task = w.task
+            assert task is not None
             try:
-                out.append((task, future.result()))
-            except cf.process.BrokenProcessPool as e:
-                broken = True
-                out.append((task, crashed(task, f"worker process died: {e}")))
-        if broken:  # every other future of a broken pool fails too; start a fresh pool
-            for task in list(self._futures.values()):
-                out.append((task, crashed(task, "worker pool broke")))
-            self._futures.clear()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
+                if not w.conn.poll():
+                    if w.process.is_alive():
+                        continue
+                    raise EOFError
+                out.append((task, w.conn.recv()))
+                w.task = None
+            except (EOFError, OSError):  # died holding this task (its outcome never came)
+                w.process.join()  # reap it: a zombie's pid still answers os.kill(pid, 0)
+                code = w.process.exitcode
+                out.append((task, crashed(task, f"worker process died (exit code {code})")))
+                w.conn.close()
+                self._pool.remove(w)
         return out
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for w in self._pool:
+            w.stop(wait_s=5.0 if w.task is None else 0.0)
+        self._pool.clear()
 
 
 class RayExecutor(Executor):
@@ -99,14 +148,14 @@ class RayExecutor(Executor):
             kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
             ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
                      **kwargs)  # fmt: skip
-        cpus = int(ray.cluster_resources().get("CPU", workers))
         self.workers = workers
-        self.threads = max(1, cpus // workers)
-        self._remote = ray.remote(num_cpus=min(self.threads, cpus), max_retries=0)(execute)
+        self._cpus = int(ray.cluster_resources().get("CPU", workers))
+        self._remote = ray.remote(max_retries=0)(execute)
         self._refs: dict[Any, RunTask] = {}
 
     def submit(self, task: RunTask) -> None:
-        self._refs[self._remote.remote(task)] = task
+        cpus = min(task.threads, self._cpus)
+        self._refs[self._remote.options(num_cpus=cpus).remote(task)] = task
 
     def wait(self, timeout: float) -> list[Outcome]:
         if not self._refs:

@@ -8,6 +8,13 @@ every LR proposed so far) are finished, its seed-averaged losses are recorded an
 are queued; a seed that diverged makes its LR count as diverged, and a failed run stops its
 search (a failure says nothing about the LR). Because proposals depend only on results, a
 resumed sweep re-creates the same runs and skips the finished ones.
+
+The disk is the truth. A worker that died is charged to the one run it held, unless that run's
+summary shows it finished before the death; a run recorded as failed here is one whose failed
+summary was written; ``sweep.json`` is derived from the run directories at the end. With
+``retry_failed`` a resume runs the runs recorded as failed once more. A full disk (a worker's or
+the runner's write failing with ENOSPC) stops the sweep: no new run starts, the runs in flight
+end, and a one-line ConfigError names the path; the runs it stopped are left pending.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import math
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,10 +32,17 @@ from typing import Any, TextIO
 from hptransfer import store
 from hptransfer.config import ConfigError
 from hptransfer.sweep.executors import Executor, check_executor, make_executor
+from hptransfer.sweep.preflight import check_runs
 from hptransfer.sweep.progress import Counts, Progress
 from hptransfer.sweep.search import LRSearch
 from hptransfer.sweep.spec import LR_KEY, Run, SweepSpec, parse_step
-from hptransfer.sweep.worker import RunTask, record_failure, train_function
+from hptransfer.sweep.worker import (
+    NO_SPACE,
+    RunTask,
+    no_space_message,
+    record_failure,
+    train_function,
+)
 
 SWEEP_JSON_EVERY_S = 2.0
 
@@ -74,9 +89,14 @@ class SweepRunner:
 
     def __init__(
         self, spec: SweepSpec, root: Path, executor: Executor, progress: Progress,
-        runs: list[Run] | None = None,
+        runs: list[Run] | None = None, retry_failed: bool = False,
     ) -> None:  # fmt: skip
         self.spec, self.root, self.executor, self.progress = spec, root, executor, progress
+        self.retry_failed = retry_failed
+        self.rerun: set[str] = set()
+        """Failed runs resubmitted by this sweep (each once)."""
+        self.no_space: str | None = None
+        """Set when a write failed for lack of space: start nothing more."""
         self.initial = runs if runs is not None else spec.expand()
         self.runs: dict[str, Run] = {}
         self.status: dict[str, str] = {}
@@ -127,25 +147,33 @@ class SweepRunner:
     def task(self, run: Run) -> RunTask:
         return RunTask(
             root=str(self.root), run_id=run.run_id, config=run.config.to_dict(),
-            train_fn=self.train_fn, threads=self.executor.threads,
+            train_fn=self.train_fn, threads=self.spec.settings.threads_per_run,
             lock_timeout_s=self.spec.settings.lock_timeout_s,
+            rerun_failed=run.run_id in self.rerun,
         )  # fmt: skip
+
+    def skips(self, run_id: str) -> bool:
+        """Whether a run is finished on disk and not a failure this sweep is to run again."""
+        status = store.finished_status(self.root, run_id)
+        if status == "failed" and self.retry_failed and run_id not in self.rerun:
+            return False
+        return status is not None
 
     def execute(self) -> Counts:
         self.plan()
-        before = sum(store.finished_status(self.root, rid) is not None for rid in self.runs)
+        before = sum(self.skips(rid) for rid in self.runs)
         if before:
             self.progress.message(f"skipping {before} finished run(s) in {self.root}")
         in_flight = 0
-        while self.queue or in_flight:
-            while self.queue and in_flight < self.executor.workers:
+        while (self.queue and not self.no_space) or in_flight:
+            while self.queue and in_flight < self.executor.workers and not self.no_space:
                 run = heapq.heappop(self.queue)[2]
-                if store.finished_status(self.root, run.run_id):
-                    store.clear_stale_lock(
-                        store.run_dir(self.root, run.run_id), self.spec.settings.lock_timeout_s
-                    )
+                if self.skips(run.run_id):
+                    self._clear_stale_lock(run)
                     self.handle(run, outcome_of(self.root, run.run_id))
                     continue
+                if store.finished_status(self.root, run.run_id) == "failed":
+                    self.rerun.add(run.run_id)
                 self.executor.submit(self.task(run))
                 self._move(run.run_id, "running")
                 in_flight += 1
@@ -156,7 +184,13 @@ class SweepRunner:
             self.write_listing()
         self.write_listing(force=True)
         self.progress.close(self.counts)
+        if self.no_space:
+            raise ConfigError(f"{self.no_space}; free some space and run the sweep again")
         return self.counts
+
+    def _clear_stale_lock(self, run: Run) -> None:
+        directory = store.run_dir(self.root, run.run_id)
+        store.clear_stale_lock(directory, self.spec.settings.lock_timeout_s)
 
     def _move(self, run_id: str, status: str) -> None:
         for old_or_new, delta in ((self.status[run_id], -1), (status, 1)):
@@ -167,14 +201,27 @@ class SweepRunner:
     def handle(self, run: Run, outcome: dict[str, Any]) -> None:
         """Record a run's outcome; retry crashed workers; advance its search."""
         status = outcome.get("status")
+        if status == "no_space":
+            self.no_space = self.no_space or str(outcome["error"])
+            self._move(run.run_id, "pending")
+            return
+        if status == "crashed" and store.finished_status(self.root, run.run_id):
+            # the worker died after the run finished: the disk says how it ended
+            self._clear_stale_lock(run)
+            outcome = {**outcome_of(self.root, run.run_id), "skipped": False}
+            status = outcome["status"]
         if status == "crashed":
             self.attempts[run.run_id] += 1
             if self.attempts[run.run_id] <= self.spec.settings.retries:
                 self._move(run.run_id, "pending")
                 self._push(run)
                 return
-            outcome = self._record_crash(run, outcome.get("error", "worker died"))
-            status = "failed"
+            recorded = self._record_crash(run, outcome.get("error", "worker died"))
+            if recorded is None:  # another process holds it now, or the disk is full
+                self._move(run.run_id, "pending")
+                self._push(run)
+                return
+            outcome, status = recorded, "failed"
         self._move(run.run_id, status if status in store.FINISHED else "failed")
         self.outcomes[run.run_id] = outcome
         if outcome.get("skipped"):
@@ -187,14 +234,33 @@ class SweepRunner:
         if key is not None:
             self.advance(self.searches[key])
 
-    def _record_crash(self, run: Run, reason: str) -> dict[str, Any]:
+    def _record_crash(self, run: Run, reason: str) -> dict[str, Any] | None:
+        """Write a failed record for a run whose worker died; None when it is not written
+        (another live process holds the run, or the disk is full)."""
         directory = store.run_dir(self.root, run.run_id)
-        if store.try_lock(directory, self.spec.settings.lock_timeout_s):
-            try:
-                record_failure(directory, run.run_id, reason)
-            finally:
-                store.unlock(directory)
+        if not store.try_lock(directory, self.spec.settings.lock_timeout_s):
+            return None
+
+        def record() -> None:  # a complete record: the worker may have died before the config
+            store.write_json(directory / "config.json", run.config.to_dict())
+            record_failure(directory, run.run_id, reason)
+
+        try:
+            self.write_or_stop(record, directory)
+        finally:
+            store.unlock(directory)
+        if self.no_space:
+            return None
         return {"run_id": run.run_id, "status": "failed", "error": reason, "skipped": False}
+
+    def write_or_stop(self, write: Callable[[], Any], path: Path) -> None:
+        """Run a write of the runner's own; a full disk stops the sweep instead of raising."""
+        try:
+            write()
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            self.no_space = self.no_space or no_space_message(path)
 
     def advance(self, s: _Search) -> None:
         """When every run of a search is finished, record its losses and queue its next LRs."""
@@ -215,15 +281,23 @@ class SweepRunner:
                 self.add(self.spec.run_at(template, lr), self.spec.settings_key(template))
 
     def write_listing(self, force: bool = False) -> None:
-        """DIR/sweep.json: the swept keys, the settings, every known run and its status."""
+        """DIR/sweep.json: the swept keys, the settings, every known run and its status.
+
+        The final listing (``force``) takes each run's status from its directory: finished
+        as its summary says, else pending.
+        """
         now = time.monotonic()
         if not force and now - self._written < SWEEP_JSON_EVERY_S:
             return
         self._written = now
-        runs = [{**run.to_dict(), "status": self.status[rid]} for rid, run in self.runs.items()]
+        status = dict(self.status)
+        if force:
+            status = {rid: store.finished_status(self.root, rid) or "pending" for rid in status}
+        runs = [{**run.to_dict(), "status": status[rid]} for rid, run in self.runs.items()]
         keys = list(dict.fromkeys(k for run in self.runs.values() for k in run.values))
         listing = {"keys": keys, "settings": asdict(self.spec.settings), "runs": runs}
-        store.write_json(self.root / "sweep.json", listing)
+        path = self.root / "sweep.json"
+        self.write_or_stop(lambda: store.write_json(path, listing), path)
 
 
 def run_sweep(
@@ -234,23 +308,30 @@ def run_sweep(
     stream: TextIO | None = None,
     executor: Executor | None = None,
     runs: list[Run] | None = None,
+    retry_failed: bool = False,
 ) -> Counts:
     """Run (or resume) every run of ``spec`` into ``out_dir``; return the final counts.
 
-    Finished runs are skipped; a run left by a killed process is re-run from scratch; a run
-    that raises is recorded as failed and the sweep goes on. ``executor`` defaults to the one
-    the spec's ``[sweep]`` table names; ``runs`` replaces the spec's grid (as tune does).
+    Finished runs are skipped (failed ones are run again once with ``retry_failed``); a run
+    left by a killed process is re-run from scratch; a run that raises is recorded as failed
+    and the sweep goes on. ``executor`` defaults to the one the spec's ``[sweep]`` table names;
+    ``runs`` replaces the spec's grid (as tune does). Every run is checked against this machine
+    (device, data length; see preflight.py) before anything is written. A full disk raises
+    ConfigError naming the path once the runs in flight have ended; a resume finishes it.
     """
     settings = spec.settings
     check_executor(settings.executor)
+    runs = runs if runs is not None else spec.expand()
+    check_runs(runs)
     root = prepare_dir(out_dir)
     own = executor is None
     executor = executor or make_executor(settings.executor, settings.workers, settings.address)
     try:
-        if spec.text:
-            store.write_text(root / "sweep.toml", spec.text)
         progress = Progress(executor.workers, quiet, stream)
-        runner = SweepRunner(spec, root, executor, progress, runs)
+        runner = SweepRunner(spec, root, executor, progress, runs, retry_failed)
+        if spec.text:
+            copy = root / "sweep.toml"
+            runner.write_or_stop(lambda: store.write_text(copy, spec.text), copy)
         return runner.execute()
     finally:
         if own:

@@ -66,7 +66,10 @@ class SweepSettings:
     executor: Executor = "local"
     """local (worker processes on this machine) or ray (Ray core tasks)."""
     workers: int = 1
-    """Concurrent runs (local executor); torch threads per worker = max(1, cores // workers)."""
+    """Concurrent runs."""
+    threads_per_run: int = 1
+    """torch threads of each run, whatever the number of workers: a run's losses depend on its
+    thread count (reduction order), never on how many runs go beside it."""
     address: str = ""
     """Ray cluster address ("auto" or host:port); empty starts a local Ray instance."""
     adaptive: bool = False
@@ -85,6 +88,8 @@ class SweepSettings:
         check_fields(self, "sweep.")
         if self.workers < 1:
             raise ConfigError(f"sweep.workers must be >= 1, got {self.workers}")
+        if self.threads_per_run < 1:
+            raise ConfigError(f"sweep.threads_per_run must be >= 1, got {self.threads_per_run}")
         if self.tokens_per_param < 0:
             raise ConfigError(f"sweep.tokens_per_param must be >= 0, got {self.tokens_per_param}")
         least = HEARTBEATS_PER_TIMEOUT * HEARTBEAT_S

@@ -5,10 +5,15 @@ plain data, so local processes and Ray tasks run it alike. The train function is
 "module:function" string (default ``hptransfer.train:train``; the environment variable
 ``HPTRANSFER_TRAIN_FN`` substitutes another with the same signature, e.g. a wrapper that adds
 logging, or a fast fake in the tests).
+
+A full disk (ENOSPC, EDQUOT) is no fault of the run: it is not recorded as failed (there is no
+room to record anything) but returned as a "no_space" outcome naming the path, so the runner
+stops the sweep cleanly and a resume, once space is freed, runs it again from scratch.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import threading
@@ -35,10 +40,12 @@ class RunTask:
     config: dict[str, Any]
     train_fn: str = DEFAULT_TRAIN
     threads: int = 1
-    """torch.set_num_threads in the worker (once per process)."""
+    """torch threads of the run (sweep.threads_per_run), whatever else runs beside it."""
     lock_timeout_s: float = store.LOCK_TIMEOUT_S
     poll_s: float = 1.0
     """How often to look again at a run that another process holds."""
+    rerun_failed: bool = False
+    """Run it again if its summary says failed (sweep --retry-failed)."""
 
 
 def train_function() -> str:
@@ -50,12 +57,26 @@ def _resolve(name: str) -> Callable[..., dict]:
     return getattr(importlib.import_module(module), attr)
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _set_threads(threads: int) -> None:
-    if not _THREADS:
+    """torch.set_num_threads(threads), unless this process already runs with that many."""
+    if _THREADS[-1:] != [threads]:
         import torch
 
         torch.set_num_threads(max(1, threads))
         _THREADS.append(threads)
+
+
+def no_space_message(path: str | os.PathLike) -> str:
+    return f"no space left on device writing {path}"
+
+
+def no_space(run_id: str, path: str | os.PathLike) -> dict[str, Any]:
+    """The outcome of a run stopped by a full disk at ``path``."""
+    error = no_space_message(path)
+    return {"run_id": run_id, "status": "no_space", "error": error, "skipped": False}
 
 
 def _outcome(run_id: str, summary: dict[str, Any], skipped: bool) -> dict[str, Any]:
@@ -84,18 +105,30 @@ def execute(task: RunTask) -> dict[str, Any]:
     run was already finished, here or by another sweep).
     """
     directory = store.run_dir(task.root, task.run_id)
-    while True:
-        if store.finished_status(task.root, task.run_id):
-            return _outcome(task.run_id, _summary(directory), skipped=True)
-        if store.try_lock(directory, task.lock_timeout_s):
-            break
-        time.sleep(task.poll_s)
+    _set_threads(task.threads)  # imports torch (seconds) before the run is claimed
     try:
-        if store.finished_status(task.root, task.run_id):  # finished while we took the lock
-            return _outcome(task.run_id, _summary(directory), skipped=True)
-        return _outcome(task.run_id, _run(task, directory), skipped=False)
-    finally:
-        store.unlock(directory)
+        while True:
+            if _done(task):
+                return _outcome(task.run_id, _summary(directory), skipped=True)
+            if store.try_lock(directory, task.lock_timeout_s):
+                break
+            time.sleep(task.poll_s)
+        try:
+            if _done(task):  # finished while we took the lock
+                return _outcome(task.run_id, _summary(directory), skipped=True)
+            return _outcome(task.run_id, _run(task, directory), skipped=False)
+        finally:
+            store.unlock(directory)
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            return no_space(task.run_id, e.filename or directory)
+        raise
+
+
+def _done(task: RunTask) -> bool:
+    """Finished, and not a failure this task is to run again."""
+    status = store.finished_status(task.root, task.run_id)
+    return status is not None and not (task.rerun_failed and status == "failed")
 
 
 def _run(task: RunTask, directory: Path) -> dict[str, Any]:
@@ -108,12 +141,14 @@ def _run(task: RunTask, directory: Path) -> dict[str, Any]:
     beat.start()
     start = time.perf_counter()
     try:
-        _set_threads(task.threads)
+        train = _resolve(task.train_fn)
         cfg = from_dict(task.config)
         if cfg.run_id() != task.run_id:
             raise RuntimeError(f"config hashes to {cfg.run_id()}, expected {task.run_id}")
-        summary = _resolve(task.train_fn)(cfg, out_dir=directory)
-    except Exception:
+        summary = train(cfg, out_dir=directory)
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            raise
         summary = record_failure(
             directory, task.run_id, traceback.format_exc(), time.perf_counter() - start
         )
@@ -124,6 +159,10 @@ def _run(task: RunTask, directory: Path) -> dict[str, Any]:
 
 
 def _beat(directory: Path, timeout_s: float, stop: threading.Event) -> None:
-    """Refresh the lock's heartbeat a few times per timeout until ``stop`` is set."""
-    while not stop.wait(min(30.0, timeout_s / 4)):
-        store.heartbeat(directory)
+    """Refresh the lock's heartbeat every HEARTBEAT_S (or a quarter of a shorter timeout) until
+    ``stop`` is set; a failed refresh (a full disk, a lost lock) is tried again next time."""
+    while not stop.wait(min(store.HEARTBEAT_S, timeout_s / 4)):
+        try:
+            store.heartbeat(directory)
+        except OSError:
+            pass

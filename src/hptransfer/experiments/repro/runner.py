@@ -106,11 +106,10 @@ def load_specs(
 
 
 class InlineExecutor(Executor):
-    """Runs each task in this process as it is submitted, on one torch thread. Smoke runs
-    take a fraction of a second, less than starting a worker process (which imports torch)."""
+    """Runs each task in this process as it is submitted (on the task's torch threads). Smoke
+    runs take a fraction of a second, less than starting a worker process (which imports torch)."""
 
     workers = 1
-    threads = 1
 
     def __init__(self) -> None:
         self._done: list[tuple[RunTask, Record]] = []
