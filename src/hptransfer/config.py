@@ -23,24 +23,14 @@ from typing import Any
 import tomllib
 
 from hptransfer.errors import ConfigError
+from hptransfer.optim import registry
 
 PARAMETERIZATIONS = ("sp", "ntk", "mup", "mfp")
 ALIGNMENT_PRESETS = ("full", "none")
 EPS_MODES = ("constant", "small", "per_layer")
 MODELS = ("nanodo", "mlp", "llama", "hf_gpt2", "hf_llama")
-OPTIMIZERS = (
-    "sgd",
-    "adam",
-    "adamw",
-    "adam_atan2",
-    "adam_ps",
-    "adafactor",
-    "adopt",
-    "lamb",
-    "sophia",
-    "shampoo",
-    "muon",
-)
+#: The optimizer names: a live view of the optimizer registry (imports no optimizer).
+OPTIMIZERS = registry.NAMES
 SCHEDULES = ("constant", "cosine", "wsd")
 DTYPES = ("float32", "float64", "bfloat16")
 
@@ -214,7 +204,7 @@ class OptimizerConfig:
     """Optimizer-specific knobs, passed through (e.g. a, b for adam_atan2; clamp for lamb)."""
 
     def validate(self) -> None:
-        _check_choice("optimizer.name", self.name, OPTIMIZERS)
+        registry.check_name(self.name, "optimizer.name")
         _check_choice("optimizer.wd_mode", self.wd_mode, ("coupled", "independent"))
         if not self.lr > 0:
             raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")

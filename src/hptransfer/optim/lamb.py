@@ -31,14 +31,16 @@ adam_debias=True)`` (its default also divides the final step by ``1 - beta1^t``)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
+from hptransfer.optim.decay import apply_decay
+from hptransfer.optim.diagnostics import trust_ratio, underflow
+from hptransfer.optim.registry import OptimizerSpec, Regime, family, signature_knobs
 
 
 class Lamb(InHouseOptimizer):
@@ -98,3 +100,23 @@ class Lamb(InHouseOptimizer):
             st["trust_ratio"] = r
         torch._foreach_mul_(update, ratios)
         torch._foreach_add_(params, update, alpha=-group["lr"])
+
+
+def regime(knobs: Mapping[str, Any]) -> Regime:
+    """Clamped (``clamp`` a number): every step has the fixed Frobenius norm ``lr * clamp``
+    wherever the clamp binds, a spectral rule (parameterizations.md section 6); unclamped the
+    step is ``lr * ||w||`` in size, like Adam with parameter scaling."""
+    if knobs["clamp"] in (None, False):  # false: TOML's "none"
+        return family("adam_ps")(knobs)
+    return Regime("spectral", "lamb_clamped")
+
+
+_KNOBS = signature_knobs(Lamb)
+SPEC = OptimizerSpec(
+    name="lamb",
+    factory=lambda groups, cfg: Lamb(groups, **cfg),
+    knobs=_KNOBS,
+    regime=regime,
+    eps=_KNOBS["eps"],
+    diagnostics=(trust_ratio, underflow),
+)
