@@ -14,8 +14,10 @@ norm is zero the trust ratio is 1. With
 "version 3 without bias correction"). Defaults: betas (0.9, 0.999), eps 1e-6.
 
 Width scaling (parameterizations.md section 6): the step has Frobenius norm
-``lr * phi(||w||)``; with the clamp active it is width-free at constant LR, without it hidden
-updates grow like ``sqrt(width)`` (LAMB then behaves like Adam with parameter scaling).
+``lr * phi(||w||)``. With the clamp active that is ``lr * clamp`` whatever the weights' scale
+(hidden steps width-free at constant LR; the spectral rule `regime` names, with k = 1 and
+vectors' c = -1/2, see ``param.rules.SPECTRAL_DIRECT_C``); without it hidden updates grow like
+``sqrt(width)`` (LAMB then behaves like Adam with parameter scaling).
 
 Weight decay: in ``"coupled"`` mode ``lambda * w`` is inside ``r`` as above (the paper's form;
 its size is then set by the trust ratio). In ``"independent"`` mode ``r`` has no decay term and
