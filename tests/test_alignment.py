@@ -12,6 +12,7 @@ from hptransfer.analysis.alignment import average_by_role, parse_window
 from hptransfer.assemble import build
 from hptransfer.cli import main
 from hptransfer.config import ConfigError, RunConfig, load_recipe
+from hptransfer.models import hidden_depth
 from hptransfer.param.rules import ABC, measured_alignment, solve_c
 from hptransfer.probes.alignment import AlignmentProbe, alignment_exponents
 from hptransfer.train import train
@@ -235,7 +236,9 @@ def test_rules_alignment_from_a_run(probed_run, capsys):
             for r in ("hidden", "output")
         }
     )
-    c = solve_c(ABC["mup"], "adam", al)  # the run was mup + adam
+    # the run was mup + adam; the solver models the run's own chain of hidden layers
+    model = json.loads((out / "config.json").read_text())["model"]
+    c = solve_c(ABC["mup"], "adam", al, n_hidden=hidden_depth(model["name"], model["depth"]))
     for role in ("input", "hidden", "output"):
         assert d["roles"][role]["c"] == pytest.approx(float(c[role]), abs=1e-9)
 

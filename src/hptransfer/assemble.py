@@ -16,7 +16,7 @@ from torch import nn
 
 from hptransfer import data as data_mod
 from hptransfer.config import RunConfig
-from hptransfer.models import build_model
+from hptransfer.models import build_model, hidden_depth
 from hptransfer.optim import build_optimizer
 from hptransfer.param.apply import Parameterization, parameterize, scale_depth
 from hptransfer.param.roles import RoleTable, roles_from_factory
@@ -91,6 +91,7 @@ def parameterize_run(
         },
         options=o.options,
         k_switches=p.k_switches,
+        n_hidden=hidden_depth(cfg.model.name, cfg.model.depth),
     )
     par = parameterize(
         model,

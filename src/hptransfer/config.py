@@ -27,6 +27,7 @@ from typing import Any, Literal
 import tomllib
 
 from hptransfer.errors import ConfigError
+from hptransfer.optim import registry
 
 # Each choice set is defined once, here, as the Literal type of its config field; the tuples
 # below (typing.get_args) are what models, param, the CLI and sweeps check names against.
@@ -63,19 +64,8 @@ EPS_MODES: tuple[str, ...] = typing.get_args(EpsMode)
 TIE_RULES: tuple[str, ...] = typing.get_args(TieRule)
 ROLES: tuple[str, ...] = typing.get_args(Role)
 EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
-OPTIMIZERS = (
-    "sgd",
-    "adam",
-    "adamw",
-    "adam_atan2",
-    "adam_ps",
-    "adafactor",
-    "adopt",
-    "lamb",
-    "sophia",
-    "shampoo",
-    "muon",
-)
+#: The optimizer names: a live view of the optimizer registry (imports no optimizer).
+OPTIMIZERS = registry.NAMES
 
 
 _Section = typing.TypeVar("_Section")
@@ -260,7 +250,7 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "optimizer.")
-        _check_choice("optimizer.name", self.name, OPTIMIZERS)
+        registry.check_name(self.name, "optimizer.name")
         _check_min("optimizer.lr", self.lr, 0, strict=True)
         if self.eps is not None:
             _check_min("optimizer.eps", self.eps, 0)

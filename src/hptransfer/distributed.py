@@ -33,12 +33,12 @@ import torch.distributed as dist
 from torch import nn
 
 from hptransfer.config import ConfigError, RunConfig
+from hptransfer.optim import registry
 
-# Optimizers whose update runs on FSDP2's sharded DTensor parameters (checked against one
-# process in tests/test_distributed.py or by hand). adam_ps and adafactor take in-place steps
-# on norms that DTensor cannot keep sharded; sophia estimates curvature per rank.
-FSDP_OPTIMIZERS = ("sgd", "adam", "adamw", "adam_atan2", "adopt", "lamb", "muon", "shampoo")
-NOT_DATA_PARALLEL = {"sophia": "its curvature estimate would differ per rank"}
+# Optimizers whose update runs on FSDP2's sharded DTensor parameters (their specs' ``fsdp``;
+# checked against one process in tests/test_distributed.py). adam_ps and adafactor take in-place
+# steps on norms that DTensor cannot keep sharded; sophia estimates curvature per rank.
+FSDP_OPTIMIZERS = tuple(n for n in registry.names() if registry.get(n).fsdp)
 T = TypeVar("T")
 
 
@@ -119,10 +119,10 @@ def start(cfg: RunConfig) -> Context:
             f"train.batch_size={t.batch_size} does not split evenly over {world} processes; "
             "make it a multiple of the process count"
         )
-    name = cfg.optimizer.name
-    if name in NOT_DATA_PARALLEL:
-        raise ConfigError(f"optimizer {name} cannot train data parallel: {NOT_DATA_PARALLEL[name]}")
-    if mode == "fsdp" and name not in FSDP_OPTIMIZERS:
+    name, spec = cfg.optimizer.name, registry.get(cfg.optimizer.name)
+    if spec.not_data_parallel:
+        raise ConfigError(f"optimizer {name} cannot train data parallel: {spec.not_data_parallel}")
+    if mode == "fsdp" and not spec.fsdp:
         raise ConfigError(
             f"optimizer {name} does not run on FSDP2's sharded parameters; use "
             f"train.distributed = ddp or one of {', '.join(FSDP_OPTIMIZERS)}"

@@ -127,7 +127,7 @@ def train(
         }
         if eval_step:  # per-layer diagnostics ride along with the evals
             record.update(update_ratios(named, before))
-            record.update(optimizer_diagnostics(opt, names))
+            record.update(optimizer_diagnostics(cfg.optimizer.name, opt, names, distributed.full))
             record["eval_loss"] = ctx.mean(evaluate(model, eval_set, autocast))
             evals.append((step + 1, record["eval_loss"]))
             if not math.isfinite(record["eval_loss"]):

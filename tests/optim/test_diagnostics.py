@@ -31,7 +31,7 @@ def _setup(name: str, **knobs: object) -> tuple[list[torch.Tensor], torch.optim.
 @pytest.mark.parametrize("name", ["adam", "adamw", "adam_ps", "adopt", "lamb", "muon"])
 def test_underflow_fraction(name: str) -> None:
     (small, large), opt = _setup(name)
-    d = optimizer_diagnostics(opt, {small: "small", large: "large"})
+    d = optimizer_diagnostics(name, opt, {small: "small", large: "large"})
     assert d["underflow/small"] == pytest.approx(11 / 12)
     assert d["underflow/large"] == 0.0
 
@@ -39,12 +39,14 @@ def test_underflow_fraction(name: str) -> None:
 @pytest.mark.parametrize("name", ["sgd", "adam_atan2", "shampoo", "adafactor"])
 def test_no_underflow_key_without_an_eps_floor(name: str) -> None:
     (small, large), opt = _setup(name)
-    assert not any(k.startswith("underflow/") for k in optimizer_diagnostics(opt, {small: "s"}))
+    assert not any(
+        k.startswith("underflow/") for k in optimizer_diagnostics(name, opt, {small: "s"})
+    )
 
 
 def test_lamb_trust_ratio_matches_definition() -> None:
     (small, large), opt = _setup("lamb", bias_correction=False)
-    d = optimizer_diagnostics(opt, {small: "small", large: "large"})
+    d = optimizer_diagnostics("lamb", opt, {small: "small", large: "large"})
     st = opt.state[large]
     r = st["exp_avg"] / (st["exp_avg_sq"].sqrt() + 1e-8)
     # the ratio stored at the last step used the weights before that step: recompute them
@@ -60,13 +62,15 @@ def test_sophia_clip_rate() -> None:
     p.grad = torch.tensor([1.0, 1.0, 1.0, 0.0])
     opt.step()
     # no curvature yet: every coordinate with a nonzero momentum is clipped
-    assert optimizer_diagnostics(opt, {p: "p"}) == {"clip_rate/p": 0.75}
+    assert optimizer_diagnostics("sophia", opt, {p: "p"}) == {"clip_rate/p": 0.75}
     # m = 0.035; h = 0.01 * estimate: |m| / h = 1.75 (clipped) for the third coordinate
     opt.update_curvature([torch.tensor([0.0, 1e9, 2.0, 1e9])])
-    assert optimizer_diagnostics(opt, {p: "p"}) == {"clip_rate/p": 0.5}
+    assert optimizer_diagnostics("sophia", opt, {p: "p"}) == {"clip_rate/p": 0.5}
 
 
 def test_unnamed_and_stateless_params_are_skipped() -> None:
     (small, large), opt = _setup("adamw")
     fresh = torch.nn.Parameter(torch.ones(2))
-    assert set(optimizer_diagnostics(opt, {large: "large", fresh: "fresh"})) == {"underflow/large"}
+    assert set(optimizer_diagnostics("adamw", opt, {large: "large", fresh: "fresh"})) == {
+        "underflow/large"
+    }

@@ -12,7 +12,7 @@ from hptransfer.optim.diagnostics import optimizer_diagnostics
 from hptransfer.optim.muon import routes_to_muon
 from hptransfer.param.apply import parameterize
 from hptransfer.param.roles import roles_from_factory
-from hptransfer.param.rules import DEFAULT_EPS, make_rule
+from hptransfer.param.rules import default_eps, make_rule
 
 # muP's gradient exponents g (§5 table; vectors: the backward exponent 1), width_mult 4
 G_MUP = {"input": 0.5, "hidden": 1.0, "output": 0.5, "vector": 1.0}
@@ -55,7 +55,7 @@ def test_per_layer_eps_reaches_every_group(optimizer):
             assert g["eps"] == 1e-7
             continue
         roles.add(g["role"])
-        want = DEFAULT_EPS[optimizer] * M ** (-power * G_MUP[g["role"]])
+        want = default_eps(optimizer) * M ** (-power * G_MUP[g["role"]])
         assert group_eps(optimizer, g) == pytest.approx(want, rel=1e-12), g["role"]
     assert roles == ({"input", "output", "vector"} | ({"hidden"} if optimizer != "muon" else set()))
 
@@ -71,7 +71,7 @@ def test_shampoo_per_layer_eps_follows_the_eigenvalue_scale():
     and makes sure it is relative; the constant modes leave that to the optimizer's knob."""
     par, groups = groups_for("shampoo", "per_layer")
     assert all(g["eps_relative"] is True for g in par.param_groups)
-    assert all(g["eps"] == DEFAULT_EPS["shampoo"] for g in groups)
+    assert all(g["eps"] == default_eps("shampoo") for g in groups)
     par, _ = groups_for("shampoo", "constant")
     assert not any("eps_relative" in g for g in par.param_groups)
 
@@ -80,11 +80,11 @@ def test_shampoo_per_layer_eps_follows_the_eigenvalue_scale():
 def test_constant_and_small_modes(optimizer):
     _, groups = groups_for(optimizer, "constant")
     assert {group_eps(optimizer, g) for g in adam_eps_groups(optimizer, groups)} == {
-        DEFAULT_EPS[optimizer]
+        default_eps(optimizer)
     }
     _, groups = groups_for(optimizer, "small")
     small = {group_eps(optimizer, g) for g in adam_eps_groups(optimizer, groups)}
-    assert small == {min(DEFAULT_EPS[optimizer], 1e-15)}
+    assert small == {min(default_eps(optimizer), 1e-15)}
     with pytest.raises(ValueError, match="small sets epsilon itself"):
         groups_for(optimizer, "small", eps=1e-8)
 
@@ -114,7 +114,7 @@ def _underflow_by_role(width, eps_mode):
     x = torch.randint(0, 256, (8, 32), generator=torch.Generator().manual_seed(0))
     F.cross_entropy(s.model(x).flatten(0, 1), x.flatten()).backward()
     s.optimizer.step()
-    diag = optimizer_diagnostics(s.optimizer, {p: n for n, p in s.model.named_parameters()})
+    diag = optimizer_diagnostics("adam", s.optimizer, {p: n for n, p in s.model.named_parameters()})
     by_role: dict[str, list[float]] = {}
     for e in s.roles:
         by_role.setdefault(e.role, []).append(diag[f"underflow/{e.name}"])

@@ -12,6 +12,7 @@ from hptransfer.param.rules import (
     fold,
     grad_exponents,
     make_rule,
+    measured_alignment,
     solve_c,
 )
 
@@ -160,3 +161,21 @@ def test_unknown_names_raise():
         make_rule("xyz", "adam")
     with pytest.raises(ValueError, match="unknown alignment"):
         make_rule("mup", "adam", "partial")
+
+
+def test_measured_alignment_rule_models_the_runs_own_depth() -> None:
+    """With omega > 1/2 the hidden exponent depends on the chain length the solver models, so
+    a run's rule is solved for its model's hidden layers in series (4 per nanodo block)."""
+    from hptransfer.assemble import build
+    from hptransfer.config import RunConfig
+    from hptransfer.models import hidden_depth
+
+    values = {"hidden": [0.8, 0.7, 0.8], "output": [0.9, 0.6, 0.9]}
+    shallow = make_rule("mup", "adam", measured_alignment(values), n_hidden=2)
+    deep = make_rule("mup", "adam", measured_alignment(values), n_hidden=8)
+    assert shallow.roles["hidden"].c != deep.roles["hidden"].c
+    cfg = RunConfig().replace(
+        **{"param.alignment": "measured", "param.alignment_values": values, "model.width": 64}
+    )
+    assert hidden_depth(cfg.model.name, cfg.model.depth) == 8
+    assert build(cfg).parameterization.rule.roles["hidden"].c == deep.roles["hidden"].c

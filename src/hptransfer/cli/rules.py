@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         lr_exponents=args.lr_exponents,
         k_switches=args.k_switches or "",
         options=options,
+        n_hidden=_hidden_depth(args, cfg),
     )
     if args.model:
         return _rules_for_model(cfg, rule, args.format)
@@ -132,6 +133,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hidden_depth(args: argparse.Namespace, cfg) -> int:
+    """The solver's chain length: the measured run's model, else --model's, else 2."""
+    from hptransfer.models import hidden_depth
+
+    model = args.run_model if args.alignment_from else cfg.model if args.model else None
+    return 2 if model is None else hidden_depth(model.name, model.depth)
+
+
 def _rules_alignment(args: argparse.Namespace):
     """Resolve --alignment / --alignment-from (which also supplies --param and --optimizer
     defaults from the run) and print the measured values."""
@@ -150,6 +159,7 @@ def _rules_alignment(args: argparse.Namespace):
 
     per_role, run_cfg = alignment_from_run(args.alignment_from, parse_window(args.window))
     args.measured = per_role
+    args.run_model = run_cfg.model
     args.param = args.param or run_cfg.param.name
     args.optimizer = args.optimizer or run_cfg.optimizer.name
     args.alignment = "full"  # only for checking the settings as a config; the rule gets the values

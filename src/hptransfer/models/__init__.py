@@ -14,6 +14,14 @@ from hptransfer.config import MODELS
 from hptransfer.errors import ConfigError
 
 
+def hidden_depth(name: str, depth: int) -> int:
+    """Hidden (width x width) layers a signal passes through in series from the embedding to
+    the readout, the chain length the LR-exponent solver models (`param.rules.solve_c`): one per
+    layer of the mlp; four per transformer block (attention's value and output projections,
+    the MLP's two matrices)."""
+    return depth if name == "mlp" else 4 * depth
+
+
 def build_model(
     name: str,
     *,

@@ -4,9 +4,9 @@
 parameters that have a gradient, creates their state on first use (``"step"`` = 0 and one
 zero buffer per name in ``buffers``) and calls :meth:`~InHouseOptimizer._step_group`. The
 default ``_step_group`` counts the step and calls the update rule :meth:`_update` on chunks of
-tensors sized for ``torch._foreach_*`` ops (:func:`hptransfer.optim.foreach_chunks`). Weight
-decay stays in the rule, through :func:`hptransfer.optim.apply_decay` (coupled or independent),
-because where it happens relative to the rule's own reads of the weights is part of the rule.
+tensors sized for ``torch._foreach_*`` ops (:func:`foreach_chunks`). Weight decay stays in
+the rule, through :func:`hptransfer.optim.decay.apply_decay` (coupled or independent), because
+where it happens relative to the rule's own reads of the weights is part of the rule.
 :func:`update_moments` and :func:`sqrt_v_hat` are the Adam pieces several rules share.
 """
 
@@ -18,9 +18,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hptransfer.optim import foreach_chunks
-
 State = dict[str, Any]
+
+#: elements per CPU foreach chunk: the update's half-dozen tensors of a chunk stay in L2 cache
+CPU_CHUNK_NUMEL = 1 << 16
+
+
+def foreach_chunks(params: list[Tensor]) -> list[slice]:
+    """Slices of ``params`` to update together with ``torch._foreach_*`` ops.
+
+    One chunk on accelerators (fewer kernel launches). On CPU, where foreach ops are plain
+    loops, consecutive tensors up to CPU_CHUNK_NUMEL elements in all (a larger tensor alone):
+    going tensor by tensor keeps each in cache across the update's ops (measured ~1.7x faster
+    than one chunk at width 512), and grouping small tensors saves per-op overhead (LAMB at
+    width 128: 1.16x -> ~0.9x the reference's step time).
+    """
+    if not params or params[0].device.type != "cpu":
+        return [slice(None)]
+    out, start, size = [], 0, 0
+    for i, p in enumerate(params):
+        if i > start and size + p.numel() > CPU_CHUNK_NUMEL:
+            out.append(slice(start, i))
+            start, size = i, 0
+        size += p.numel()
+    out.append(slice(start, len(params)))
+    return out
 
 
 class InHouseOptimizer(torch.optim.Optimizer):

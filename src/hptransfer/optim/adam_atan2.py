@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
+from hptransfer.optim.decay import apply_decay
+from hptransfer.optim.registry import OptimizerSpec, family, signature_knobs
 
 
 class AdamAtan2(InHouseOptimizer):
@@ -69,3 +70,11 @@ class AdamAtan2(InHouseOptimizer):
             torch.atan2(n, d, out=n)
         apply_decay(group, params)
         torch._foreach_add_(params, num, alpha=-group["lr"] * group["a"])
+
+
+SPEC = OptimizerSpec(
+    name="adam_atan2",
+    factory=lambda groups, cfg: AdamAtan2(groups, **cfg),
+    knobs=signature_knobs(AdamAtan2),
+    regime=family("adam"),  # an elementwise-normalized step; no epsilon
+)

@@ -29,8 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
+from hptransfer.optim.decay import apply_decay
+from hptransfer.optim.diagnostics import underflow
+from hptransfer.optim.registry import OptimizerSpec, family, signature_knobs
 
 
 class AdamPS(InHouseOptimizer):
@@ -68,3 +70,15 @@ class AdamPS(InHouseOptimizer):
         step_sizes = scale.mul_(-group["lr"]).div_(bc1)
         apply_decay(group, params)
         torch._foreach_addcdiv_(params, ms, denom, step_sizes)
+
+
+_KNOBS = signature_knobs(AdamPS)
+SPEC = OptimizerSpec(
+    name="adam_ps",
+    factory=lambda groups, cfg: AdamPS(groups, **cfg),
+    knobs=_KNOBS,
+    regime=family("adam_ps"),
+    eps=_KNOBS["eps"],
+    diagnostics=(underflow,),
+    fsdp=False,
+)

@@ -33,8 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay
 from hptransfer.optim._base import InHouseOptimizer, State
+from hptransfer.optim.decay import apply_decay
+from hptransfer.optim.diagnostics import underflow_raw
+from hptransfer.optim.registry import OptimizerSpec, family, signature_knobs
 
 
 class ADOPT(InHouseOptimizer):
@@ -97,3 +99,14 @@ class ADOPT(InHouseOptimizer):
         torch._foreach_add_(params, ms, alpha=-group["lr"])
         torch._foreach_mul_(vs, beta2)
         torch._foreach_addcmul_(vs, grads, grads, 1.0 - beta2)
+
+
+_KNOBS = signature_knobs(ADOPT)
+SPEC = OptimizerSpec(
+    name="adopt",
+    factory=lambda groups, cfg: ADOPT(groups, **cfg),
+    knobs=_KNOBS,
+    regime=family("adam"),
+    eps=_KNOBS["eps"],
+    diagnostics=(underflow_raw,),
+)

@@ -14,8 +14,10 @@ norm is zero the trust ratio is 1. With
 "version 3 without bias correction"). Defaults: betas (0.9, 0.999), eps 1e-6.
 
 Width scaling (parameterizations.md section 6): the step has Frobenius norm
-``lr * phi(||w||)``; with the clamp active it is width-free at constant LR, without it hidden
-updates grow like ``sqrt(width)`` (LAMB then behaves like Adam with parameter scaling).
+``lr * phi(||w||)``. With the clamp active that is ``lr * clamp`` whatever the weights' scale
+(hidden steps width-free at constant LR; the spectral rule `regime` names, with k = 1 and
+vectors' c = -1/2, see ``param.rules.SPECTRAL_DIRECT_C``); without it hidden updates grow like
+``sqrt(width)`` (LAMB then behaves like Adam with parameter scaling).
 
 Weight decay: in ``"coupled"`` mode ``lambda * w`` is inside ``r`` as above (the paper's form;
 its size is then set by the trust ratio). In ``"independent"`` mode ``r`` has no decay term and
@@ -31,14 +33,16 @@ adam_debias=True)`` (its default also divides the final step by ``1 - beta1^t``)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
+from hptransfer.optim.decay import apply_decay
+from hptransfer.optim.diagnostics import trust_ratio, underflow
+from hptransfer.optim.registry import OptimizerSpec, Regime, family, signature_knobs
 
 
 class Lamb(InHouseOptimizer):
@@ -98,3 +102,23 @@ class Lamb(InHouseOptimizer):
             st["trust_ratio"] = r
         torch._foreach_mul_(update, ratios)
         torch._foreach_add_(params, update, alpha=-group["lr"])
+
+
+def regime(knobs: Mapping[str, Any]) -> Regime:
+    """Clamped (``clamp`` a number): every step has the fixed Frobenius norm ``lr * clamp``
+    wherever the clamp binds, a spectral rule (parameterizations.md section 6); unclamped the
+    step is ``lr * ||w||`` in size, like Adam with parameter scaling."""
+    if knobs["clamp"] in (None, False):  # false: TOML's "none"
+        return family("adam_ps")(knobs)
+    return Regime("spectral", "lamb_clamped")
+
+
+_KNOBS = signature_knobs(Lamb)
+SPEC = OptimizerSpec(
+    name="lamb",
+    factory=lambda groups, cfg: Lamb(groups, **cfg),
+    knobs=_KNOBS,
+    regime=regime,
+    eps=_KNOBS["eps"],
+    diagnostics=(trust_ratio, underflow),
+)

@@ -13,21 +13,25 @@ Groups whose ``"role"`` is ``"hidden"`` and whose parameters are all 2-D go to
 
 with ``eta' = eta * sqrt(max(1, fan_out / fan_in))`` (``adjust_lr_fn="original"``, width-free
 at constant LR) or ``eta * 0.2 * sqrt(max(fan_out, fan_in))`` (``"match_rms_adamw"``: scale the
-hidden LR by ``1/sqrt(width_mult)``; never stack both). torch runs the Newton-Schulz iteration
-in bfloat16 whatever the parameter dtype. All other groups (routing uses ``"role"`` only, never
-parameter names) go to ``torch.optim.AdamW`` with ``adamw_betas`` (``build_optimizer``'s
-``betas`` knob) and ``eps``.
-
-Defaults: momentum 0.95, nesterov True, ns_steps 5, adjust_lr_fn "original", adamw_betas
-(0.9, 0.95), eps 1e-8. A group's ``eps`` applies to AdamW-routed groups; Muon-routed groups use
-torch's Newton-Schulz normalization floor (1e-7) instead.
+hidden LR by ``1/sqrt(width_mult)``; never stack both). That factor is Muon's own
+(:func:`lr_factor`); the width rule owns it: ``param.apply.compute_specs`` puts it into each
+matrix's LR (and divides coupled weight decay by it, as torch decays with the unadjusted LR),
+so ``hptransfer rules --model`` prints the LR that runs, and marks the param group
+(``registry.OWN_FACTOR_KEY``); such groups run torch's Muon with the LR as given. Groups
+without the mark (built by hand) get torch's adjustment, as plain ``torch.optim.Muon`` does.
+torch runs the Newton-Schulz iteration in bfloat16 whatever the parameter dtype. All other
+groups (routing uses ``"role"`` only, never parameter names) go to ``torch.optim.AdamW`` with
+``adamw_betas`` (``build_optimizer``'s ``betas`` knob) and ``eps``. A group's ``eps`` applies to
+AdamW-routed groups; Muon-routed groups use torch's Newton-Schulz normalization floor (1e-7)
+instead, which `own_factor` reports as their epsilon.
 
 The object is a single :class:`torch.optim.Optimizer` with one ``param_groups`` list (LR
 schedulers scale every group), one ``state``/``state_dict``: the torch optimizers doing the
 work share these group dicts and this state.
 
 Weight decay: coupled ``w *= 1 - lr * wd`` (both torch optimizers' form; for Muon groups with
-the unadjusted lr) or independent ``w *= 1 - wd * lr / initial_lr`` (see :mod:`hptransfer.optim`).
+the unadjusted lr) or independent ``w *= 1 - wd * lr / initial_lr`` (see
+:mod:`hptransfer.optim.decay`).
 
 Reference: K. Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024);
 ``torch.optim.Muon``.
@@ -35,14 +39,27 @@ Reference: K. Jordan et al., "Muon: An optimizer for hidden layers in neural net
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
-from hptransfer.optim import step_with_independent_decay
+from hptransfer.optim.decay import step_with_independent_decay
+from hptransfer.optim.diagnostics import underflow
+from hptransfer.optim.registry import (
+    OWN_FACTOR_KEY,
+    OptimizerSpec,
+    OwnFactor,
+    Regime,
+    signature_knobs,
+)
 
+#: the epsilon of torch's Newton-Schulz normalization, X / max(||X||_F, eps)
 _MUON_NS_EPS = 1e-7
+#: an ``adjust_lr_fn`` that torch's Muon leaves unadjusted (any name but its two)
+_LR_AS_GIVEN = "as_given"
 
 
 def routes_to_muon(group: dict[str, Any]) -> bool:
@@ -75,6 +92,8 @@ class MuonAdamW(torch.optim.Optimizer):
             g["use_muon"] = routes_to_muon(g)
             if g["use_muon"]:
                 g["eps"] = _MUON_NS_EPS
+                if g.get(OWN_FACTOR_KEY):
+                    g["adjust_lr_fn"] = _LR_AS_GIVEN
         super().__init__(groups, dict(lr=lr, weight_decay=weight_decay, wd_mode=wd_mode))
         self._link()
 
@@ -107,3 +126,38 @@ class MuonAdamW(torch.optim.Optimizer):
                 inner.step()
 
         return step_with_independent_decay(self, inner_step, closure)
+
+
+def lr_factor(shape: tuple[int, ...], adjust_lr_fn: str) -> float:
+    """torch's Muon LR adjustment of a ``(fan_out, fan_in)`` matrix."""
+    fan_out, fan_in = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(fan_out, fan_in))
+    return math.sqrt(max(1.0, fan_out / fan_in))
+
+
+def own_factor(role: str, shape: tuple[int, ...], knobs: Mapping[str, Any]) -> OwnFactor | None:
+    """Hidden matrices (the ones `routes_to_muon` sends to Muon): the LR adjustment and the
+    Newton-Schulz epsilon. Everything else runs AdamW with the group's LR and epsilon."""
+    if role != "hidden" or len(shape) != 2:
+        return None
+    return OwnFactor(lr_factor(shape, knobs["adjust_lr_fn"]), _MUON_NS_EPS)
+
+
+def regime(knobs: Mapping[str, Any]) -> Regime:
+    """Width-free hidden steps (c = 0); "match_rms_adamw" adds 1/sqrt(width_mult) to them."""
+    if knobs["adjust_lr_fn"] == "match_rms_adamw":
+        return Regime("spectral", "muon_match_rms_adamw")
+    return Regime("spectral", "muon")
+
+
+_KNOBS = signature_knobs(MuonAdamW, skip=("adamw_betas",))
+SPEC = OptimizerSpec(
+    name="muon",
+    factory=lambda groups, cfg: MuonAdamW(groups, adamw_betas=cfg.pop("betas"), **cfg),
+    knobs={**_KNOBS, "betas": inspect.signature(MuonAdamW).parameters["adamw_betas"].default},
+    regime=regime,
+    eps=_KNOBS["eps"],  # of the AdamW part
+    own_factor=own_factor,
+    diagnostics=(underflow,),  # the AdamW part
+)

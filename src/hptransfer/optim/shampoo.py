@@ -107,16 +107,21 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hptransfer.optim import apply_decay
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
-from hptransfer.param.rules import SHAMPOO_BLOCK
+from hptransfer.optim.decay import apply_decay
+from hptransfer.optim.registry import OptimizerSpec, Regime, family, signature_knobs
+
+#: The default ``max_preconditioner_dim``: with the rule's block factor, blocking moved the
+#: optimal LR less with width (docs/reproductions.md), and at width 512 it brings the step from
+#: 27x to about 8x an AdamW step (benchmarks/).
+SHAMPOO_BLOCK = 128
 
 GRAFTINGS = (None, "adam")
 NORMALIZES = (None, "clip", "spectral")
@@ -534,3 +539,22 @@ def _norm_ratio(target_KxMxN: Tensor, direction_KxMxN: Tensor) -> Tensor:
     tn = torch.linalg.vector_norm(target_KxMxN, dim=(-2, -1))
     dn = torch.linalg.vector_norm(direction_KxMxN, dim=(-2, -1))
     return torch.where(dn > 0, tn / dn.clamp_min(torch.finfo(dn.dtype).tiny), 0.0)
+
+
+def regime(knobs: Mapping[str, Any]) -> Regime:
+    """With Adam grafting the step has Adam's per-block norm (the AdamW rules); otherwise the
+    spectral rule, whose blocks add a per-matrix factor (``param.rules.Rule.block_size``)."""
+    if knobs["grafting"] == "adam":
+        return family("adam")(knobs)
+    return Regime("spectral", "shampoo", block=knobs["max_preconditioner_dim"])
+
+
+_KNOBS = signature_knobs(Shampoo)
+SPEC = OptimizerSpec(
+    name="shampoo",
+    factory=lambda groups, cfg: Shampoo(groups, **cfg),
+    knobs=_KNOBS,
+    regime=regime,
+    eps=_KNOBS["eps"],  # relative to each statistic's largest eigenvalue (eps_relative)
+    eps_power=0,  # relative: scale free
+)

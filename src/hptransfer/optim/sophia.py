@@ -45,8 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hptransfer.optim import apply_decay
 from hptransfer.optim._base import InHouseOptimizer, State
+from hptransfer.optim.decay import apply_decay
+from hptransfer.optim.diagnostics import clip_rate
+from hptransfer.optim.registry import OptimizerSpec, family, signature_knobs
 
 VARIANTS = ("g", "h")
 IGNORE_INDEX = -100
@@ -143,3 +145,17 @@ class Sophia(InHouseOptimizer):
         torch._foreach_mul_(ratio, torch._foreach_sign(ms))
         apply_decay(group, params)
         torch._foreach_add_(params, ratio, alpha=-group["lr"])
+
+
+_KNOBS = signature_knobs(Sophia)
+SPEC = OptimizerSpec(
+    name="sophia",
+    factory=lambda groups, cfg: Sophia(groups, **cfg),
+    knobs=_KNOBS,
+    regime=family("adam"),  # sign-like clipped steps: elementwise normalized
+    eps=_KNOBS["eps"],
+    eps_power=2,  # max(rho h, eps) floors a curvature estimate quadratic in the gradient
+    diagnostics=(clip_rate,),
+    fsdp=False,
+    not_data_parallel="its curvature estimate would differ per rank",
+)

@@ -8,7 +8,10 @@ constants gamma (LR) and s (init scale):
     LR  beta * gamma * m^-c          per-layer epsilon  eps * m^-g  (Sophia m^-2g, Shampoo 1)
 
 (blocked Shampoo: the LR of each matrix also x sqrt(blocks at base width / blocks), see
-`Rule.block_size`)
+`Rule.block_size`; an optimizer that scales a parameter's step itself, Muon's
+sqrt(max(1, fan_out / fan_in)) on hidden matrices, has that factor in the LR here, its epsilon
+in place of the group's and coupled weight decay divided by the factor, and the param group says
+so (`registry.OWN_FACTOR_KEY`): the table is the LR and epsilon that run)
 
 with n the layer's growing dimension, n0 its value at base width, m = n / n0 and b_sp the SP
 init exponent, so that with the relative anchor every parameterization is SP at m = 1.
@@ -16,7 +19,7 @@ Vectors keep their constant init (norm gains 1, biases 0) and take the vector ro
 
 form "folded" moves each multiplier into the init, the LR and epsilon (the symmetry
 (a, b, c) -> (a + t, b - t, c - k t)): std * mult, LR * mult^k, eps / mult (Sophia: / mult^2;
-Shampoo's relative eps: unchanged; see rules.EPS_POWER), coupled weight
+Shampoo's relative eps: unchanged; see rules.eps_power), coupled weight
 decay / mult^k. It needs no hooks, so it works for any module type.
 
 Multipliers are forward hooks on the owning module (nn.Linear, convolutions: the input is
@@ -33,6 +36,7 @@ from torch import nn
 
 from hptransfer.config import ANCHORS, EPS_MODES, FORMS
 from hptransfer.errors import ConfigError
+from hptransfer.optim import registry
 from hptransfer.param.roles import RoleTable
 from hptransfer.param.rules import (
     SP_B,
@@ -41,7 +45,7 @@ from hptransfer.param.rules import (
     depth_lr_factor,
     depth_multiplier,
     eps_factor,
-    eps_fold_power,
+    eps_power,
 )
 
 SCALED = ("input", "hidden", "output")
@@ -65,6 +69,8 @@ class ParamSpec:
     eps: float | None
     """Epsilon for optimizers that have one; None otherwise."""
     weight_decay: float
+    own_factor: bool = False
+    """Whether lr_factor (and eps, weight_decay) include the optimizer's own factor."""
 
 
 @dataclass
@@ -135,6 +141,7 @@ def compute_specs(
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(choices)}")
     init_scale = init_scale or {}
     eps0 = base_eps(rule.optimizer, eps, eps_mode)
+    own_factor = registry.get(rule.optimizer).own_factor
     specs = {}
     for e in roles:
         if e.tied_to is not None and roles[e.tied_to].role == e.role:
@@ -166,12 +173,18 @@ def compute_specs(
             std = std * mult
             lr_factor *= mult**rule.k
             if p_eps is not None:
-                p_eps /= mult ** eps_fold_power(rule.optimizer)
+                p_eps /= mult ** eps_power(rule.optimizer)
             if wd_mode == "coupled":
                 wd = wd / mult**rule.k
             mult = 1.0
+        own = own_factor(e.role, e.shape, rule.knobs)
+        if own is not None:  # the optimizer's own factor: in the LR, never applied twice
+            lr_factor *= own.lr
+            p_eps = own.eps if own.eps is not None else p_eps
+            if wd_mode == "coupled":  # coupled decay w *= 1 - lr * wd uses the group's LR
+                wd = wd / own.lr
         specs[e.name] = ParamSpec(
-            e.name, e.role, e.fan_in, e.fan_out, m, std, mult, lr_factor, p_eps, wd
+            e.name, e.role, e.fan_in, e.fan_out, m, std, mult, lr_factor, p_eps, wd, own is not None
         )
     return specs
 
@@ -265,7 +278,7 @@ def parameterize(
                 if e.tied_to == name and e.name not in specs:
                     tmod, tpname = owners[e.name]
                     handles.append(_install_multiplier(tmod, tpname, e.name, s.multiplier))
-        key = (s.role, s.lr_factor, s.eps, s.weight_decay)
+        key = (s.role, s.lr_factor, s.eps, s.weight_decay, s.own_factor)
         if key not in groups:
             groups[key] = {
                 "params": [],
@@ -277,6 +290,8 @@ def parameterize(
             }
             if s.eps is not None:
                 groups[key]["eps"] = s.eps
+            if s.own_factor:
+                groups[key][registry.OWN_FACTOR_KEY] = True
             if eps_mode == "per_layer" and rule.optimizer == "shampoo":
                 groups[key]["eps_relative"] = True  # scale free (see rules.EPS_POWER)
         groups[key]["params"].append(p)

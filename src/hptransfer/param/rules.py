@@ -7,18 +7,23 @@ with n the layer's growing dimension and m = n / n0 the width multiplier.
 The (a, b) pairs are a table (`ABC`). The LR exponents c are NOT a table: `solve_c` derives
 them from the stability constraints of [E] (parameterizations.md §4) for any alignment values,
 so measured alignments give their own exponents. The gradient exponents g that set per-layer
-epsilon (§5) are derived too (`grad_exponents`). Nothing here imports torch.
+epsilon (§5) are derived too (`grad_exponents`). What each optimizer contributes (its regime,
+base epsilon and epsilon power) is read from its spec in `hptransfer.optim.registry`, which
+imports the optimizer's module, and torch, on first use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 
 from hptransfer.config import LR_EXPONENTS
+from hptransfer.errors import ConfigError
+from hptransfer.optim import registry
+from hptransfer.optim.registry import Regime
 
 Number = Fraction | float
 ROLES3 = ("input", "hidden", "output")
@@ -74,7 +79,7 @@ def measured_alignment(values: dict[str, Sequence[float]]) -> dict[str, Alignmen
 def _per_role(alignment: RoleAlignment) -> dict[str, Alignment]:
     if isinstance(alignment, str):
         if alignment not in ALIGNMENTS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown alignment {alignment!r}; choose one of {', '.join(ALIGNMENTS)}"
                 " or give per-role values"
             )
@@ -83,7 +88,7 @@ def _per_role(alignment: RoleAlignment) -> dict[str, Alignment]:
         return {"hidden": alignment, "output": alignment}
     missing = {"hidden", "output"} - set(alignment)
     if missing:
-        raise ValueError(f"alignment needs values for roles {sorted(missing)}")
+        raise ConfigError(f"alignment needs values for roles {sorted(missing)}")
     return dict(alignment)
 
 
@@ -205,7 +210,7 @@ def solve_c(
     cost[ci["input"]] += 1e-6
     res = linprog(cost, A_ub=np.array(rows), b_ub=np.array(rhs), bounds=bounds, method="highs")
     if res.status != 0:
-        raise ValueError(f"no learning-rate exponents keep every layer stable ({res.message})")
+        raise ConfigError(f"no learning-rate exponents keep every layer stable ({res.message})")
     inputs = [v for r in ROLES3 for v in abc[r]] + [
         x for al_ in al.values() for x in vars(al_).values()
     ]
@@ -240,94 +245,75 @@ def fold(a: Number, b: Number, c: Number, family: str) -> tuple[Number, Number, 
     return (0 * a, b + a, c + k * a)
 
 
-#: The update family of [E] each optimizer belongs to, where the mapping is clear.
-#: Elementwise-normalized steps are Adam-type; LAMB with an unclamped weight norm and Adafactor's
-#: relative step scale by the parameter RMS like Adam + parameter scaling.
-OPTIMIZER_FAMILY = {
-    "sgd": "sgd",
-    "adam": "adam",
-    "adamw": "adam",
-    "adam_atan2": "adam",
-    "adopt": "adam",
-    "sophia": "adam",
-    "adam_ps": "adam_ps",
-    "adafactor": "adam_ps",
-    "lamb": "adam_ps",
-}
-
-#: Default epsilon per optimizer (the base value that per-layer epsilon rescales).
-DEFAULT_EPS = {
-    "adam": 1e-8,
-    "adamw": 1e-8,
-    "adam_ps": 1e-8,
-    "adopt": 1e-6,
-    "lamb": 1e-6,
-    # torch's eps1 floors sqrt(v): optax's 1e-30 floors v (1e-30 here squares to 0 in float32)
-    "adafactor": 1e-15,
-    "sophia": 1e-15,
-    "shampoo": 1e-6,  # relative to each statistic's largest eigenvalue (Shampoo's default)
-    "muon": 1e-8,
-}
-
 #: The "small" epsilon mode ([E]'s second mitigation): this constant, or the optimizer's default
 #: where that is smaller already (Adafactor, Sophia).
 SMALL_EPS = 1e-15
 
-#: Power of the gradient scale that an optimizer's epsilon is compared with: 1 where it floors
-#: sqrt(v) (Adam family, ADOPT, LAMB, Adafactor's eps1, Muon's AdamW side); 2 for Sophia, whose
-#: max(rho h, eps) floors a curvature estimate quadratic in the gradient; 0 for Shampoo, whose
-#: epsilon is relative to each block's largest eigenvalue (its eps_relative option, on by
-#: default), hence scale free. Per-layer epsilon is eps * width_mult^(-power * g), and the
-#: folded form divides eps by multiplier^power. Shampoo's eigenvalues grow with the gradient
-#: squared and with the layer's dimensions, so no width power would follow an absolute epsilon:
-#: per-layer mode switches eps_relative on for it (`parameterize`).
-EPS_POWER = {"sophia": 2, "shampoo": 0}
+
+def default_eps(optimizer: str) -> float | None:
+    """The optimizer's base epsilon (its spec's; None: it has none)."""
+    return registry.get(optimizer).eps
+
+
+def eps_power(optimizer: str) -> int:
+    """Power of the gradient scale that the optimizer's epsilon is compared with (its spec's
+    ``eps_power``): 1 where it floors sqrt(v) (Adam family, ADOPT, LAMB, Adafactor's eps1,
+    Muon's AdamW side); 2 for Sophia, whose max(rho h, eps) floors a curvature estimate
+    quadratic in the gradient; 0 for Shampoo, whose epsilon is relative to each block's largest
+    eigenvalue (its eps_relative option, on by default), hence scale free. Per-layer epsilon is
+    eps * width_mult^(-power * g), and the folded form divides eps by multiplier^power.
+    Shampoo's eigenvalues grow with the gradient squared and with the layer's dimensions, so no
+    width power would follow an absolute epsilon: per-layer mode switches eps_relative on for it
+    (`parameterize`)."""
+    return registry.get(optimizer).eps_power
 
 
 def eps_factor(optimizer: str, g: Number, width_mult: float, eps_mode: str) -> float:
     """Per-layer epsilon factor width_mult^(-power * g) (1 in the constant modes)."""
     if eps_mode != "per_layer":
         return 1.0
-    return width_mult ** -(EPS_POWER.get(optimizer, 1) * float(g))
-
-
-def eps_fold_power(optimizer: str) -> int:
-    """Folding a forward multiplier mult into the weights divides epsilon by mult^this."""
-    return EPS_POWER.get(optimizer, 1)
+    return width_mult ** -(eps_power(optimizer) * float(g))
 
 
 def base_eps(optimizer: str, eps: float | None, eps_mode: str) -> float | None:
     """The epsilon before per-layer scaling: ``eps``, else the optimizer's default; "small"
     mode replaces it by SMALL_EPS (or a smaller default). None: the optimizer has none."""
-    default = DEFAULT_EPS.get(optimizer)
+    default = default_eps(optimizer)
     if eps_mode == "small":
         if eps is not None:
-            raise ValueError("eps_mode small sets epsilon itself; pass eps=None")
+            raise ConfigError("eps_mode small sets epsilon itself; pass eps=None")
         return None if default is None else min(default, SMALL_EPS)
     return eps if eps is not None else default
 
 
-#: Spectral muP ([S], parameterizations.md §6): LR exponents c in the DIRECT form, where the
-#: readout has no multiplier ((a, b) = input (0, 0), hidden (0, 1/2), output (0, 1)), and the
-#: update's homogeneity k in the gradient scale (1: scale-free steps; 0: steps proportional to
-#: the weight norm). From ||dW||_* = Theta(sqrt(fan_out / fan_in)) for each optimizer's rank-1
-#: step: Adam-type entries are O(lr), so a hidden step has spectral norm lr * fan_in (c = 1);
-#: LAMB (clamped) and Muon (built-in sqrt(fan_out/fan_in)) steps are width-free (c = 0); Shampoo
-#: with -1/4 roots on both sides scales like sqrt(fan_out/fan_in) itself, so c = 0 at a fixed
-#: aspect ratio, -1/2 for the input (fan_in fixed) and +1/2 for the direct-form readout.
-SPECTRAL_DIRECT_C: dict[str, tuple[Fraction, Fraction, Fraction, int]] = {
-    "adam": (Fraction(0), Fraction(1), Fraction(1), 1),
-    "lamb_clamped": (Fraction(0), Fraction(0), Fraction(0), 0),
-    "shampoo": (-HALF, Fraction(0), HALF, 1),
-    "muon": (Fraction(0), Fraction(0), Fraction(1), 1),
-    "muon_match_rms_adamw": (Fraction(0), HALF, Fraction(1), 1),
+#: Spectral muP ([S], parameterizations.md §6): LR exponents c (input, hidden, output, vector)
+#: in the DIRECT form, where the readout has no multiplier ((a, b) = input (0, 0), hidden
+#: (0, 1/2), output (0, 1)), and the update's homogeneity k (1: the step's size does not depend
+#: on the weights' scale, so folding a multiplier m^-a rescales the LR by m^-a; 0: steps
+#: proportional to the weight norm). From ||dW||_* = Theta(sqrt(fan_out / fan_in)) for each
+#: optimizer's rank-1 step:
+#:
+#: * Adam-type entries are O(lr), so a hidden step has spectral norm lr * fan_in (c = 1).
+#: * Muon's steps are width-free in spectral norm once its own sqrt(fan_out / fan_in) factor is
+#:   in the LR (`compute_specs` puts it there), so hidden c = 0; its other layers run AdamW.
+#: * Shampoo with -1/4 roots on both sides scales like sqrt(fan_out/fan_in) itself, so c = 0 at
+#:   a fixed aspect ratio, -1/2 for the input (fan_in fixed) and +1/2 for the direct readout.
+#: * LAMB with its clamp binding: each step has the fixed Frobenius norm lr * clamp (a rank-1
+#:   step: also its spectral norm), whatever the weights' scale, so k = 1 and c follows from
+#:   sqrt(fan_out / fan_in) alone: input -1/2 (fan_out = n), hidden 0, readout +1/2 (fan_in = n),
+#:   the same as Shampoo. (In muP's multiplier form this gives c = 0 for every matrix, the rule
+#:   LAMB always had; k = 0 made the folded form and [K]'s switches wrong.) Vectors: a vector
+#:   with Theta(1) entries (norm gains, trained biases) has ||w|| = Theta(sqrt(n)), so for
+#:   n > clamp^2 the clamp binds and the per-tensor trust ratio spreads the fixed norm lr * clamp
+#:   over n entries: each moves by lr * clamp / sqrt(n) ~ m^-1/2. Entry updates of Theta(1),
+#:   what every other optimizer's vector rule gives (c = 0 for Adam), need LR ~ m^1/2: c = -1/2.
+SPECTRAL_DIRECT_C: dict[str, tuple[Fraction, Fraction, Fraction, Fraction, int]] = {
+    "adam": (Fraction(0), Fraction(1), Fraction(1), Fraction(0), 1),
+    "lamb_clamped": (-HALF, Fraction(0), HALF, -HALF, 1),
+    "shampoo": (-HALF, Fraction(0), HALF, Fraction(0), 1),
+    "muon": (Fraction(0), Fraction(0), Fraction(1), Fraction(0), 1),
+    "muon_match_rms_adamw": (Fraction(0), HALF, Fraction(1), Fraction(0), 1),
 }
-
-
-#: Shampoo's default ``max_preconditioner_dim`` (the optimizer and the rules share it): with the
-#: rule's block factor, blocking moved the optimal LR less with width (docs/reproductions.md), and
-#: at width 512 it brings the step from 27x to about 8x an AdamW step (benchmarks/).
-SHAMPOO_BLOCK = 128
 
 
 def n_blocks(shape: tuple[int, ...], block: int) -> int:
@@ -337,36 +323,24 @@ def n_blocks(shape: tuple[int, ...], block: int) -> int:
     return -(-rows // block) * -(-cols // block)
 
 
-def optimizer_regime(optimizer: str, options: dict | None = None) -> tuple[str, str]:
-    """(kind, key): kind "family" -> key is an [E] family for the solver; kind "spectral" ->
-    key indexes SPECTRAL_DIRECT_C. Encodes the caveats of parameterizations.md §6:
-    LAMB is width-free only with its weight-norm clamp (unclamped it acts like Adam + parameter
-    scaling); Shampoo with Adam grafting takes the AdamW rules; Muon's "match_rms_adamw" LR
-    adjustment needs an extra 1/sqrt(m) on hidden layers (never stack it with another)."""
-    options = options or {}
-    if optimizer == "lamb":
-        clamped = options.get("clamp", True) not in (None, False)  # false: TOML's "none"
-        return ("spectral", "lamb_clamped") if clamped else ("family", "adam_ps")
-    if optimizer == "shampoo":
-        grafted = options.get("grafting") == "adam"
-        return ("family", "adam") if grafted else ("spectral", "shampoo")
-    if optimizer == "muon":
-        if options.get("adjust_lr_fn", "original") == "match_rms_adamw":
-            return ("spectral", "muon_match_rms_adamw")
-        return ("spectral", "muon")
-    if optimizer in OPTIMIZER_FAMILY:
-        return ("family", OPTIMIZER_FAMILY[optimizer])
-    raise ValueError(f"unknown optimizer {optimizer!r}")
+def optimizer_regime(optimizer: str, options: dict | None = None) -> Regime:
+    """The optimizer's width-rule regime for these knobs, from its spec in the registry
+    (kind "family": key is an [E] family for the solver; "spectral": key indexes
+    SPECTRAL_DIRECT_C). The caveats of parameterizations.md §6 live in the specs: LAMB is
+    spectral only with its weight-norm clamp (unclamped it acts like Adam + parameter scaling);
+    Shampoo with Adam grafting takes the AdamW rules; Muon's "match_rms_adamw" LR adjustment
+    needs an extra 1/sqrt(m) on hidden layers (never stack it with another)."""
+    spec = registry.get(optimizer)
+    return spec.regime(spec.with_knobs(options))
 
 
 def spectral_c(key: str, abc: dict[str, tuple[Number, Number]]) -> dict[str, Number]:
     """Spectral-muP exponents moved into the gauge ``abc`` (whose init must be muP's up to the
-    symmetry): c = c_direct - k * (a - a_direct) per role; vectors c = 0."""
-    ci, ch, co, k = SPECTRAL_DIRECT_C[key]
-    direct_a = {"input": 0, "hidden": 0, "output": 0}
+    symmetry): c = c_direct - k * (a - a_direct) per role (a_direct = 0); vectors as given."""
+    ci, ch, co, cv, k = SPECTRAL_DIRECT_C[key]
     c = {"input": ci, "hidden": ch, "output": co}
-    out = {r: c[r] - k * (abc[r][0] - direct_a[r]) for r in ROLES3}
-    out["vector"] = Fraction(0)
+    out = {r: c[r] - k * abc[r][0] for r in ROLES3}
+    out["vector"] = cv
     return out
 
 
@@ -393,6 +367,9 @@ class Rule:
     block's step has a width-free spectral norm, and b_out x b_in blocks of a rank-1 gradient
     add up to a step sqrt(b_out * b_in) times larger, so a matrix's LR also gets the factor
     sqrt(blocks at base width / blocks) (`block_lr_factor`). None: no such factor."""
+    knobs: dict = field(default_factory=dict)
+    """The optimizer's knobs the rule was made for (defaults filled in): `compute_specs` reads
+    the optimizer's own per-parameter factor with them (Muon's adjust_lr_fn)."""
 
     def block_lr_factor(self, shape: tuple[int, ...], base_shape: tuple[int, ...]) -> float:
         """The blocking factor of one matrix parameter (1.0 without blocking)."""
@@ -405,7 +382,7 @@ class Rule:
         """Symmetry constant: folding a multiplier m^-a rescales the LR by m^-ka."""
         if self.family in FAMILIES:
             return FAMILIES[self.family]
-        return SPECTRAL_DIRECT_C[self.family.removeprefix("spectral:")][3]
+        return SPECTRAL_DIRECT_C[self.family.removeprefix("spectral:")][4]
 
     def as_dict(self) -> dict:
         """JSON-ready exponents (as numbers) per role, and the blocking of `block_lr_factor`."""
@@ -436,44 +413,60 @@ def make_rule(
     gammas: dict[str, float] | None = None,
     options: dict | None = None,
     k_switches: str = "",
+    n_hidden: int = 2,
 ) -> Rule:
     """The full rule for a (parameterization, optimizer, alignment) cell.
 
+    ``n_hidden`` is the number of hidden layers in series the solver models (`solve_c`): the
+    model's own (`hptransfer.models.hidden_depth`) where it is known. The presets give the
+    same exponents for any depth; measured alignments with omega > 1/2 do not.
+
     Optimizers with an [E] update family get c from the solver, for any parameterization and
     alignment. The others (Shampoo, Muon, clamped LAMB) have only a spectral muP rule, so they
-    accept ``parameterization="mup"`` (any alignment: the spectral condition assumes the
-    full-alignment rank-1 step) or ``lr_exponents="global"``. ``options`` are the optimizer's
-    knobs that change its regime (see `optimizer_regime`).
+    accept ``parameterization="mup"`` with full alignment, or ``lr_exponents="global"``. Other
+    alignments raise ConfigError: the spectral condition sizes each step by its spectral norm,
+    which is the size of the layer's output change only for a step aligned with its input
+    (alpha = u = 1); with less alignment the output change depends on how the step's singular
+    directions meet the input, which the spectral norm does not fix, and no rule is derived for
+    that here. ``options`` are the optimizer's knobs (see `optimizer_regime`).
     ``lr_exponents="global"`` is [E]'s global-LR baseline: c = 0 for every role.
     ``k_switches`` (four 0/1 digits) gives [K]'s SP -> muP ablation instead (see
     `switch_rule`); it needs ``parameterization="sp"``.
     """
     if k_switches:
         if parameterization != "sp":
-            raise ValueError(f"k_switches apply on top of sp, not {parameterization}")
+            raise ConfigError(f"k_switches apply on top of sp, not {parameterization}")
         return switch_rule(
             k_switches, optimizer, lr_exponents=lr_exponents, gammas=gammas, options=options
         )
     if parameterization not in ABC:
-        raise ValueError(
+        raise ConfigError(
             f"unknown parameterization {parameterization!r}; choose one of {', '.join(ABC)}"
         )
-    kind, key = optimizer_regime(optimizer, options)
+    spec = registry.get(optimizer)
+    knobs = spec.with_knobs(options)
+    kind, key, block = spec.regime(knobs)
     if lr_exponents not in LR_EXPONENTS:
-        raise ValueError(f"lr_exponents={lr_exponents!r}; choose one of {', '.join(LR_EXPONENTS)}")
+        raise ConfigError(f"lr_exponents={lr_exponents!r}; choose one of {', '.join(LR_EXPONENTS)}")
     abc = ABC[parameterization]
     family = key if kind == "family" else f"spectral:{key}"
     if lr_exponents == "global":
         cs = {r: Fraction(0) for r in (*ROLES3, "vector")}
     elif kind == "family":
-        cs = solve_c(abc, key, alignment)
-    elif parameterization == "mup":
-        cs = spectral_c(key, abc)
-    else:
-        raise ValueError(
+        cs = solve_c(abc, key, alignment, n_hidden=n_hidden)
+    elif parameterization != "mup":
+        raise ConfigError(
             f"{optimizer} has no [E] update family in this configuration, only a spectral muP"
             f" rule: use param.name = mup, or param.lr_exponents = global (got {parameterization})"
         )
+    elif any(a != ALIGNMENTS["full"] for a in _per_role(alignment).values()):
+        raise ConfigError(
+            f"{optimizer} has only a spectral muP rule, derived for full alignment (a step's"
+            " spectral norm sets the output change only when the step is aligned with its input):"
+            " use param.alignment = full, or param.lr_exponents = global"
+        )
+    else:
+        cs = spectral_c(key, abc)
     gs = grad_exponents(abc)
     gammas = gammas or {}
     roles = {
@@ -486,14 +479,13 @@ def make_rule(
         for r in (*ROLES3, "vector")
     }
     label = alignment if isinstance(alignment, str) else "measured"
-    block = None
-    if key == "shampoo" and lr_exponents == "per_layer":
-        block = (options or {}).get("max_preconditioner_dim", SHAMPOO_BLOCK)
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise ValueError(
-                f"optimizer option max_preconditioner_dim must be an integer >= 1, got {block!r}"
-            )
-    return Rule(parameterization, optimizer, family, label, roles, block)
+    if lr_exponents != "per_layer":
+        block = None
+    elif block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+        raise ConfigError(
+            f"optimizer option max_preconditioner_dim must be an integer >= 1, got {block!r}"
+        )
+    return Rule(parameterization, optimizer, family, label, roles, block, knobs)
 
 
 #: [K]'s four SP -> muP switches (parameterizations.md §7), in the order of the digits of a code.
@@ -502,7 +494,7 @@ K_SWITCHES = ("embd", "attn", "norm", "readout")
 
 def _check_code(code: str) -> None:
     if len(code) != 4 or set(code) - {"0", "1"}:
-        raise ValueError(f"k_switches must be four 0/1 digits such as '1000', got {code!r}")
+        raise ConfigError(f"k_switches must be four 0/1 digits such as '1000', got {code!r}")
 
 
 def switch_name(code: str) -> str:
@@ -542,7 +534,7 @@ def switch_rule(
     """
     _check_code(code)
     if lr_exponents not in LR_EXPONENTS:
-        raise ValueError(f"lr_exponents={lr_exponents!r}; choose one of {', '.join(LR_EXPONENTS)}")
+        raise ConfigError(f"lr_exponents={lr_exponents!r}; choose one of {', '.join(LR_EXPONENTS)}")
     mu = make_rule("mup", optimizer, "full", options=options)
     k = mu.k
     # muP folded into the direct form: (a, b, c) -> (0, b + a, c + k a)
@@ -573,14 +565,14 @@ def switch_rule(
     }
     # a blocked preconditioner's factor is per matrix, like the hidden exponent c_h
     block = mu.block_size if lr_exponents == "per_layer" else None
-    return Rule(switch_name(code), optimizer, mu.family, "full", roles, block)
+    return Rule(switch_name(code), optimizer, mu.family, "full", roles, block, mu.knobs)
 
 
 def depth_multiplier(depth: int, depth_base: int, exponent: float) -> float:
     """Residual-branch multiplier (depth_base / depth)^exponent ([S], parameterizations.md §6):
     exponent 1/2 is depth-muP, 1 CompleteP, 0 off. Equal to 1 at the base depth."""
     if depth < 1 or depth_base < 1:
-        raise ValueError(f"depth and depth_base must be >= 1, got {depth} and {depth_base}")
+        raise ConfigError(f"depth and depth_base must be >= 1, got {depth} and {depth_base}")
     return (depth_base / depth) ** exponent
 
 
