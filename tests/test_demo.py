@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
+import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import tomllib
 
 from hptransfer.demo import DEMO_SPEC, report, run_demo
 from hptransfer.sweep import parse_spec

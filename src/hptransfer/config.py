@@ -14,13 +14,12 @@ import difflib
 import functools
 import hashlib
 import json
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from hptransfer.errors import ConfigError
 
