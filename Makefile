@@ -1,10 +1,12 @@
 # One entry point for users and CI. `make demo` and `make test` set everything up first.
 #
 # torch is installed BEFORE the package so pip never resolves `torch>=2.5` to the CUDA build on
-# a CPU machine. Choose the build with TORCH_INDEX, e.g.
+# a CPU machine (scripts/install_torch.sh). With TORCH_INDEX empty: on a machine without an
+# NVIDIA GPU the CPU wheel index (falling back to pip's configured index when that cannot be
+# reached, and failing rather than installing CUDA packages); with a GPU pip's configured index
+# (the CUDA build on PyPI). TORCH_INDEX forces either, e.g.
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu     (CPU wheel, ~200 MB)
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126   (CUDA 12.6)
-# Left empty, pip's configured indexes are used (here: a local CPU wheel of torch 2.13.0).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,16 +18,17 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench bench-quick lint format clean golden
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml
+# one stamp per set of extras; "none" is the package alone (what the demo needs)
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || \
-		$(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[$(EXTRAS)]"
+		scripts/install_torch.sh $(PY) "$(TORCH_SPEC)" "$(TORCH_INDEX)"
+	$(PY) -m pip install -e "$(if $(filter none,$*),.,.[$*])"
 	touch $@
 
-setup: $(VENV)/.installed-$(EXTRAS)
+setup: $(VENV)/.installed-$(or $(EXTRAS),none)
 
-demo: setup
+demo: $(VENV)/.installed-none
 	$(VENV)/bin/hptransfer demo
 
 test: setup

@@ -18,10 +18,9 @@ import json
 import math
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from hptransfer.experiments.demo import RECIPE
 from hptransfer.store import load_runs

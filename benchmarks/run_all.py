@@ -24,13 +24,13 @@ import json
 import statistics
 import tempfile
 import time
+import tomllib
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import torch
 from timing import machine, resolve_device
 
@@ -196,7 +196,7 @@ META = ("machine", "quick", "date", "sections")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def merge_previous(report: dict[str, Any]) -> None:

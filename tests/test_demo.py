@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import tomllib
 
 from hptransfer.experiments.demo import RECIPE, report, run_demo
 from hptransfer.sweep import parse_spec

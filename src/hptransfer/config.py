@@ -18,13 +18,12 @@ import functools
 import hashlib
 import json
 import math
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import tomllib
 
 from hptransfer.errors import ConfigError
 from hptransfer.optim import registry

@@ -71,12 +71,36 @@ def test_absolute_anchor_uses_n_itself():
 
 
 def test_forward_multipliers_are_applied_without_editing_the_model():
+    """mup at width 256, base 64 (m = 4): the hooks scale the embedding's output by exactly
+    m^1/2 = 2 and the head's by m^-1/2 = 1/2; `remove` takes them off again."""
     model, p = _setup(256)
+    expected = {"tok_embed": 2.0, "head": 0.5}
+    for name, mult in expected.items():
+        assert p.table[f"{name}.weight"].multiplier == mult
     x = torch.randint(0, 256, (2, 8))
-    with_hooks = model(x)
+
+    def outputs():
+        seen = {}
+        probes = [
+            getattr(model, name).register_forward_hook(
+                lambda mod, args, out, name=name: seen.__setitem__(name, out)
+            )
+            for name in ("tok_embed", "ln_f", "head")
+        ]
+        model(x)
+        for h in probes:
+            h.remove()
+        raw = {
+            "tok_embed": nn.functional.embedding(x, model.tok_embed.weight),
+            "head": nn.functional.linear(seen["ln_f"], model.head.weight),
+        }
+        return {name: (seen[name], raw[name]) for name in raw}
+
+    for name, (out, raw) in outputs().items():  # powers of two: the scaling is exact
+        torch.testing.assert_close(out, expected[name] * raw, rtol=1e-6, atol=0)
     p.remove()
-    without = model(x)
-    assert not torch.allclose(with_hooks, without)
+    for out, raw in outputs().values():
+        torch.testing.assert_close(out, raw, rtol=1e-6, atol=0)
 
 
 def test_mup_at_base_width_is_bitwise_sp():

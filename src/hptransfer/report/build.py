@@ -21,7 +21,7 @@ import io
 import json
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +128,7 @@ def _provenance(sweep_dir: Path, df: pd.DataFrame) -> dict[str, Any]:
                 values.add(record[key])
     return {
         "package_version": version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "sweep_dir": str(sweep_dir.resolve()),
         "sweep_spec": spec.read_text() if spec.is_file() else None,
         "corpus_sha256": sorted(found["corpus_sha256"]),
