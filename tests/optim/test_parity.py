@@ -379,14 +379,32 @@ def test_shampoo_matches_pytorch_optimizer_on_matrices() -> None:
     _assert_parity(run(ours, ours_p), run(ref, ref_p))
 
 
-def test_muon_matches_torch_muon_and_adamw() -> None:
+@pytest.mark.parametrize("ns_dtype", ["bfloat16", "float32", "auto"])
+def test_muon_matches_torch_muon_and_adamw(ns_dtype: str, monkeypatch) -> None:
     """Bit-identical: the composite delegates to torch's Muon/AdamW (whose Newton-Schulz runs
-    in bfloat16 even for float64 params), so no tolerance is needed."""
+    in bfloat16 even for float64 params), so no tolerance is needed. ns_dtype "float32" (and
+    "auto" on CPU) is torch's Muon with only the iteration's dtype changed: the reference is
+    torch's Muon running `newton_schulz` in float32, which in bfloat16 is torch's own."""
+    import torch.optim._muon as tm
+
+    from hptransfer.optim.muon import newton_schulz
+
+    g = torch.randn(24, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch_ns = tm._zeropower_via_newtonschulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+    assert torch.equal(newton_schulz(g, 5, 1e-7, torch.bfloat16), torch_ns)
+    if ns_dtype != "bfloat16":
+        monkeypatch.setattr(
+            tm,
+            "_zeropower_via_newtonschulz",
+            lambda x, _, n, e: newton_schulz(x, n, e, torch.float32),
+        )
     lr_m, lr_a, wd = 0.02, 0.003, 0.1
     ours_p = _leaves()
     groups = _groups(ours_p)
     groups[0]["lr"], groups[1]["lr"], groups[2]["lr"] = lr_m, lr_a, lr_a
-    ours = build_optimizer("muon", groups, weight_decay=wd, eps=1e-8, betas=(0.9, 0.95))
+    ours = build_optimizer(
+        "muon", groups, weight_decay=wd, eps=1e-8, betas=(0.9, 0.95), ns_dtype=ns_dtype
+    )
     ref_p = _leaves()
     muon = torch.optim.Muon([ref_p[0]], lr=lr_m, weight_decay=wd, adjust_lr_fn="original")
     adamw = torch.optim.AdamW(ref_p[1:], lr=lr_a, betas=(0.9, 0.95), eps=1e-8, weight_decay=wd)

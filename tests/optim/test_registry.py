@@ -65,11 +65,12 @@ def _rms(t: Tensor) -> float:
 
 
 def _newton_schulz(g: Tensor, momentum: float = 0.95) -> Tensor:
-    """Muon's direction on the first step: Nesterov momentum of g, orthogonalized by torch."""
-    from torch.optim._muon import _zeropower_via_newtonschulz
+    """Muon's direction on the first step: Nesterov momentum of g, orthogonalized (on CPU, by
+    default, in float32: see optim.muon.NS_DTYPES)."""
+    from hptransfer.optim.muon import newton_schulz
 
     update = g.lerp((1 - momentum) * g, momentum)
-    return _zeropower_via_newtonschulz(update, (3.4445, -4.7750, 2.0315), 5, 1e-7).to(g.dtype)
+    return newton_schulz(update, 5, 1e-7, torch.float32).to(g.dtype)
 
 
 # For each optimizer: the step it must take, given the printed lr (= LR * lr_factor) and eps of
@@ -164,7 +165,7 @@ def test_muon_steps_as_before_the_factor_moved() -> None:
     roles = roles_from_factory(nanodo, WIDTH, BASE)
     rule = make_rule("mup", "muon")
     par = parameterize(model, roles, rule, lr=LR, weight_decay=0.1)
-    opt = build_optimizer("muon", par.param_groups, weight_decay=0.1)
+    opt = build_optimizer("muon", par.param_groups, weight_decay=0.1, ns_dtype="bfloat16")
     w = model.blocks[0].mlp.fc_in.weight
     ref = torch.nn.Parameter(w.detach().clone())
     base_lr = LR * make_rule("mup", "muon").roles["hidden"].gamma  # hidden c = 0
