@@ -15,6 +15,7 @@ from hptransfer.config import ConfigError, RunConfig, load_recipe
 from hptransfer.models import hidden_depth
 from hptransfer.param.rules import ABC, measured_alignment, solve_c
 from hptransfer.probes.alignment import AlignmentProbe, alignment_exponents
+from hptransfer.store import read_metrics
 from hptransfer.train import train
 
 N = 1024  # the acceptance tests ask for n >= 1024
@@ -162,8 +163,7 @@ def tiny(**over):
 def probed_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     summary = train(tiny(**{"train.align_every": 2}), out)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-    return out, summary, records
+    return out, summary, read_metrics(out)
 
 
 def test_training_logs_the_probes_without_changing_the_run(probed_run):

@@ -177,6 +177,7 @@ def _metrics_with_a_cut_last_line(directory: Path) -> list[dict]:
     records = [{"step": 0, "loss": 2.5}, {"step": 1, "loss": float("nan"), "eval_loss": 2.0}]
     for record in records:
         run.log(record)
+    run.close()
     with (directory / "metrics.jsonl").open("a") as f:
         f.write('{"step": 2, "loss": 2.')  # a kill in the middle of a write
     return records
@@ -207,6 +208,7 @@ def test_alignment_analysis_reads_metrics_through_the_store(tmp_path: Path) -> N
     for step, role_name in ((0, "blocks.0.mlp.fc_in.weight"), (1, "head.weight")):
         run.log({"step": step, **{f"align/{e}/{role_name}": 0.5 for e in ("alpha", "omega", "u")}})
     run.log({"step": 2, **{f"align/{e}/head.weight": 0.9 for e in ("alpha", "omega", "u")}})
+    run.close()
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "align/alpha/head.weight": 7')
     per_role, _ = alignment_from_run(tmp_path)
