@@ -133,9 +133,10 @@ def _done(task: RunTask) -> bool:
 
 def _run(task: RunTask, directory: Path) -> dict[str, Any]:
     run = store.RunDir(directory)
-    run.clear_partial()  # a killed earlier attempt starts from scratch
-    # train rewrites env.json with the corpus hash once it has the corpus, before any metric
-    run.create(task.config, store.environment(int(task.config.get("seed", 0)), None))
+    run.clear_partial()  # a killed earlier attempt starts from scratch, or from its checkpoint
+    if not run.has_checkpoint():
+        # train rewrites env.json with the corpus hash once it has the corpus, before any metric
+        run.create(task.config, store.environment(int(task.config.get("seed", 0)), None))
     stop = threading.Event()
     beat = threading.Thread(target=_beat, args=(directory, task.lock_timeout_s, stop), daemon=True)
     beat.start()
