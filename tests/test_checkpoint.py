@@ -119,3 +119,25 @@ def test_the_sweep_worker_resumes_a_killed_run_from_its_checkpoint(tmp_path: Pat
     assert store.read_json(directory / store.SUMMARY)["losses"] == whole["losses"]
     whole_metrics = (tmp_path / "whole" / store.METRICS).read_text()
     assert (directory / store.METRICS).read_text() == whole_metrics
+
+
+def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path: Path) -> None:
+    cfg = tiny("adam")
+    whole = train(cfg, tmp_path / "whole")
+    calls: list[int] = []
+    real_save = torch.save
+
+    def save_then_die(obj, f, *args, **kwargs):  # the second checkpoint dies half-written
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"half a checkpoint")
+            raise Killed
+        return real_save(obj, f, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Killed):
+        mp.setattr(torch, "save", save_then_die)
+        train(cfg, tmp_path / "cut")
+    assert list((tmp_path / "cut").glob(".*.tmp")) == []
+    state = store.RunDir(tmp_path / "cut").load_checkpoint()
+    assert state is not None and state["steps"] == 4
+    assert train(cfg, tmp_path / "cut")["losses"] == whole["losses"]
