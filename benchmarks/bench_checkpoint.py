@@ -8,8 +8,9 @@ so it holds 2N steps and, with checkpoints on, the two checkpoints written after
 evaluation are outside it. The two contenders are timed in interleaved rounds (`timing`), and
 the ratio is the median over rounds of (span with checkpoints) / (span without).
 
-Usage: ``python benchmarks/bench_checkpoint.py [--quick] [--every N ...] [--threads N]``;
-``run(quick)`` returns ``checkpoint_overhead_every<N>`` ratios and the checkpoint's size.
+Usage: ``python benchmarks/bench_checkpoint.py [--quick] [--every N ...] [--threads N]
+[--device auto|cpu|cuda]``; ``run(quick, device)`` returns ``checkpoint_overhead_every<N>``
+ratios, the step time without checkpoints and the checkpoint's size.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import median_ratio
+from timing import median_ratio, resolve_device
 
 from hptransfer import store
 from hptransfer.config import RunConfig
@@ -29,10 +30,11 @@ from hptransfer.train import train
 DEFAULT_EVERY = (100,)
 
 
-def loop_seconds(every: int, checkpoint: bool) -> float:
+def loop_seconds(every: int, checkpoint: bool, device: str) -> float:
     """Seconds from step 0's record to step 2N's in one run (N = ``every``)."""
     steps = 2 * every + 1
     changes = {"train.steps": steps, "train.eval_every": steps, "train.eval_batches": 1}
+    changes["train.device"] = device
     if checkpoint:
         changes["train.checkpoint_every"] = every
     cfg = RunConfig().replace(**changes).validate()
@@ -61,14 +63,15 @@ def checkpoint_bytes(every: int) -> int:
     return sizes[0]
 
 
-def run(quick: bool, everies: tuple[int, ...] = DEFAULT_EVERY) -> dict[str, float]:
+def run(quick: bool, device: str = "cpu", everies: tuple[int, ...] = DEFAULT_EVERY) -> dict:
+    device = resolve_device(device).type
     rounds = 2 if quick else 4
     out: dict[str, float] = {}
     for every in everies:
         times: dict[bool, list[float]] = {False: [], True: []}
         for r in range(rounds):  # alternate which contender goes first
             for on in (r % 2 == 0, r % 2 == 1):
-                times[on].append(loop_seconds(every, on))
+                times[on].append(loop_seconds(every, on, device))
         out[f"checkpoint_overhead_every{every}"] = round(median_ratio(times[True], times[False]), 4)
         out[f"step_ms_every{every}"] = round(1000 * min(times[False]) / (2 * every), 2)
     out["checkpoint_mb"] = round(checkpoint_bytes(everies[0]) / 2**20, 2)
@@ -80,10 +83,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 4")
     parser.add_argument("--every", type=int, nargs="+", default=list(DEFAULT_EVERY))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    for key, value in run(args.quick, tuple(args.every)).items():
+    for key, value in run(args.quick, args.device, tuple(args.every)).items():
         print(f"{key:32} {value}")
 
 
