@@ -8,7 +8,8 @@ logging, or a fast fake in the tests).
 
 A full disk (ENOSPC, EDQUOT) is no fault of the run: it is not recorded as failed (there is no
 room to record anything) but returned as a "no_space" outcome naming the path, so the runner
-stops the sweep cleanly and a resume, once space is freed, runs it again from scratch.
+stops the sweep cleanly and a resume, once space is freed, runs it again (from its checkpoint
+when it has one, train.checkpoint_every; else from scratch).
 """
 
 from __future__ import annotations
