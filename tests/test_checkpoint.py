@@ -1,7 +1,13 @@
 """Checkpoints inside a run (train.checkpoint_every): a run stopped at any step and trained
 again on the same directory logs exactly the records of the uninterrupted run, bitwise."""
 
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +147,28 @@ def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path: Pat
     state = store.RunDir(tmp_path / "cut").load_checkpoint()
     assert state is not None and state["steps"] == 4
     assert train(cfg, tmp_path / "cut")["losses"] == whole["losses"]
+
+
+def test_a_process_killed_by_sigkill_resumes_bitwise(tmp_path: Path) -> None:
+    cfg = tiny("sophia", **{"train.steps": 40, "train.eval_every": 10})
+    whole = train(cfg, tmp_path / "whole")
+    out = tmp_path / "cut"
+    code = (
+        "import json, sys; from hptransfer.config import from_dict; from hptransfer.train import"
+        " train; train(from_dict(json.loads(sys.argv[1])), sys.argv[2])"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = [sys.executable, "-c", code, json.dumps(cfg.to_dict()), str(out)]
+    proc = subprocess.Popen(args, env=env)
+    deadline = time.monotonic() + 120
+    metrics = out / store.METRICS
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 9:  # checkpoints at 4 and 8
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    assert store.RunDir(out).has_checkpoint()
+    assert train(cfg, out)["losses"] == whole["losses"]
+    assert metrics.read_text() == (tmp_path / "whole" / store.METRICS).read_text()
