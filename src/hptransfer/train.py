@@ -73,6 +73,8 @@ def train(
     t = cfg.train
     start = time.perf_counter()
     ctx = distributed.start(cfg)  # one process, or this rank of a torchrun job
+    if t.checkpoint_every and ctx.world_size > 1:
+        raise ConfigError("train.checkpoint_every: checkpoints under ddp / fsdp are not built yet")
     # a bpe tokenizer lives in out_dir: rank 0 trains and saves it, the other ranks load it
     s = build(cfg, ctx.main_first(lambda: data_mod.load_corpus(cfg.data, out_dir)))
     model = s.model  # evaluation and diagnostics; step_model (ddp-wrapped / compiled) trains
@@ -97,8 +99,6 @@ def train(
     # is a ConfigError before anything of the run is written.
     tracker = open_trackers(cfg, out) if ctx.is_main else Trackers([])
     run = store.RunDir(out) if out is not None else None
-    if t.checkpoint_every and ctx.world_size > 1:
-        raise ConfigError("train.checkpoint_every: checkpoints under ddp / fsdp are not built yet")
     at = checkpoint.Position()
     if run is not None:
         env = store.environment(cfg.seed, s.corpus.sha256, device=str(ctx.device))
