@@ -7,6 +7,7 @@ Sections (each a module here; each reports ratios measured side by side in one p
 * width_scaling: step-time exponent in width against the FLOP count's (from the mfu times)
 * optimizers: optimizer step time relative to torch AdamW (bench_optimizers.py)
 * sweep: end-to-end runs per hour of the demo sweep and of a tiny grid per worker count
+* checkpoint: training-loop time with train.checkpoint_every = 100 over without
 
 ``--quick`` (``make bench-quick``, under 3 minutes on 2 idle cores) shrinks every section,
 skips the demo sweep (about 4 minutes by itself) and only prints the table; the full run
@@ -35,7 +36,7 @@ import torch
 from timing import machine, resolve_device
 
 HERE = Path(__file__).parent
-SECTIONS = ("param_overhead", "mfu", "optimizers", "sweep")
+SECTIONS = ("param_overhead", "mfu", "optimizers", "sweep", "checkpoint")
 
 # metric -> (target, "max" or "min"): the targets the issue sets
 TARGETS = {
@@ -44,6 +45,7 @@ TARGETS = {
     "mfu_fp32_w512": (0.70, "min"),
     "mfu_fp32_w1024": (0.70, "min"),
     "bf16_speedup_w512": (1.6, "min"),
+    "checkpoint_overhead_every100": (1.02, "max"),
 }
 
 
@@ -106,11 +108,18 @@ def sweep(quick: bool, device: str) -> dict[str, Any]:
     return out
 
 
+def checkpoint(quick: bool, device: str) -> dict[str, Any]:
+    import bench_checkpoint
+
+    return bench_checkpoint.run(quick, device)
+
+
 RUNNERS: dict[str, Callable[[bool, str], dict[str, Any]]] = {
     "param_overhead": param_overhead,
     "mfu": mfu,
     "optimizers": optimizers,
     "sweep": sweep,
+    "checkpoint": checkpoint,
 }
 
 

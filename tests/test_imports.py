@@ -24,7 +24,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("config", "store"),
     ("param", "optim", "models", "data", "sources", "tokenizers"),
-    ("assemble", "probes", "distributed", "trackers"),
+    ("assemble", "probes", "distributed", "trackers", "checkpoint"),
     ("train",),
     ("analysis",),
     ("plots", "report", "plan"),

@@ -306,12 +306,16 @@ class TrainConfig:
     across the processes, so the result equals one process's (docs/performance.md)."""
     compile: bool = False
     """torch.compile the model for the training steps (evaluation stays eager)."""
+    checkpoint_every: int = 0
+    """Write checkpoint.pt in the run directory every this many steps (model, optimizer, LR
+    schedule, RNG and loop position); a run restarted on that directory resumes from it with
+    bitwise-equal losses. 0 = off. One process only (not under ddp / fsdp yet)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
         for key in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "align_batch"):
             _check_min(f"train.{key}", getattr(self, key), 1)
-        for key in ("warmup_steps", "align_every", "grad_clip"):
+        for key in ("warmup_steps", "align_every", "grad_clip", "checkpoint_every"):
             _check_min(f"train.{key}", getattr(self, key), 0)
         for key in ("final_lr_frac", "decay_frac"):
             if not 0 <= getattr(self, key) <= 1:

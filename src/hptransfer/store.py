@@ -5,14 +5,17 @@ Layout of a results directory::
     DIR/sweep.toml              the sweep spec, copied
     DIR/sweep.json              expanded run list with each run's status
     DIR/runs/<run_id>/config.json, metrics.jsonl, summary.json, env.json
+    DIR/runs/<run_id>/checkpoint.pt  the latest checkpoint (train.checkpoint_every), until done
     DIR/runs/<run_id>/lock      present while a process runs it (pid, hostname, heartbeat)
 
 A run directory is written through :class:`RunDir` alone: ``create`` (config.json and
 env.json), ``log`` (one metrics.jsonl line per record), ``finish`` (summary.json, a
-:class:`Summary`). Every JSON file is written to a temporary name and renamed into place, so a
-reader (or a resumed sweep) never sees half a file; files are created with the mode the umask
-allows. metrics.jsonl is appended to, so a killed run can leave half a last line:
-:func:`read_metrics` drops it. A run is finished when its summary.json says ok, diverged or
+:class:`Summary`); ``save_checkpoint`` / ``load_checkpoint`` / ``resume`` for a run continued
+from its checkpoint (`hptransfer.checkpoint` says what one holds). Every JSON file (and the
+checkpoint) is written to a temporary name and renamed into place, so a reader (or a resumed
+sweep) never sees half a file; files are created with the mode the umask allows. metrics.jsonl
+is appended to, so a killed run can leave half a last line: :func:`read_metrics` drops it. A
+run is finished when its summary.json says ok, diverged or
 failed. A run is claimed under a guard file published with os.link (which fails when the name
 exists): the claimer reads the lock, and if it is absent or stale, renames its complete record
 into place, so no reader ever sees an empty or half-written lock. A lock whose pid is dead or a
@@ -48,6 +51,7 @@ FINISHED: tuple[Status, ...] = get_args(Status)
 """Statuses of a finished run (summary.json written); a resumed sweep skips these."""
 
 CONFIG, ENV, METRICS, SUMMARY = "config.json", "env.json", "metrics.jsonl", "summary.json"
+CHECKPOINT = "checkpoint.pt"
 """The files of a run directory."""
 
 LOCK_TIMEOUT_S = 600.0
@@ -177,14 +181,75 @@ class RunDir:
     def create(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
         """Start the run: config.json and env.json written whole, metrics.jsonl empty, and the
         temporary files of writes killed half-way removed."""
-        self.close()
-        self.path.mkdir(parents=True, exist_ok=True)
-        for name in (CONFIG, ENV, METRICS, SUMMARY):
-            for tmp in self.path.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+        self._remove_temporaries()
         write_json(self.path / CONFIG, config)
         write_json(self.path / ENV, environment)
         _write_text(self.path / METRICS, "")
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
+
+    def _remove_temporaries(self) -> None:
+        self.close()
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG, ENV, METRICS, SUMMARY, CHECKPOINT):
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).is_file()
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write checkpoint.pt (``torch.save`` of tensors, numbers, strings, lists and dicts)
+        to a temporary name, fsync, and rename it into place: a kill leaves the previous one."""
+        import torch
+
+        path = self.path / CHECKPOINT
+        fd, tmp = _temp_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """checkpoint.pt loaded with ``weights_only=True`` onto the CPU; None when absent.
+        Raises ConfigError naming the file when it cannot be read."""
+        import pickle
+
+        import torch
+
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            what = type(e).__name__
+            raise ConfigError(
+                f"{path}: unreadable checkpoint ({what}); remove it to start over"
+            ) from e
+        if not isinstance(state, dict):
+            raise ConfigError(f"{path}: not a checkpoint; remove it to start over")
+        return state
+
+    def resume(self, records: int, environment: dict[str, Any]) -> None:
+        """Continue the run from a checkpoint taken after ``records`` metrics records: keep
+        those lines of metrics.jsonl byte for byte (drop what was logged after it), rewrite
+        env.json for this attempt, remove temporary files and any summary.json."""
+        self._remove_temporaries()
+        path = self.path / METRICS
+        lines = [line for line in path.read_text().split("\n") if line.strip()][:records]
+        if len(lines) < records:
+            raise ConfigError(
+                f"{path} holds fewer than the {records} records {self.path / CHECKPOINT} "
+                "continues; remove the checkpoint to start over"
+            )
+        _write_text(path, "".join(line + "\n" for line in lines))
+        write_json(self.path / ENV, environment)
+        (self.path / SUMMARY).unlink(missing_ok=True)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one metrics.jsonl line (NaN written as NaN). The file stays
@@ -194,9 +259,12 @@ class RunDir:
         self._log.write(json.dumps(record) + "\n")
 
     def finish(self, summary: Summary) -> None:
-        """Write summary.json: from here on the run is finished."""
+        """Write summary.json: from here on the run is finished. The checkpoint goes, unless
+        the run failed (a retry, sweep --retry-failed, resumes from it)."""
         self.close()
         write_json(self.path / SUMMARY, summary.to_dict())
+        if summary.status != "failed":
+            (self.path / CHECKPOINT).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close metrics.jsonl (``finish`` does; a run that raises may call it)."""
@@ -208,7 +276,9 @@ class RunDir:
         return read_metrics(self.path)
 
     def clear_partial(self) -> None:
-        """Remove what a killed attempt left (every file but the lock's) before a new one.
+        """Remove what a killed attempt left (every file but the lock's) before a new one;
+        with a checkpoint, keep it and what it continues (config, env, metrics, tokenizer) and
+        remove only summary.json and temporary files, so the next attempt resumes.
 
         Raises ConfigError when the directory is a symbolic link: deleting through it would
         delete files wherever it points.
@@ -218,6 +288,10 @@ class RunDir:
                 f"{self.path} is a symbolic link, not a run directory; remove the link"
             )
         if not self.path.is_dir():
+            return
+        if self.has_checkpoint():
+            self._remove_temporaries()
+            (self.path / SUMMARY).unlink(missing_ok=True)
             return
         for path in self.path.iterdir():
             lock_file = path.name == "lock" or path.name.startswith(("lock.", ".lock."))

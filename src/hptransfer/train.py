@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hptransfer import checkpoint, distributed, store
 from hptransfer import data as data_mod
-from hptransfer import distributed, store
 from hptransfer.assemble import build, loss_fn
 from hptransfer.config import RunConfig
+from hptransfer.errors import ConfigError
 from hptransfer.optim.diagnostics import optimizer_diagnostics
 from hptransfer.probes.alignment import AlignmentProbe
 from hptransfer.probes.updates import update_ratios
@@ -62,7 +63,9 @@ def train(
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train one run; with ``out_dir``, record it there as a `store.RunDir` (config.json and
-    env.json first, a metrics.jsonl line per step, summary.json at the end).
+    env.json first, a metrics.jsonl line per step, summary.json at the end). With
+    ``train.checkpoint_every``, a checkpoint.pt every that many steps; when ``out_dir`` holds
+    one, the run continues from it (`hptransfer.checkpoint`) with bitwise-equal losses.
 
     Returns the summary (`store.Summary` as a dict): status ("ok" or "diverged"), final and
     best eval loss, steps, tokens, wall time, and the per-step train losses.
@@ -70,6 +73,8 @@ def train(
     t = cfg.train
     start = time.perf_counter()
     ctx = distributed.start(cfg)  # one process, or this rank of a torchrun job
+    if t.checkpoint_every and ctx.world_size > 1:
+        raise ConfigError("train.checkpoint_every: checkpoints under ddp / fsdp are not built yet")
     # a bpe tokenizer lives in out_dir: rank 0 trains and saves it, the other ranks load it
     s = build(cfg, ctx.main_first(lambda: data_mod.load_corpus(cfg.data, out_dir)))
     model = s.model  # evaluation and diagnostics; step_model (ddp-wrapped / compiled) trains
@@ -94,53 +99,71 @@ def train(
     # is a ConfigError before anything of the run is written.
     tracker = open_trackers(cfg, out) if ctx.is_main else Trackers([])
     run = store.RunDir(out) if out is not None else None
+    at = checkpoint.Position()
     if run is not None:
         env = store.environment(cfg.seed, s.corpus.sha256, device=str(ctx.device))
-        run.create(cfg.to_dict(), env)
-    losses: list[float] = []
-    evals: list[tuple[int, float]] = []
+        saved = run.load_checkpoint()
+        if saved is None:
+            run.create(cfg.to_dict(), env)
+        else:
+            where = str(run.path / store.CHECKPOINT)
+            at = checkpoint.restore(saved, cfg.run_id(), model, opt, sched, where)
+            run.resume(at.steps, env)
+            start -= at.elapsed_s
+    losses, evals, loss0 = at.losses, at.evals, at.loss0
     status: store.Status = "ok"
-    loss0: float | None = None
-    for step in range(t.steps):
-        x, y = ctx.local_batch(*batches.get(step))
-        if refresh is not None and step % opt.curvature_interval == 0:
-            refresh(lambda x=x: step_model(x), y)
-        loss = loss_fn(step_model, x, y, autocast)
-        loss_value = ctx.mean(loss)  # the global-batch loss, the same on every rank
-        loss0 = loss_value if loss0 is None else loss0
-        if not math.isfinite(loss_value) or loss_value > t.diverge_factor * loss0:
-            status = "diverged"
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        eval_step = (step + 1) % t.eval_every == 0 or step + 1 == t.steps
-        before = [p.detach().clone() for p in named.values()] if eval_step else None
-        opt.step()
-        sched.step()
-        losses.append(loss_value)
-        record = {
-            "step": step,
-            "loss": loss_value,
-            "lr_factor": sched.get_last_lr()[0] / (opt.param_groups[0]["initial_lr"] or 1.0),
-        }
-        if eval_step:  # per-layer diagnostics ride along with the evals
-            record.update(update_ratios(named, before))
-            record.update(optimizer_diagnostics(cfg.optimizer.name, opt, names, distributed.full))
-            record["eval_loss"] = ctx.mean(evaluate(model, eval_set, autocast))
-            evals.append((step + 1, record["eval_loss"]))
-            if not math.isfinite(record["eval_loss"]):
+    try:
+        for step in range(at.steps, t.steps):
+            x, y = ctx.local_batch(*batches.get(step))
+            if refresh is not None and step % opt.curvature_interval == 0:
+                refresh(lambda x=x: step_model(x), y)
+            loss = loss_fn(step_model, x, y, autocast)
+            loss_value = ctx.mean(loss)  # the global-batch loss, the same on every rank
+            loss0 = loss_value if loss0 is None else loss0
+            if not math.isfinite(loss_value) or loss_value > t.diverge_factor * loss0:
                 status = "diverged"
-        if probe is not None and (step + 1) % t.align_every == 0:
-            record.update(probe.measure())
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            eval_step = (step + 1) % t.eval_every == 0 or step + 1 == t.steps
+            before = [p.detach().clone() for p in named.values()] if eval_step else None
+            opt.step()
+            sched.step()
+            losses.append(loss_value)
+            record = {
+                "step": step,
+                "loss": loss_value,
+                "lr_factor": sched.get_last_lr()[0] / (opt.param_groups[0]["initial_lr"] or 1.0),
+            }
+            if eval_step:  # per-layer diagnostics ride along with the evals
+                record.update(update_ratios(named, before))
+                record.update(
+                    optimizer_diagnostics(cfg.optimizer.name, opt, names, distributed.full)
+                )
+                record["eval_loss"] = ctx.mean(evaluate(model, eval_set, autocast))
+                evals.append((step + 1, record["eval_loss"]))
+                if not math.isfinite(record["eval_loss"]):
+                    status = "diverged"
+            if probe is not None and (step + 1) % t.align_every == 0:
+                record.update(probe.measure())
+            if run is not None:
+                run.log(record)
+            tracker.log(record)
+            if progress is not None and ctx.is_main:
+                progress(record)
+            if status == "diverged":
+                break
+            every = t.checkpoint_every
+            if run is not None and every and (step + 1) % every == 0 and step + 1 < t.steps:
+                elapsed = time.perf_counter() - start
+                at = checkpoint.Position(step + 1, losses, evals, loss0, elapsed)
+                run.save_checkpoint(checkpoint.capture(cfg.run_id(), model, opt, sched, at))
+    except BaseException:
         if run is not None:
-            run.log(record)
-        tracker.log(record)
-        if progress is not None and ctx.is_main:
-            progress(record)
-        if status == "diverged":
-            break
+            run.close()  # metrics.jsonl holds every record logged; a retry resumes or restarts
+        raise
     finite = [v for _, v in evals if math.isfinite(v)]
     summary = store.Summary(
         run_id=cfg.run_id(),

@@ -8,7 +8,8 @@ logging, or a fast fake in the tests).
 
 A full disk (ENOSPC, EDQUOT) is no fault of the run: it is not recorded as failed (there is no
 room to record anything) but returned as a "no_space" outcome naming the path, so the runner
-stops the sweep cleanly and a resume, once space is freed, runs it again from scratch.
+stops the sweep cleanly and a resume, once space is freed, runs it again (from its checkpoint
+when it has one, train.checkpoint_every; else from scratch).
 """
 
 from __future__ import annotations
@@ -133,9 +134,10 @@ def _done(task: RunTask) -> bool:
 
 def _run(task: RunTask, directory: Path) -> dict[str, Any]:
     run = store.RunDir(directory)
-    run.clear_partial()  # a killed earlier attempt starts from scratch
-    # train rewrites env.json with the corpus hash once it has the corpus, before any metric
-    run.create(task.config, store.environment(int(task.config.get("seed", 0)), None))
+    run.clear_partial()  # a killed earlier attempt starts from scratch, or from its checkpoint
+    if not run.has_checkpoint():
+        # train rewrites env.json with the corpus hash once it has the corpus, before any metric
+        run.create(task.config, store.environment(int(task.config.get("seed", 0)), None))
     stop = threading.Event()
     beat = threading.Thread(target=_beat, args=(directory, task.lock_timeout_s, stop), daemon=True)
     beat.start()

@@ -1,0 +1,95 @@
+"""Checkpoint overhead: training-loop time with ``train.checkpoint_every = N`` over without.
+
+Setup: the default recipe's model (nanodo, width 128, Adam, float32) trained by
+`hptransfer.train.train` into a temporary run directory for ``2 N + 1`` steps, eval only at the
+end. The timed span runs from the record of step 0 to that of step 2N (``progress`` callback),
+so it holds 2N steps and, with checkpoints on, the two checkpoints written after steps N and 2N
+(model, optimizer state, RNG; fsynced and renamed into place): the model build and the final
+evaluation are outside it. The two contenders are timed in interleaved rounds (`timing`), and
+the ratio is the median over rounds of (span with checkpoints) / (span without).
+
+Usage: ``python benchmarks/bench_checkpoint.py [--quick] [--every N ...] [--threads N]
+[--device auto|cpu|cuda]``; ``run(quick, device)`` returns ``checkpoint_overhead_every<N>``
+ratios, the step time without checkpoints and the checkpoint's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from timing import median_ratio, resolve_device
+
+from hptransfer import store
+from hptransfer.config import RunConfig
+from hptransfer.train import train
+
+DEFAULT_EVERY = (100,)
+
+
+def loop_seconds(every: int, checkpoint: bool, device: str) -> float:
+    """Seconds from step 0's record to step 2N's in one run (N = ``every``)."""
+    steps = 2 * every + 1
+    changes = {"train.steps": steps, "train.eval_every": steps, "train.eval_batches": 1}
+    changes["train.device"] = device
+    if checkpoint:
+        changes["train.checkpoint_every"] = every
+    cfg = RunConfig().replace(**changes).validate()
+    marks: dict[int, float] = {}
+
+    def progress(record: dict) -> None:
+        marks[record["step"]] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, Path(tmp) / "run", progress=progress)
+    return marks[steps - 1] - marks[0]
+
+
+def checkpoint_bytes(every: int) -> int:
+    """Size of the checkpoint this benchmark writes."""
+    cfg = RunConfig().replace(**{"train.steps": every + 2, "train.checkpoint_every": every})
+    sizes: list[int] = []
+
+    def progress(record: dict) -> None:
+        if record["step"] == every:  # the checkpoint after step every - 1 is on disk
+            sizes.append((out / store.CHECKPOINT).stat().st_size)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        train(cfg.validate(), out, progress=progress)
+    return sizes[0]
+
+
+def run(quick: bool, device: str = "cpu", everies: tuple[int, ...] = DEFAULT_EVERY) -> dict:
+    device = resolve_device(device).type
+    rounds = 2 if quick else 4
+    out: dict[str, float] = {}
+    for every in everies:
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(rounds):  # alternate which contender goes first
+            for on in (r % 2 == 0, r % 2 == 1):
+                times[on].append(loop_seconds(every, on, device))
+        out[f"checkpoint_overhead_every{every}"] = round(median_ratio(times[True], times[False]), 4)
+        out[f"step_ms_every{every}"] = round(1000 * min(times[False]) / (2 * every), 2)
+    out["checkpoint_mb"] = round(checkpoint_bytes(everies[0]) / 2**20, 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 4")
+    parser.add_argument("--every", type=int, nargs="+", default=list(DEFAULT_EVERY))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for key, value in run(args.quick, args.device, tuple(args.every)).items():
+        print(f"{key:32} {value}")
+
+
+if __name__ == "__main__":
+    main()
