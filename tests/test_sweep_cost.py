@@ -77,11 +77,33 @@ def test_timing_key_ignores_lr_seed_and_parameterization():
 def test_cost_lines_and_durations():
     assert [duration(s) for s in (42, 750, 11520)] == ["42 s", "12.5 min", "3.2 h"]
     cost = estimate(parse_spec(SPEC).expand(), fake_timer([]), workers=2, cpus=2)
-    lines = cost.lines(adaptive=True)
+    lines = cost.lines()
     assert lines[0] == "24 runs, 240 training steps, 30,720 tokens"
     assert lines[1].startswith("estimated time: 4.1 min at 2 run(s) at once (8.2 min of runs")
-    assert "starting grid only" in lines[2]
-    assert len(cost.lines()) == 2
+    assert len(lines) == 2
+
+
+def test_adaptive_sweeps_add_the_neighbours_of_each_optimum_at_each_finer_spacing():
+    spec = parse_spec({**SPEC, "sweep": {"adaptive": True}})
+    runs = spec.expand()
+    calls: list = []
+    # start spacing 2^2 > 2^(1/2) > 2^(1/4): 2 x 2 LRs per search, each for both seeds
+    cost = estimate(runs, fake_timer(calls), 2, cpus=2, search_of=spec.settings_key)
+    assert cost.added_runs == 4 * 4 * 2  # 4 searches (2 widths x 2 parameterizations)
+    per_32, per_64 = 1 + 10 + 3, 1 + 20 + 6
+    extra = 2 * (8 * per_32 + 8 * per_64)  # 8 added runs per width and parameterization
+    assert cost.added_seconds == pytest.approx((12 * per_32 + 12 * per_64 + extra) / 2)
+    assert "at least 32 runs" in cost.lines()[2] and len(cost.lines()) == 3
+    # refining to 2^(1/2) only: the neighbours at 2^(1/2)
+    fewer = estimate(runs, fake_timer([]), 2, cpus=2, search_of=spec.settings_key, fine=2**0.5)
+    assert fewer.added_runs == 4 * 2 * 2
+    # a starting grid on the refinement lattice: the best's neighbours may all be on it
+    lrs = [2.0**-10 * 2 ** (k / 4) for k in range(9)]
+    dense = parse_spec({**SPEC, "grid": {**SPEC["grid"], "optimizer.lr": lrs}})
+    assert estimate(dense.expand(), fake_timer([]), 2, search_of=dense.settings_key).added_runs == 0
+    # one starting LR: its 4 neighbours, for each seed
+    one = parse_spec({**SPEC, "grid": {**SPEC["grid"], "optimizer.lr": [0.001]}})
+    assert estimate(one.expand(), fake_timer([]), 2, search_of=one.settings_key).added_runs == 32
 
 
 def test_dry_run_times_the_models_and_writes_nothing(tmp_path):

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, settings)
     if args.dry_run:
         from hptransfer.sweep.cost import estimate, measure
+        from hptransfer.sweep.spec import parse_step
 
         runs = spec.expand()
         for r in runs:
@@ -57,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         s = spec.settings
         threads = s.threads_per_run
-        cost = estimate(runs, lambda cfgs: measure(cfgs, threads), s.workers, threads)
-        for line in cost.lines(adaptive=s.adaptive):
+        cost = estimate(
+            runs, lambda cfgs: measure(cfgs, threads), s.workers, threads,
+            search_of=spec.settings_key if s.adaptive else None, fine=parse_step(s.lr_refine),
+        )  # fmt: skip
+        for line in cost.lines():
             print(f"# {line}", file=sys.stderr)
         return 0
     out = Path(args.out) if args.out else DEFAULT_ROOT / Path(args.spec).stem

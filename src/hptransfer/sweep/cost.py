@@ -18,8 +18,14 @@ A run of S steps with eval_every E and B eval batches then costs
 and the sweep takes  max(sum of run_s / concurrency, longest run_s),  with concurrency =
 min(workers, runs), and on CPU also at most cpu_count // threads_per_run (more workers than
 that share cores and gain nothing). Runs that diverge stop early, so this is an upper bound for
-the grid it covers; an adaptive search adds LRs around each optimum as results come in, so for
-an adaptive sweep the estimate covers the starting grid only.
+the grid it covers.
+
+An adaptive search (sweep/search.py) adds LRs around each optimum as results come in: how many
+depends on the losses, so the estimate covers the starting grid, plus the fewest runs the
+search can add. Whatever the losses, each search evaluates both neighbours of its best LR at
+each refinement spacing (2^(1/2), then ``sweep.lr_refine``): at least the fewest of those
+neighbours off the starting grid over the grid's LRs (the best is one of them), each run for
+every seed and costing the mean run of its search.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hptransfer.config import RunConfig, from_dict
+from hptransfer.sweep.search import LRSearch
 from hptransfer.sweep.spec import Run
 
 WARMUP_STEPS = 1
@@ -62,8 +69,12 @@ class Cost:
     concurrency: int
     timed: int
     """Distinct timing keys measured."""
+    added_runs: int = 0
+    """Fewest runs an adaptive search adds to the starting grid (0: not adaptive)."""
+    added_seconds: float = 0.0
+    """Wall time of the starting grid and those runs."""
 
-    def lines(self, adaptive: bool = False) -> list[str]:
+    def lines(self) -> list[str]:
         """The summary printed after a dry run's run list."""
         out = [
             f"{self.runs} runs, {self.steps:,} training steps, {self.tokens:,} tokens",
@@ -71,10 +82,11 @@ class Cost:
             f"({duration(self.run_seconds)} of runs; step cost measured on this machine for "
             f"{self.timed} distinct model(s))",
         ]
-        if adaptive:
+        if self.added_runs:
             out.append(
-                "adaptive: the estimate covers the starting grid only; the search adds LRs "
-                "around each optimum as results come in"
+                f"adaptive: this covers the starting grid; the search adds LRs around each "
+                f"optimum as results come in, at least {self.added_runs} runs: at least "
+                f"{duration(self.added_seconds)} in all"
             )
         return out
 
@@ -125,9 +137,15 @@ def estimate(
     workers: int,
     threads: int = 1,
     cpus: int | None = None,
+    search_of: Callable[[Run], Hashable] | None = None,
+    fine: float = 2**0.25,
 ) -> Cost:
     """The cost of ``runs``; ``time_keys`` measures one config per distinct timing key (in
-    order) and returns their StepCosts (`measure`, or a fake in the tests)."""
+    order) and returns their StepCosts (`measure`, or a fake in the tests).
+
+    With ``search_of`` (an adaptive sweep: run -> its LR search, e.g. SweepSpec.settings_key)
+    the fewest runs the searches add are costed too, ``fine`` being ``sweep.lr_refine``.
+    """
     firsts: dict[str, RunConfig] = {}
     for r in runs:
         firsts.setdefault(timing_key(r.config), r.config)
@@ -144,7 +162,39 @@ def estimate(
     n = concurrency(workers, len(runs), threads, device, cpus if cpus else os.cpu_count())
     total = sum(per_run)
     wall = max(total / n, max(per_run, default=0.0))
-    return Cost(len(runs), steps, tokens, total, wall, n, len(firsts))
+    cost = Cost(len(runs), steps, tokens, total, wall, n, len(firsts))
+    if search_of is None:
+        return cost
+    added, added_s = fewest_added(runs, per_run, search_of, fine)
+    return replace(cost, added_runs=added, added_seconds=max((total + added_s) / n, wall))
+
+
+def _neighbours(log2_lr: float, fine: float) -> set[float]:
+    """log2 of both neighbours of an LR at each refinement spacing (LRSearch.step, fine)."""
+    return {
+        round(log2_lr + sign * math.log2(spacing), 6)
+        for spacing in (LRSearch.step, fine)
+        for sign in (-1, 1)
+    }
+
+
+def fewest_added(
+    runs: Sequence[Run], per_run: Sequence[float], search_of: Callable[[Run], Hashable],
+    fine: float,
+) -> tuple[int, float]:  # fmt: skip
+    """Fewest runs the adaptive searches add, and their seconds (module docstring)."""
+    searches: dict[Hashable, list[int]] = {}
+    for i, r in enumerate(runs):
+        searches.setdefault(search_of(r), []).append(i)
+    added = 0
+    seconds = 0.0
+    for idx in searches.values():
+        start = {round(math.log2(runs[i].config.optimizer.lr), 6) for i in idx}
+        seeds = len({runs[i].config.seed for i in idx})
+        n = seeds * min(len(_neighbours(b, fine) - start) for b in start)
+        added += n
+        seconds += n * sum(per_run[i] for i in idx) / len(idx)
+    return added, seconds
 
 
 def measure(configs: list[RunConfig], threads: int = 1) -> list[StepCost]:
