@@ -1,4 +1,4 @@
-"""The sweep's cost up front: the estimate on a fake timer, and a real dry run that writes nothing."""
+"""The sweep's cost up front: the estimate on a fake timer; a real dry run writes nothing."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``report DIR [--out OUT] [--open] [--reference NAME] [--target-width N]``; imports nothing heavy."""
+    """Register ``report DIR [--out OUT] [--open] [--reference NAME] [--target-width N]``;
+    imports nothing heavy."""
     p = subparsers.add_parser(
         "report",
         help="write report.html and summary.json for a sweep directory",

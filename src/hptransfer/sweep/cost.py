@@ -216,44 +216,48 @@ def time_configs(
     """Time each config (as a dict) with the trainer's parts on ``threads`` torch threads."""
     import torch
 
+    torch.set_num_threads(threads)
+    return [time_config(from_dict(table), warmup, steps) for table in tables]
+
+
+def time_config(cfg: RunConfig, warmup: int = WARMUP_STEPS, steps: int = TIMED_STEPS) -> StepCost:
+    """Build ``cfg``'s run and time its steps and one eval batch (module docstring)."""
+    import torch
+
     from hptransfer import data as data_mod
     from hptransfer.assemble import build, loss_fn
 
-    torch.set_num_threads(threads)
-    out = []
-    for table in tables:
-        cfg = from_dict(table)
-        t = cfg.train
-        device = torch.device(t.device)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        start = time.perf_counter()
-        s = build(cfg, data_mod.load_corpus(cfg.data))
-        s.model.to(device)
-        build_s = time.perf_counter() - start
-        batches = data_mod.Batches(s.corpus.train, t.batch_size, t.seq_len, cfg.seed)
-        autocast = t.dtype == "bfloat16"
+    t = cfg.train
+    device = torch.device(t.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    s = build(cfg, data_mod.load_corpus(cfg.data))
+    s.model.to(device)
+    build_s = time.perf_counter() - start
+    batches = data_mod.Batches(s.corpus.train, t.batch_size, t.seq_len, cfg.seed)
+    autocast = t.dtype == "bfloat16"
 
-        def step(i: int) -> None:
-            x, y = (b.to(device) for b in batches.get(i))
-            loss = loss_fn(s.model, x, y, autocast)
-            s.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip)
-            s.optimizer.step()
+    def step(i: int) -> None:
+        x, y = (b.to(device) for b in batches.get(i))
+        loss = loss_fn(s.model, x, y, autocast)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip)
+        s.optimizer.step()
 
-        for i in range(warmup):
-            step(i)
-        sync()
+    for i in range(warmup):
+        step(i)
+    sync()
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    sync()
+    step_s = (time.perf_counter() - start) / steps
+    x, y = (b.to(device) for b in batches.get(0))
+    with torch.no_grad():
         start = time.perf_counter()
-        for i in range(warmup, warmup + steps):
-            step(i)
+        loss_fn(s.model, x, y, autocast)
         sync()
-        step_s = (time.perf_counter() - start) / steps
-        x, y = (b.to(device) for b in batches.get(0))
-        with torch.no_grad():
-            start = time.perf_counter()
-            loss_fn(s.model, x, y, autocast)
-            sync()
-        out.append(StepCost(build_s, step_s, time.perf_counter() - start))
-    return out
+        eval_s = time.perf_counter() - start
+    return StepCost(build_s, step_s, eval_s)
