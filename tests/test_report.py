@@ -16,7 +16,7 @@ from hptransfer.cli.report import add_parser, run
 from hptransfer.config import ConfigError
 from hptransfer.report import ReportWarning, build_report, setting_columns
 
-SUMMARY_KEYS = {"optima", "fits", "headline", "counts", "provenance"}
+SUMMARY_KEYS = {"optima", "fits", "headline", "answer", "counts", "provenance"}
 OPTIMA_KEYS = {"parameterization", "optimizer", "width", "lr_grid", "lr_interp", "loss"}
 FIT_KEYS = {
     "parameterization",
@@ -205,6 +205,53 @@ def test_headline_verdicts_on_a_known_drift(tmp_path: Path) -> None:
     page = html_path.read_text()
     assert "&times;0.50 per doubling" in page and "&times;1.00 per doubling" in page
     assert page.count("<img") == 4  # LR sweep, optimal LR, metrics, underflow diagnostics
+
+
+def test_what_to_use_at_a_larger_width(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The answer section: predict_lr + recommend at 8x the largest width, or --target-width."""
+    root = write_synthetic_sweep(tmp_path / "sweep")
+    html_path, summary_path = build_report(root, tmp_path / "default")
+    answer = json.loads(summary_path.read_text())["answer"]
+    assert answer["width"] == 8 * max(WIDTHS) and answer["level"] == 0.9
+    rows = {r["parameterization"]: r for r in answer["settings"]}
+    # muP's optimum stays put: keep it; SP's moves as N^-1: extrapolate it to 4096
+    assert rows["mup"]["rule"] == "keep" and rows["mup"]["lr"] == pytest.approx(LR0["mup"])
+    assert rows["sp"]["rule"] == "extrapolate"
+    assert rows["sp"]["lr"] == pytest.approx(LR0["sp"] * 64 / 4096, rel=1e-6)
+    assert rows["sp"]["lr_lo"] <= rows["sp"]["lr"] <= rows["sp"]["lr_hi"]
+    assert isinstance(rows["sp"]["warnings"], list)
+    # equal expected losses (the loss law does not depend on the parameterization): the tie
+    # goes to the better transfer
+    assert answer["recommended"]["setting"] == "mup / adam"
+    assert "better transfer" in answer["recommended"]["reason"]
+    page = html_path.read_text()
+    assert page.index('id="headline-table"') < page.index("What to use at width 4096")
+    section = page[page.index('id="answer-table"') : page.index("<h2>Details</h2>")]
+    assert '<td>sp / adam</td><td>extrapolate</td><td class="num">2.44e-4</td>' in section
+    assert "Recommended: mup / adam" in section
+
+    assert run(_args(root, out=tmp_path / "at1024", **{"target-width": 1024})) == 0
+    answer = json.loads((tmp_path / "at1024" / "summary.json").read_text())["answer"]
+    sp = next(r for r in answer["settings"] if r["parameterization"] == "sp")
+    assert answer["width"] == 1024 and sp["lr"] == pytest.approx(LR0["sp"] / 16, rel=1e-6)
+
+    # below the swept widths: one line, exit 2, nothing written
+    assert main(["report", str(root), "--out", str(tmp_path / "low"), "--target-width", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--target-width 32" in err[0]
+    assert not (tmp_path / "low").exists()
+
+
+def test_one_width_reports_why_there_is_no_answer(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for lr in LRS:
+        loss = 3.0 + CURVATURE * math.log(lr / 2.0**-8) ** 2
+        write_run(root, f"r{lr}", synthetic_config("mup", 64, lr),
+                  {"status": "ok", "final_eval_loss": loss, "best_eval_loss": loss})  # fmt: skip
+    html_path, summary_path = build_report(root)
+    answer = json.loads(summary_path.read_text())["answer"]
+    assert answer["width"] == 512 and "one width" in answer["unavailable"]
+    assert "No prediction: optima at one width only" in html_path.read_text()
 
 
 def test_partial_sweep_is_reported_with_a_warning(

@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``report DIR [--out OUT] [--open] [--reference NAME]``; imports nothing heavy."""
+    """Register ``report DIR [--out OUT] [--open] [--reference NAME] [--target-width N]``;
+    imports nothing heavy."""
     p = subparsers.add_parser(
         "report",
         help="write report.html and summary.json for a sweep directory",
@@ -25,6 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="NAME",
         help="parameterization R_inf is measured against (default: lowest L_inf)",
     )
+    p.add_argument(
+        "--target-width",
+        type=int,
+        metavar="N",
+        help="width of the 'what to use at width N' section (default: 8x the largest swept width)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -39,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
-        html_path, summary_path = build_report(args.dir, args.out, reference=args.reference)
+        html_path, summary_path = build_report(
+            args.dir, args.out, reference=args.reference, target_width=args.target_width
+        )
     for w in caught:
         if issubclass(w.category, ReportWarning):
             print(

@@ -21,7 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("spec", help="sweep spec TOML file")
     parser.add_argument("--out", help="results directory (default: hpt-results/<spec name>)")
-    parser.add_argument("--dry-run", action="store_true", help="print the runs as JSON lines")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs as JSON lines, then (on stderr) their number, steps, tokens and "
+        "an estimated time from a few timed steps of each model on this machine",
+    )
     parser.add_argument("--executor", choices=EXECUTORS, help="overrides sweep.executor")
     parser.add_argument("--workers", type=int, help="concurrent runs (overrides sweep.workers)")
     parser.add_argument("--address", help="Ray cluster address, e.g. auto or head:6379")
@@ -44,11 +49,21 @@ def run(args: argparse.Namespace) -> int:
     }
     spec = load_spec(args.spec, settings)
     if args.dry_run:
-        for r in spec.expand():
+        from hptransfer.sweep.cost import estimate, measure
+        from hptransfer.sweep.spec import parse_step
+
+        runs = spec.expand()
+        for r in runs:
             print(json.dumps({"run_id": r.run_id, **r.values}))
-        if spec.settings.adaptive:
-            print("# adaptive: LRs beyond this starting grid are added as results come in",
-                  file=sys.stderr)  # fmt: skip
+        sys.stdout.flush()
+        s = spec.settings
+        threads = s.threads_per_run
+        cost = estimate(
+            runs, lambda cfgs: measure(cfgs, threads), s.workers, threads,
+            search_of=spec.settings_key if s.adaptive else None, fine=parse_step(s.lr_refine),
+        )  # fmt: skip
+        for line in cost.lines():
+            print(f"# {line}", file=sys.stderr)
         return 0
     out = Path(args.out) if args.out else DEFAULT_ROOT / Path(args.spec).stem
     counts = run_sweep(spec, out, quiet=args.quiet, retry_failed=args.retry_failed)

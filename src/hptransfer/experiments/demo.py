@@ -4,7 +4,10 @@ Runs the packaged recipe ``recipes/demo.toml`` with the adaptive LR search, then
 each parameterization, the optimal LR per width on the grid, how far it moved across widths
 in grid steps of 2^(1/2), and the transfer verdict (analysis.transfer: the same numbers as the
 report it writes next to the runs). The expected picture: muP's optimum stays put (<= 1 step)
-while SP's moves (>= 2 steps). The settings and the numbers measured are in docs/sweeps.md.
+while SP's moves (>= 2 steps). It ends with the answer: the base LR to use for a larger model
+(width TARGET_WIDTH) per parameterization, with its interval and the rule it used, and the one
+the data recommend (`analysis.predict`, the numbers of ``hptransfer predict DIR --width 2048``).
+The settings and the numbers measured are in docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ RECIPE = recipe_path("demo.toml")
 """The demo's sweep spec."""
 GRID_STEP = 2**0.5
 BY = ("parameterization",)
+TARGET_WIDTH = 2048
+"""The larger model the demo predicts the base LR for (8x its largest width)."""
 
 
 def shift_in_steps(optima: pd.DataFrame) -> float:
@@ -43,12 +48,40 @@ def _verdict_line(v: dict) -> str:
     )
 
 
+def answer(runs: pd.DataFrame, stream: TextIO, width: int = TARGET_WIDTH) -> None:
+    """Print the base LR at ``width`` per parameterization (rule, interval, warnings) and the
+    recommended one; a sweep that supports no prediction says why."""
+    from hptransfer.analysis.predict import LEVEL, predict_lr, recommend
+    from hptransfer.errors import ConfigError
+
+    stream.write(f"\nwhat to use at width {width} (hptransfer predict DIR --width {width}):\n")
+    try:
+        pred = predict_lr(runs, width, BY)
+    except ConfigError as e:
+        stream.write(f"  no prediction: {e}\n")
+        return
+    best, why = recommend(pred)
+    for r in pred.itertuples():
+        if not math.isfinite(r.lr):
+            stream.write(f"  {r.label}: no prediction\n")
+            continue
+        stream.write(
+            f"  {r.label}: base LR {r.lr:.4g} ({LEVEL:.0%} interval {r.lr_lo:.4g} .. "
+            f"{r.lr_hi:.4g}; {r.rule}, drift x{2**r.drift_per_doubling:.2f} per doubling)\n"
+        )
+    for r in pred.itertuples():
+        stream.writelines(f"  warning: {r.label}: {w}\n" for w in r.warnings)
+    if best is not None:
+        stream.write(f"  recommended: {pred.loc[best, 'label']}: {why}\n")
+
+
 def report(df: pd.DataFrame, stream: TextIO) -> dict[str, float]:
-    """Print the optimal LR per width and the verdict for each parameterization; return the
-    shifts in grid steps."""
+    """Print the optimal LR per width and the verdict for each parameterization, then the
+    answer at TARGET_WIDTH; return the shifts in grid steps."""
     from hptransfer.analysis.transfer import finished_runs, records, transfer_verdict
 
-    transfer = transfer_verdict(finished_runs(df), BY)
+    runs = finished_runs(df)
+    transfer = transfer_verdict(runs, BY)
     shifts: dict[str, float] = {}
     for v in sorted(records(transfer.verdicts), key=lambda v: str(v["parameterization"])):
         name = str(v["parameterization"])
@@ -62,6 +95,7 @@ def report(df: pd.DataFrame, stream: TextIO) -> dict[str, float]:
         shifts[name] = shift_in_steps(rows)
         stream.write(f"  moves by {shifts[name]:.1f} grid step(s) of 2^(1/2) across widths\n")
         stream.write(_verdict_line(v))
+    answer(runs, stream)
     return shifts
 
 

@@ -6,7 +6,9 @@ the optimal LR at the smallest and largest width, the drift per doubling, the lo
 largest width when the smallest width's optimum is reused, and a verdict (all of it from
 `analysis.transfer.transfer_verdict`). Figures (LR sweeps, optimal LR against width with the
 fitted law, [K]'s metrics, per-layer diagnostics when the runs logged them) and the detailed
-tables follow.
+tables follow. After the figures comes the answer a user came for: the base LR to use at a larger
+width, per setting, with its interval, and the setting the data recommend (`report.answer`, the
+numbers of ``hptransfer predict``).
 
 This module loads the runs, computes the numbers and draws the figures; `report.page` renders
 them through the Jinja2 template ``templates/report.html.j2``: inline CSS, figures embedded as
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from hptransfer.analysis.transfer import LOSS, Transfer, setting_label, setting_rows
 from hptransfer.errors import ConfigError
+from hptransfer.report.answer import answer
 from hptransfer.report.page import Figure, render
 
 if TYPE_CHECKING:
@@ -293,15 +296,18 @@ def build_report(
     *,
     by: Sequence[str] | None = None,
     reference: str | None = None,
+    target_width: int | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` and ``summary.json`` for a sweep; return their paths.
 
     sweep_dir: a results directory (``runs/<run_id>/...``, see store.py). out: the directory to
     write into (default: sweep_dir). by: the setting columns (default: `setting_columns`).
     reference: the value of by[0] whose L_inf the others' R_inf is measured against (default:
-    the lowest L_inf). Raises ConfigError when the directory is missing, has no readable runs,
-    or names an unknown reference; warns (ReportWarning) when some runs are unfinished or
-    unreadable, and still writes the report.
+    the lowest L_inf). target_width: the width of the "what to use at width N" section
+    (default: 8x the largest swept width). Raises ConfigError when the directory is missing,
+    has no readable runs, names an unknown reference, or a target width below the swept ones;
+    warns (ReportWarning) when some runs are unfinished or unreadable, and still writes the
+    report.
     """
     from hptransfer.analysis.transfer import finished_runs, records, transfer_verdict
     from hptransfer.store import write_json, write_text
@@ -330,6 +336,7 @@ def build_report(
         raise ConfigError(f"--reference {reference}: {e}") from None
     provenance = _provenance(sweep_dir, df)
     headline = records(transfer.verdicts)
+    target = answer(runs, by, target_width)
 
     out_dir = Path(out) if out is not None else sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -337,6 +344,7 @@ def build_report(
         "optima": records(transfer.optima.rename(columns={"loss_interp": "loss"})),
         "fits": records(transfer.fits),
         "headline": headline,
+        "answer": target,
         "counts": counts,
         "provenance": provenance,
     }
@@ -354,6 +362,7 @@ def build_report(
         figures=_figures(sweep_dir, runs, transfer) if len(runs) else [],
         optima=transfer.optima,
         fits=transfer.fits,
+        answer=target,
         provenance=provenance,
     )
     write_text(html_path, page)

@@ -69,7 +69,8 @@ FITS_SHOWN = {
 
 
 def number(x: float, kind: str) -> str:
-    """A number formatted for a table: lr, loss, pct, exp (exponents), or general."""
+    """A number formatted for a table: lr, loss, pct, pct_share (a fraction as a whole
+    percentage), exp (exponents), or general."""
     if kind == "pct" and x == math.inf:
         return "diverged"
     if not math.isfinite(x):
@@ -80,6 +81,8 @@ def number(x: float, kind: str) -> str:
         return f"{x:.4f}"
     if kind == "pct":
         return f"{x:.2f} %"
+    if kind == "pct_share":  # a fraction in [0, 1] as a whole percentage
+        return f"{x:.0%}"
     if kind == "exp":  # exponents and E: fixed decimals, no -0.000
         return f"{round(x, 3) + 0.0:.3f}"
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
@@ -122,6 +125,31 @@ def _headline_row(h: dict[str, Any], by: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _answer(target: dict[str, Any]) -> dict[str, Any]:
+    """The "what to use at width N" section: one row of cells per setting, its warnings, and
+    the recommendation (report.answer's data)."""
+    if "unavailable" in target:
+        return {**target, "rows": [], "warnings": []}
+    rows, notes = [], []
+    for s in target["settings"]:
+        lo, hi = number(s["lr_lo"], "lr"), number(s["lr_hi"], "lr")
+        predicted = math.isfinite(s["lr"])
+        rows.append(
+            [
+                Cell(s["label"]),
+                Cell(s["rule"] or "no prediction"),
+                cell(s["lr"], "lr"),
+                Cell(f"{lo} .. {hi}", "num") if predicted else Cell("", "na"),
+                cell(s["keep_share"], "pct_share") if predicted else Cell("", "na"),
+                cell(s["drift_per_doubling"], "exp"),
+                cell(s["E"], "exp") if s["n_widths"] > 2 else Cell("", "na"),
+                cell(s["loss"], "loss"),
+            ]
+        )
+        notes += [f"{s['label']}: {w}" for w in s["warnings"]]
+    return {**target, "rows": rows, "warnings": notes, "pct": f"{target['level']:.0%}"}
+
+
 def _provenance_text(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value)) or "(none recorded)"
@@ -139,6 +167,7 @@ def render(
     figures: list[Figure],
     optima: pd.DataFrame,
     fits: pd.DataFrame,
+    answer: dict[str, Any],
     provenance: dict[str, Any],
 ) -> str:
     """The report page as HTML text."""
@@ -164,6 +193,7 @@ def render(
         figures=figures,
         optima=_table(optima, by, OPTIMA_SHOWN),
         fits=_table(fits, by, FITS_SHOWN),
+        answer=_answer(answer),
         counts_table={"headers": list(counts), "rows": [[cell(v) for v in counts.values()]]},
         sweep_spec=provenance["sweep_spec"] or "(no sweep.toml)",
         provenance=[(k, _provenance_text(v)) for k, v in provenance.items() if k != "sweep_spec"],
