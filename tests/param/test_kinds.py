@@ -252,3 +252,17 @@ def test_transformers_mixtral_and_vit_are_refused_then_read_with_overrides() -> 
     roles = roles_from_factory(vit, 64, 32, overrides=over)
     assert roles["embeddings.cls_token"].role == "vector"
     assert roles["embeddings.patch_embeddings.projection.weight"].role == "input"
+
+
+def test_untie_keeps_the_transformers_config_consistent() -> None:
+    def gpt2(w: int) -> nn.Module:
+        return build_model("hf_gpt2", width=w, depth=1, vocab_size=64, seq_len=16, head_dim=8)
+
+    roles = roles_from_factory(gpt2, 64, 32, tied="untie")
+    model = gpt2(64)
+    parameterize(model, roles, make_rule("mup", "adam", "full"), lr=1e-2)
+    hf = model.hf
+    assert hf.lm_head.weight is not hf.transformer.wte.weight
+    assert hf.config.tie_word_embeddings is False
+    hf.tie_weights()  # recomputes the ties from the config: must leave the head its own
+    assert hf.lm_head.weight is not hf.transformer.wte.weight

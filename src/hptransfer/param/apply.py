@@ -236,6 +236,18 @@ def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float):
     )
 
 
+def _untie_configs(model: nn.Module) -> None:
+    """Set ``tie_word_embeddings`` False in every transformers config inside ``model`` (and its
+    text config), so that a later ``tie_weights()`` (``from_pretrained`` calls it) does not tie
+    the head to the embedding again."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        text = getattr(config, "get_text_config", None)
+        for c in (config, text() if callable(text) else None):
+            if getattr(c, "tie_word_embeddings", False):
+                c.tie_word_embeddings = False
+
+
 @torch.no_grad()
 def parameterize(
     model: nn.Module,
@@ -263,10 +275,12 @@ def parameterize(
     missing = [e.name for e in roles if e.name not in owners]
     if missing:
         raise ValueError(f"roles table names parameters the model lacks: {missing[:5]}")
-    for e in roles:  # untie first, so each name owns its tensor
-        if e.tied_to is not None and roles[e.tied_to].role != e.role:
-            module, pname = owners[e.name]
-            setattr(module, pname, nn.Parameter(getattr(module, pname).detach().clone()))
+    untied = [e.name for e in roles if e.tied_to is not None and roles[e.tied_to].role != e.role]
+    for name in untied:  # untie first, so each name owns its tensor
+        module, pname = owners[name]
+        setattr(module, pname, nn.Parameter(getattr(module, pname).detach().clone()))
+    if untied:
+        _untie_configs(model)
     specs = compute_specs(
         roles,
         rule,
