@@ -13,6 +13,7 @@ from torch import nn
 
 from hptransfer.errors import ConfigError
 from hptransfer.models import build_model
+from hptransfer.models.hf import set_attention_scale, width_factory
 from hptransfer.param.apply import parameterize
 from hptransfer.param.roles import roles_from_factory
 from hptransfer.param.rules import make_rule
@@ -266,3 +267,16 @@ def test_untie_keeps_the_transformers_config_consistent() -> None:
     assert hf.config.tie_word_embeddings is False
     hf.tie_weights()  # recomputes the ties from the config: must leave the head its own
     assert hf.lm_head.weight is not hf.transformer.wte.weight
+
+
+def test_set_attention_scale_says_why_it_cannot_act_on_t5() -> None:
+    def t5(w: int) -> transformers.PretrainedConfig:
+        return transformers.T5Config(
+            vocab_size=64, d_model=w, d_kv=8, d_ff=2 * w, num_layers=1, num_heads=w // 8
+        )
+
+    model = width_factory(t5, model_class=transformers.T5ForConditionalGeneration, wrap=False)(32)
+    with pytest.raises(ConfigError, match=r"T5Attention.scaling = 1 has no head_dim .*T5 folds"):
+        set_attention_scale(model, "linear")
+    with pytest.raises(ConfigError, match="no attention module has a float `scaling`"):
+        set_attention_scale(nn.Linear(4, 4), "linear")
