@@ -46,7 +46,8 @@ class ParamRole:
     fan_in: int
     fan_out: int
     n: int
-    """The growing dimension: fan_out for input, fan_in for hidden / output, numel for vectors."""
+    """The growing dimension: fan_out for input, fan_in for hidden / output, numel for 1-D
+    vectors, the number of groups for a depthwise convolution."""
     n_base: int
     """The same dimension in the model built at base width."""
     tied_to: str | None = None
@@ -179,7 +180,8 @@ def infer_roles(
             raise ConfigError(f"override {pattern!r} -> {role!r}: role must be one of {ROLES}")
     target = _params_with_owner(model)
     base = {n: (m, pn, p) for n, m, pn, p in _params_with_owner(base_model)}
-    probe = {n: (m, pn, p) for n, m, pn, p in _params_with_owner(probe_model or nn.Module())}
+    probed = _params_with_owner(probe_model) if probe_model is not None else []
+    probe = {n: (m, pn, p) for n, m, pn, p in probed}
     if set(base) != {t[0] for t in target}:
         diff = sorted(set(base) ^ {t[0] for t in target})
         raise ValueError(f"models at the two widths have different parameters: {diff[:5]}")
@@ -254,7 +256,13 @@ def _role(shape: tuple[int, ...], grow_in: bool, grow_out: bool, grow_batch: boo
     return "fixed"
 
 
-def _growing(shape, grown, fans, base_shape, base_fans) -> tuple[int, int]:
+def _growing(
+    shape: tuple[int, ...],
+    grown: tuple[bool, bool, bool],
+    fans: tuple[int, int, int],
+    base_shape: tuple[int, ...],
+    base_fans: tuple[int, int, int],
+) -> tuple[int, int]:
     """The growing dimension at width and at base width: fan_in when it grows, else fan_out,
     else the number of matrices; numel for vectors; 1 when nothing grows. Depends on growth
     only, not on the role label, so overrides and tie rules never change a layer's width
