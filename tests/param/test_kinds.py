@@ -208,10 +208,8 @@ def test_grouped_convolutions_have_per_group_fans() -> None:
     assert got["stem.weight"] == ("input", 27, 64 * 9, 4.0)
 
 
-transformers = pytest.importorskip("transformers")
-
-
 def mixtral(w: int) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
     config = transformers.MixtralConfig(
         vocab_size=64,
         hidden_size=w,
@@ -227,6 +225,7 @@ def mixtral(w: int) -> nn.Module:
 
 
 def vit(w: int) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(
         hidden_size=w,
         num_hidden_layers=1,
@@ -256,6 +255,8 @@ def test_transformers_mixtral_and_vit_are_refused_then_read_with_overrides() -> 
 
 
 def test_untie_keeps_the_transformers_config_consistent() -> None:
+    pytest.importorskip("transformers")
+
     def gpt2(w: int) -> nn.Module:
         return build_model("hf_gpt2", width=w, depth=1, vocab_size=64, seq_len=16, head_dim=8)
 
@@ -270,7 +271,9 @@ def test_untie_keeps_the_transformers_config_consistent() -> None:
 
 
 def test_set_attention_scale_says_why_it_cannot_act_on_t5() -> None:
-    def t5(w: int) -> transformers.PretrainedConfig:
+    transformers = pytest.importorskip("transformers")
+
+    def t5(w: int) -> object:
         return transformers.T5Config(
             vocab_size=64, d_model=w, d_kv=8, d_ff=2 * w, num_layers=1, num_heads=w // 8
         )
