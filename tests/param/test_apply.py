@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from hptransfer.config import RunConfig
+from hptransfer.errors import ConfigError
 from hptransfer.models import build_model
 from hptransfer.optim import build_optimizer
 from hptransfer.param.apply import parameterize
@@ -227,8 +228,10 @@ class Custom(nn.Module):
         return x @ self.w.T
 
 
-def test_unknown_module_needs_the_folded_form():
-    roles = roles_from_factory(Custom, 64, 16)
+def test_unknown_module_needs_an_override_and_the_folded_form():
+    with pytest.raises(ConfigError, match=r'^w: role unknown: .*param.overrides, e.g. "w" ='):
+        roles_from_factory(Custom, 64, 16)
+    roles = roles_from_factory(Custom, 64, 16, overrides={"w": "input"})
     rule = make_rule("mup", "adam")
     with pytest.raises(ValueError, match="form='folded'"):
         parameterize(Custom(64), roles, rule, lr=1e-3)

@@ -81,17 +81,30 @@ def set_attention_scale(model: nn.Module, attn_scale: str) -> int:
     """Set the softmax scale of every attention module (one with a float ``scaling`` and a
     ``head_dim`` or ``attention_head_size``, as transformers' GPT-2, Llama, BERT and most others
     have) to 1/sqrt(head_dim) ("sqrt") or 1/head_dim ("linear"). Returns how many modules were
-    set; raises ValueError if none."""
+    set; raises ConfigError if none, with the reason: no module has a ``scaling``, or those
+    that have one give no head dimension (T5: ``scaling`` = 1.0, its 1/sqrt(d_kv) folded into
+    the query init)."""
     count = 0
+    headless = set()
     for module in model.modules():
         head_dim = getattr(module, "head_dim", None) or getattr(module, "attention_head_size", 0)
-        if isinstance(getattr(module, "scaling", None), float) and head_dim:
-            module.scaling = attention_scale(attn_scale, int(head_dim))
-            count += 1
+        if isinstance(getattr(module, "scaling", None), float):
+            if head_dim:
+                module.scaling = attention_scale(attn_scale, int(head_dim))
+                count += 1
+            else:
+                headless.add(f"{type(module).__name__}.scaling = {module.scaling:g}")
     if count == 0:
-        raise ValueError(
-            f"{type(model).__name__} has no attention module with a `scaling` attribute; "
-            "its attention scale cannot be set without editing its code"
+        if headless:
+            reason = (
+                f"{', '.join(sorted(headless))} has no head_dim or attention_head_size, so the "
+                "scale's head dimension is unknown (T5 folds 1/sqrt(d_kv) into its query init)"
+            )
+        else:
+            reason = "no attention module has a float `scaling` attribute"
+        raise ConfigError(
+            f"model.attn_scale: {type(model).__name__}: {reason}; its attention scale cannot "
+            "be set without editing its code"
         )
     return count
 

@@ -23,7 +23,9 @@ Shampoo's relative eps: unchanged; see rules.eps_power), coupled weight
 decay / mult^k. It needs no hooks, so it works for any module type.
 
 Multipliers are forward hooks on the owning module (nn.Linear, convolutions: the input is
-scaled, which also keeps biases unscaled; nn.Embedding: the output), never edits of the model.
+scaled, which also keeps biases unscaled; nn.Embedding: the output), never edits of the model:
+one hook per module however many names it has, and hooks are picklable objects (`ScaleInput`,
+`ScaleOutput`), so torch.save(model) and copy.deepcopy keep them.
 """
 
 from __future__ import annotations
@@ -189,35 +191,61 @@ def compute_specs(
     return specs
 
 
-def _scale_output(mult: float):
-    def hook(module, args, output):
-        return output * mult
+class ScaleInput:
+    """Forward pre-hook: multiply a module's first input by ``mult``. A module-level class, not
+    a closure, so that a parameterized model pickles (torch.save, deepcopy) with its hooks."""
 
-    return hook
+    __slots__ = ("mult",)
+
+    def __init__(self, mult: float) -> None:
+        self.mult = mult
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] * self.mult, *args[1:])
 
 
-def _scale_input(mult: float):
-    def hook(module, args):
-        return (args[0] * mult, *args[1:])
+class ScaleOutput:
+    """Forward hook: multiply a module's output (or the first item of a tuple output, e.g.
+    transformers attention's (output, weights, ...)) by ``mult``; picklable like `ScaleInput`."""
 
-    return hook
+    __slots__ = ("mult",)
+
+    def __init__(self, mult: float) -> None:
+        self.mult = mult
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        if isinstance(output, tuple):
+            return (output[0] * self.mult, *output[1:])
+        return output * self.mult
 
 
 def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float):
     if isinstance(module, nn.Embedding) and pname == "weight":
-        return module.register_forward_hook(_scale_output(mult))
+        return module.register_forward_hook(ScaleOutput(mult))
     if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
         if (
             getattr(module, "bias", None) is None
             and isinstance(module, nn.Linear)
             and (module.out_features <= module.in_features)
         ):
-            return module.register_forward_hook(_scale_output(mult))  # the smaller tensor
-        return module.register_forward_pre_hook(_scale_input(mult))
+            return module.register_forward_hook(ScaleOutput(mult))  # the smaller tensor
+        return module.register_forward_pre_hook(ScaleInput(mult))
     raise ConfigError(
         f"{name}: no forward multiplier for {type(module).__name__}.{pname}; "
         "use form='folded' (param.form = \"folded\"), which needs no hooks"
     )
+
+
+def _untie_configs(model: nn.Module) -> None:
+    """Set ``tie_word_embeddings`` False in every transformers config inside ``model`` (and its
+    text config), so that a later ``tie_weights()`` (``from_pretrained`` calls it) does not tie
+    the head to the embedding again."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        text = getattr(config, "get_text_config", None)
+        for c in (config, text() if callable(text) else None):
+            if getattr(c, "tie_word_embeddings", False):
+                c.tie_word_embeddings = False
 
 
 @torch.no_grad()
@@ -247,10 +275,12 @@ def parameterize(
     missing = [e.name for e in roles if e.name not in owners]
     if missing:
         raise ValueError(f"roles table names parameters the model lacks: {missing[:5]}")
-    for e in roles:  # untie first, so each name owns its tensor
-        if e.tied_to is not None and roles[e.tied_to].role != e.role:
-            module, pname = owners[e.name]
-            setattr(module, pname, nn.Parameter(getattr(module, pname).detach().clone()))
+    untied = [e.name for e in roles if e.tied_to is not None and roles[e.tied_to].role != e.role]
+    for name in untied:  # untie first, so each name owns its tensor
+        module, pname = owners[name]
+        setattr(module, pname, nn.Parameter(getattr(module, pname).detach().clone()))
+    if untied:
+        _untie_configs(model)
     specs = compute_specs(
         roles,
         rule,
@@ -263,6 +293,7 @@ def parameterize(
         init_scale=init_scale,
     )
     handles = []
+    hooked: set[tuple[int, str]] = set()
     groups: dict[tuple, dict] = {}
     for name, s in specs.items():
         module, pname = owners[name]
@@ -273,11 +304,12 @@ def parameterize(
             else:
                 p.normal_(0.0, s.init_std, generator=generator)
         if s.multiplier != 1.0:
-            handles.append(_install_multiplier(module, pname, name, s.multiplier))
-            for e in roles:  # a tied tensor used by a second module needs the same multiplier
-                if e.tied_to == name and e.name not in specs:
-                    tmod, tpname = owners[e.name]
-                    handles.append(_install_multiplier(tmod, tpname, e.name, s.multiplier))
+            users = [name] + [e.name for e in roles if e.tied_to == name and e.name not in specs]
+            for user in users:  # a tied tensor used by a second module needs the same hook
+                umod, upname = owners[user]
+                if (id(umod), upname) not in hooked:  # a module under two names: one hook
+                    hooked.add((id(umod), upname))
+                    handles.append(_install_multiplier(umod, upname, user, s.multiplier))
         key = (s.role, s.lr_factor, s.eps, s.weight_decay, s.own_factor)
         if key not in groups:
             groups[key] = {
@@ -306,15 +338,6 @@ def parameterize(
             seen[g["role"]] = seen.get(g["role"], 0) + 1
             g["name"] = f"{g['role']}{seen[g['role']]}"
     return Parameterization(rule, specs, group_list, handles)
-
-
-def _scale_first_output(mult: float):
-    def hook(module, args, output):
-        if isinstance(output, tuple):  # e.g. transformers attention: (output, weights, ...)
-            return (output[0] * mult, *output[1:])
-        return output * mult
-
-    return hook
 
 
 def scale_depth(
@@ -359,4 +382,4 @@ def scale_branches(model: nn.Module, patterns: list[str], mult: float) -> list:
     # a match inside another match would be scaled twice: keep the outermost
     names = [n for n in names if not any(n.startswith(o + ".") for o in names)]
     modules = dict(model.named_modules())
-    return [modules[n].register_forward_hook(_scale_first_output(mult)) for n in names]
+    return [modules[n].register_forward_hook(ScaleOutput(mult)) for n in names]

@@ -2,11 +2,21 @@
 
 The model is built twice (on the meta device, so no memory is used) at two widths; a dimension
 whose size differs grows. From the module type we know which dimension is fan_in and which is
-fan_out (nn.Linear and convolutions store (fan_out, fan_in, ...); nn.Embedding stores
-(fan_in = vocabulary, fan_out = dim)), and so:
+fan_out (nn.Linear, convolutions, RNNs and nn.MultiheadAttention store (fan_out, fan_in, ...);
+nn.Embedding / EmbeddingBag and transformers' Conv1D store (fan_in, fan_out)), and so:
 
     fan_in and fan_out grow -> hidden     only fan_out grows -> input (embeddings)
     only fan_in grows       -> output     a 1-D tensor grows -> vector    nothing grows -> fixed
+
+Fans are per matrix: a grouped convolution's are per group (fan_in = in_channels / groups *
+kernel), and a convolution whose groups grow while its per-group fans do not (depthwise, groups
+= channels) is a vector: one small width-independent kernel per channel, like a norm gain.
+
+A parameter of 2 or more dims on any other module (a bare nn.Parameter of custom code: fused MoE
+experts, a ViT class token, Mamba's A_log) that grows with width is refused by name with the
+override that fixes it (`param.overrides`): its storage convention cannot be read from its
+type. An overridden parameter of unknown convention takes its fans from its last two dims, the
+leading ones being a batch of matrices: fan_in = shape[-1], fan_out = shape[-2].
 
 The result is a side table (`RoleTable`), keyed by parameter name; nothing is attached to the
 tensors, so it survives deepcopy, torch.save, DDP and FSDP.
@@ -36,7 +46,8 @@ class ParamRole:
     fan_in: int
     fan_out: int
     n: int
-    """The growing dimension: fan_out for input, fan_in for hidden / output, numel for vectors."""
+    """The growing dimension: fan_out for input, fan_in for hidden / output, numel for 1-D
+    vectors, the number of groups for a depthwise convolution."""
     n_base: int
     """The same dimension in the model built at base width."""
     tied_to: str | None = None
@@ -49,36 +60,60 @@ class ParamRole:
         return self.n / self.n_base
 
 
-def _fans(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(fan_in, fan_out) of a parameter from its module's storage convention."""
+def _convention(module: nn.Module, pname: str) -> str | None:
+    """How ``module`` stores its parameter ``pname``: "out_in" ((fan_out, fan_in, *kernel)),
+    "in_out" ((fan_in, fan_out)), or None when the module type does not say."""
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and pname == "weight":
+        return "in_out"
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) and pname == "weight":
+        return "in_out"  # (in, out / groups, *kernel)
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
+        return "out_in"
+    if isinstance(module, nn.RNNBase) and pname.startswith("weight_"):
+        return "out_in"  # (gates * hidden, input) and (gates * hidden, hidden)
+    if isinstance(module, nn.MultiheadAttention) and pname.endswith("_weight"):
+        return "out_in"  # in_proj_weight (3 * embed, embed), q/k/v_proj_weight
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2
+        return "in_out"
+    return None
+
+
+def _fans(module: nn.Module, pname: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(fan_in, fan_out, matrices) of a parameter: fans per matrix (per group for grouped
+    convolutions) and the number of matrices. A tensor of unknown convention is read as a
+    batch of (fan_out, fan_in) matrices in its last two dims."""
     if len(shape) < 2:
-        return (shape[0] if shape else 1), (shape[0] if shape else 1)
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-        return shape[0], shape[1]
-    receptive = math.prod(shape[2:])
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):  # stored (in, out, *kernel)
-        return shape[0] * receptive, shape[1] * receptive
-    return shape[1] * receptive, shape[0] * receptive
+        return (shape[0] if shape else 1), (shape[0] if shape else 1), 1
+    convention = _convention(module, pname)
+    if convention is None:
+        return shape[-1], shape[-2], math.prod(shape[:-2])
+    if isinstance(module, nn.modules.conv._ConvNd):
+        receptive, groups = math.prod(shape[2:]), module.groups
+        if convention == "in_out":
+            return shape[0] // groups * receptive, shape[1] * receptive, groups
+        return shape[1] * receptive, shape[0] // groups * receptive, groups
+    if convention == "in_out":
+        return shape[0], shape[1], 1
+    return shape[1], shape[0], 1
 
 
 def _grown(
-    module: nn.Module, shape_a: tuple[int, ...], shape_b: tuple[int, ...]
-) -> tuple[bool, bool]:
-    """Does (fan_in, fan_out) differ between the two shapes?"""
-    if len(shape_a) != len(shape_b):
-        raise ValueError(f"parameter rank changes with width: {shape_a} vs {shape_b}")
-    if len(shape_a) < 2:
-        grew = shape_a != shape_b
-        return grew, grew
-    fa, fb = _fans(module, shape_a), _fans(module, shape_b)
-    return fa[0] != fb[0], fa[1] != fb[1]
+    fans_a: tuple[int, int, int], fans_b: tuple[int, int, int], rank: int
+) -> tuple[bool, bool, bool]:
+    """Do (fan_in, fan_out, matrices) differ between the two widths? A 1-D tensor's growth is
+    its size's (fan_in = fan_out = numel)."""
+    if rank < 2:
+        return fans_a[0] != fans_b[0], fans_a[0] != fans_b[0], False
+    return fans_a[0] != fans_b[0], fans_a[1] != fans_b[1], fans_a[2] != fans_b[2]
 
 
-def _params_with_owner(model: nn.Module) -> list[tuple[str, nn.Module, nn.Parameter]]:
+def _params_with_owner(
+    model: nn.Module,
+) -> list[tuple[str, nn.Module, str, nn.Parameter]]:
     out = []
     for mname, module in model.named_modules(remove_duplicate=False):
         for pname, p in module.named_parameters(recurse=False):
-            out.append((f"{mname}.{pname}" if mname else pname, module, p))
+            out.append((f"{mname}.{pname}" if mname else pname, module, pname, p))
     # named_modules(remove_duplicate=False) can list a shared submodule twice
     seen: set[str] = set()
     return [t for t in out if not (t[0] in seen or seen.add(t[0]))]
@@ -144,28 +179,39 @@ def infer_roles(
         if role not in ROLES:
             raise ConfigError(f"override {pattern!r} -> {role!r}: role must be one of {ROLES}")
     target = _params_with_owner(model)
-    base = {n: (m, p) for n, m, p in _params_with_owner(base_model)}
-    probe = {n: (m, p) for n, m, p in _params_with_owner(probe_model)} if probe_model else None
-    if set(base) != {n for n, _, _ in target}:
-        diff = sorted(set(base) ^ {n for n, _, _ in target})
+    base = {n: (m, pn, p) for n, m, pn, p in _params_with_owner(base_model)}
+    probed = _params_with_owner(probe_model) if probe_model is not None else []
+    probe = {n: (m, pn, p) for n, m, pn, p in probed}
+    if set(base) != {t[0] for t in target}:
+        diff = sorted(set(base) ^ {t[0] for t in target})
         raise ValueError(f"models at the two widths have different parameters: {diff[:5]}")
     first_name: dict[int, str] = {}
     entries: dict[str, ParamRole] = {}
-    for name, module, p in target:
+    for name, module, pname, p in target:
         shape = tuple(p.shape)
-        bmod, bp = base[name]
+        bmod, bpname, bp = base[name]
         base_shape = tuple(bp.shape)
-        if shape == base_shape and probe is not None:
-            grow_in, grow_out = _grown(module, base_shape, tuple(probe[name][1].shape))
-        else:
-            grow_in, grow_out = _grown(module, base_shape, shape)
-        fan_in, fan_out = _fans(module, shape)
-        bfan_in, bfan_out = _fans(bmod, base_shape)
-        role = _role(shape, grow_in, grow_out)
-        for pattern, forced in overrides.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                role = forced
-                break
+        if len(shape) != len(base_shape):
+            raise ValueError(f"{name}: rank changes with width: {base_shape} vs {shape}")
+        fans = _fans(module, pname, shape)
+        base_fans = _fans(bmod, bpname, base_shape)
+        other, other_fans = shape, fans
+        if shape == base_shape and name in probe:
+            pmod, ppname, pp = probe[name]
+            other, other_fans = tuple(pp.shape), _fans(pmod, ppname, tuple(pp.shape))
+        grown = _grown(base_fans, other_fans, len(shape))
+        forced = next((r for pat, r in overrides.items() if fnmatch.fnmatchcase(name, pat)), None)
+        if forced is None and len(shape) >= 2 and other != base_shape:
+            if _convention(module, pname) is None:
+                suffix = ".".join(name.split(".")[-2 if pname in ("weight", "bias") else -1 :])
+                pattern = name if name == suffix else f"*.{suffix}"
+                raise ConfigError(
+                    f"{name}: role unknown: {type(module).__name__}.{pname} has shape "
+                    f"{base_shape} at base width and {other} at width, in no storage order "
+                    f'hptransfer knows; set it in param.overrides, e.g. "{pattern}" = "hidden" '
+                    '(matrices in the last two dims) or "vector" (its init kept)'
+                )
+        role = forced or _role(shape, *grown)
         tied_to = first_name.get(id(p))
         if tied_to is not None:
             first_role = entries[tied_to].role
@@ -189,16 +235,14 @@ def infer_roles(
                 )
         else:
             first_name[id(p)] = name
-        n, n_base = _growing(
-            shape, grow_in, grow_out, (fan_in, fan_out), base_shape, (bfan_in, bfan_out)
-        )
+        n, n_base = _growing(shape, grown, fans, base_shape, base_fans)
         entries[name] = ParamRole(
-            name, role, shape, fan_in, fan_out, n, n_base, tied_to, base_shape
+            name, role, shape, fans[0], fans[1], n, n_base, tied_to, base_shape
         )
     return RoleTable(entries)
 
 
-def _role(shape: tuple[int, ...], grow_in: bool, grow_out: bool) -> str:
+def _role(shape: tuple[int, ...], grow_in: bool, grow_out: bool, grow_batch: bool) -> str:
     if len(shape) < 2:
         return "vector" if grow_in else "fixed"
     if grow_in and grow_out:
@@ -207,19 +251,28 @@ def _role(shape: tuple[int, ...], grow_in: bool, grow_out: bool) -> str:
         return "input"
     if grow_in:
         return "output"
+    if grow_batch:  # more matrices of a fixed size: a depthwise convolution's channels
+        return "vector"
     return "fixed"
 
 
-def _growing(shape, grow_in, grow_out, fans, base_shape, base_fans) -> tuple[int, int]:
-    """The growing dimension at width and at base width: fan_in when it grows, else fan_out;
-    numel for vectors; 1 when nothing grows. Depends on growth only, not on the role label,
-    so overrides and tie rules never change a layer's width multiplier."""
+def _growing(
+    shape: tuple[int, ...],
+    grown: tuple[bool, bool, bool],
+    fans: tuple[int, int, int],
+    base_shape: tuple[int, ...],
+    base_fans: tuple[int, int, int],
+) -> tuple[int, int]:
+    """The growing dimension at width and at base width: fan_in when it grows, else fan_out,
+    else the number of matrices; numel for vectors; 1 when nothing grows. Depends on growth
+    only, not on the role label, so overrides and tie rules never change a layer's width
+    multiplier."""
+    grow_in, grow_out, grow_batch = grown
     if len(shape) < 2:
         return (math.prod(shape), math.prod(base_shape)) if grow_in else (1, 1)
-    if grow_in:
-        return fans[0], base_fans[0]
-    if grow_out:
-        return fans[1], base_fans[1]
+    for grew, i in ((grow_in, 0), (grow_out, 1), (grow_batch, 2)):
+        if grew:
+            return fans[i], base_fans[i]
     return 1, 1
 
 
