@@ -120,7 +120,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self._link()
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         def inner_step() -> None:
             for inner in self._inner:
                 inner.step()
