@@ -29,10 +29,13 @@ scaled, which also keeps biases unscaled; nn.Embedding: the output), never edits
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from hptransfer.config import ANCHORS, EPS_MODES, FORMS
 from hptransfer.errors import ConfigError
@@ -40,6 +43,7 @@ from hptransfer.optim import registry
 from hptransfer.param.roles import RoleTable
 from hptransfer.param.rules import (
     SP_B,
+    RoleRule,
     Rule,
     base_eps,
     depth_lr_factor,
@@ -79,8 +83,8 @@ class Parameterization:
 
     rule: Rule
     table: dict[str, ParamSpec]
-    param_groups: list[dict]
-    handles: list = field(default_factory=list, repr=False)
+    param_groups: list[dict[str, Any]]
+    handles: list[RemovableHandle] = field(default_factory=list, repr=False)
 
     def remove(self) -> None:
         """Remove the forward multipliers from the model."""
@@ -88,7 +92,7 @@ class Parameterization:
             h.remove()
         self.handles.clear()
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, Any]]:
         return [vars(s).copy() for s in self.table.values()]
 
     def format(self) -> str:
@@ -112,7 +116,7 @@ class Parameterization:
 
 
 def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-    out = {}
+    out: dict[str, tuple[nn.Module, str]] = {}
     for mname, module in model.named_modules(remove_duplicate=False):
         for pname, _ in module.named_parameters(recurse=False):
             out.setdefault(f"{mname}.{pname}" if mname else pname, (module, pname))
@@ -147,7 +151,7 @@ def compute_specs(
         if e.tied_to is not None and roles[e.tied_to].role == e.role:
             continue  # one tensor, one entry: it was handled under its first name
         m = e.width_mult
-        r = rule.roles.get(e.role)
+        r = cast(RoleRule, rule.roles.get(e.role))  # None only for "fixed", which reads none
         if e.role in SCALED:
             n, a, b = (m, r.a, r.b) if anchor == "relative" else (e.n, r.a, r.b)
             mult = float(n) ** -float(a)
@@ -189,21 +193,21 @@ def compute_specs(
     return specs
 
 
-def _scale_output(mult: float):
-    def hook(module, args, output):
+def _scale_output(mult: float) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         return output * mult
 
     return hook
 
 
-def _scale_input(mult: float):
-    def hook(module, args):
+def _scale_input(mult: float) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (args[0] * mult, *args[1:])
 
     return hook
 
 
-def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float):
+def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float) -> RemovableHandle:
     if isinstance(module, nn.Embedding) and pname == "weight":
         return module.register_forward_hook(_scale_output(mult))
     if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
@@ -263,7 +267,7 @@ def parameterize(
         init_scale=init_scale,
     )
     handles = []
-    groups: dict[tuple, dict] = {}
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for name, s in specs.items():
         module, pname = owners[name]
         p = getattr(module, pname)
@@ -308,8 +312,8 @@ def parameterize(
     return Parameterization(rule, specs, group_list, handles)
 
 
-def _scale_first_output(mult: float):
-    def hook(module, args, output):
+def _scale_first_output(mult: float) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if isinstance(output, tuple):  # e.g. transformers attention: (output, weights, ...)
             return (output[0] * mult, *output[1:])
         return output * mult
@@ -339,7 +343,7 @@ def scale_depth(
                 group["lr"] *= factor
 
 
-def scale_branches(model: nn.Module, patterns: list[str], mult: float) -> list:
+def scale_branches(model: nn.Module, patterns: list[str], mult: float) -> list[RemovableHandle]:
     """Multiply the output of every module whose name matches one of the fnmatch ``patterns``
     (the residual branches, e.g. ``blocks.*.attn``) by ``mult`` with forward hooks, so that
     x + f(x) becomes x + mult * f(x) without editing the model. Returns the hook handles.

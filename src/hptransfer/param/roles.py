@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -80,8 +80,8 @@ def _params_with_owner(model: nn.Module) -> list[tuple[str, nn.Module, nn.Parame
         for pname, p in module.named_parameters(recurse=False):
             out.append((f"{mname}.{pname}" if mname else pname, module, p))
     # named_modules(remove_duplicate=False) can list a shared submodule twice
-    seen: set[str] = set()
-    return [t for t in out if not (t[0] in seen or seen.add(t[0]))]
+    first: dict[str, object] = {}
+    return [t for t in out if first.setdefault(t[0], t) is t]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class RoleTable:
     def __getitem__(self, name: str) -> ParamRole:
         return self.entries[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ParamRole]:
         return iter(self.entries.values())
 
     def __len__(self) -> int:
@@ -125,7 +125,7 @@ def infer_roles(
     base_model: nn.Module,
     probe_model: nn.Module | None = None,
     *,
-    overrides: dict[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
     tied: str = "error",
 ) -> RoleTable:
     """Roles of ``model``'s parameters by comparison with the same model at base width.
@@ -210,7 +210,14 @@ def _role(shape: tuple[int, ...], grow_in: bool, grow_out: bool) -> str:
     return "fixed"
 
 
-def _growing(shape, grow_in, grow_out, fans, base_shape, base_fans) -> tuple[int, int]:
+def _growing(
+    shape: tuple[int, ...],
+    grow_in: bool,
+    grow_out: bool,
+    fans: tuple[int, int],
+    base_shape: tuple[int, ...],
+    base_fans: tuple[int, int],
+) -> tuple[int, int]:
     """The growing dimension at width and at base width: fan_in when it grows, else fan_out;
     numel for vectors; 1 when nothing grows. Depends on growth only, not on the role label,
     so overrides and tie rules never change a layer's width multiplier."""
@@ -228,7 +235,7 @@ def roles_from_factory(
     width: int,
     base_width: int,
     *,
-    overrides: dict[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
     tied: str = "error",
 ) -> RoleTable:
     """Build ``make_model`` at ``width`` and ``base_width`` (and twice base, if they are equal)
