@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hptransfer.errors import ConfigError
+from hptransfer.errors import ConfigError as ConfigError  # re-exported: the user-error type
 from hptransfer.optim import registry
 
 # Each choice set is defined once, here, as the Literal type of its config field; the tuples
@@ -423,7 +423,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for name, hint in _section_types(type(self)).items():
-            if dataclasses.is_dataclass(hint) and not isinstance(getattr(self, name), hint):
+            if (
+                isinstance(hint, type)
+                and dataclasses.is_dataclass(hint)
+                and not isinstance(getattr(self, name), hint)
+            ):
                 raise ConfigError(
                     f"{name}: expected a {hint.__name__}, got {getattr(self, name)!r}"
                 )
@@ -438,7 +442,7 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return typing.cast(dict[str, Any], _plain(dataclasses.asdict(self)))
 
     def run_id(self) -> str:
         """Stable 12-hex-digit id: hash of the values that differ from the defaults, less [track].
@@ -483,9 +487,15 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-@functools.cache
 def _section_types(cls: type) -> dict[str, Any]:
     """Field types of a config dataclass (cached: resolving hints costs ~40 ms per call)."""
+    return _type_hints(cls)
+
+
+# functools.cache types its argument as Hashable, which mypy refuses a type[X] for (it looks up
+# X.__hash__, the instances' method); _section_types above passes a plain `type`.
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -560,7 +570,7 @@ def all_keys() -> list[str]:
     """Every dotted key a recipe may set."""
     keys = ["seed"]
     for name, hint in _section_types(RunConfig).items():
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             keys += [f"{name}.{k}" for k in _section_types(hint)]
     return keys
 

@@ -169,7 +169,8 @@ def prepare(
             hparams.setdefault("foreach", True)  # DTensor has no fused SGD kernel
         optimizer = build_optimizer(cfg.optimizer.name, groups, **hparams)
     if cfg.train.compile:
-        train_model = torch.compile(train_model)
+        # torch.compile of a Module returns an OptimizedModule (a Module); its stubs say Callable
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
     return train_model, optimizer
 
 

@@ -9,7 +9,7 @@ importing this module stays cheap and works with any backend (Agg included).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 _WIDTH_CMAP = "viridis"
 _SETTING_CMAP = "tab10"
 _DIVERGED_Y = 0.96  # axes-fraction height of the diverged markers
+_Setting = TypeVar("_Setting", bound=Mapping[str, Any])
 
 
-def _width_colors(widths: Sequence[int]) -> dict[int, tuple[float, ...]]:
+def _width_colors(widths: Sequence[int]) -> dict[int, tuple[float, float, float, float]]:
     """Sequential colours, light to dark in width order (darkest not fully black)."""
     from matplotlib import colormaps
 
@@ -81,7 +82,7 @@ def plot_lr_sweep(
         axes = _axes_list(axes)
         if len(axes) < len(settings):
             raise ValueError(f"plot_lr_sweep needs {len(settings)} axes (one per setting)")
-        fig = axes[0].figure
+        fig = axes[0].figure.get_figure(root=True)  # the Figure, also for axes in a SubFigure
         created = False
 
     colors = _width_colors(curves["width"].unique())
@@ -338,7 +339,7 @@ def plot_transfer_metrics(
         axes = _axes_list(ax)
         if len(axes) != len(metrics):
             raise ValueError(f"plot_transfer_metrics needs {len(metrics)} axes, got {len(axes)}")
-        fig = axes[0].figure
+        fig = axes[0].figure.get_figure(root=True)  # the Figure, also for axes in a SubFigure
     labels = [setting_label(v) for v in fits[list(by)].itertuples(index=False)]
     pos = np.arange(len(fits))
     for a, metric in zip(axes, metrics):
@@ -370,11 +371,11 @@ _OPTIMUM_AXES = {
 
 
 def plot_optimum(
-    settings: Sequence[Mapping[str, Any]],
+    settings: Sequence[_Setting],
     value: str = "log2_lr_opt",
     ax: Axes | None = None,
     x: str = "width",
-    style: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    style: Callable[[_Setting], dict[str, Any]] | None = None,
 ) -> Axes:
     """An optimum's quantity against the scaled dimension, one line per setting.
 

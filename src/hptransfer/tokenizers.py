@@ -81,7 +81,7 @@ class HFTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         pieces = self.tok.encode_batch(list(_pieces(text)), add_special_tokens=False)
-        ids = [np.asarray(p.ids, dtype=self.dtype) for p in pieces]
+        ids: list[np.ndarray] = [np.asarray(p.ids, dtype=self.dtype) for p in pieces]
         return np.concatenate(ids) if ids else np.zeros(0, dtype=self.dtype)
 
     def encode_bytes(self, raw: bytes) -> np.ndarray:

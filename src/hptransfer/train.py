@@ -86,6 +86,7 @@ def train(
     eval_set = [ctx.local_batch(x, y) for x, y in eval_set]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
     refresh = getattr(opt, "refresh_curvature", None)  # Sophia's Hessian estimate
+    curvature_interval: int = getattr(opt, "curvature_interval", 1)
     named = dict(model.named_parameters())
     names = {p: n for n, p in named.items()}
     # alignment exponents (parameterizations.md §3) on the step-0 batch, every align_every steps
@@ -115,7 +116,7 @@ def train(
     try:
         for step in range(at.steps, t.steps):
             x, y = ctx.local_batch(*batches.get(step))
-            if refresh is not None and step % opt.curvature_interval == 0:
+            if refresh is not None and step % curvature_interval == 0:
                 refresh(lambda x=x: step_model(x), y)
             loss = loss_fn(step_model, x, y, autocast)
             loss_value = ctx.mean(loss)  # the global-batch loss, the same on every rank
@@ -128,7 +129,7 @@ def train(
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             eval_step = (step + 1) % t.eval_every == 0 or step + 1 == t.steps
-            before = [p.detach().clone() for p in named.values()] if eval_step else None
+            before = [p.detach().clone() for p in named.values()] if eval_step else []
             opt.step()
             sched.step()
             losses.append(loss_value)
@@ -143,7 +144,7 @@ def train(
                     optimizer_diagnostics(cfg.optimizer.name, opt, names, distributed.full)
                 )
                 record["eval_loss"] = ctx.mean(evaluate(model, eval_set, autocast))
-                evals.append((step + 1, record["eval_loss"]))
+                evals.append((step + 1, float(record["eval_loss"])))
                 if not math.isfinite(record["eval_loss"]):
                     status = "diverged"
             if probe is not None and (step + 1) % t.align_every == 0:

@@ -63,7 +63,7 @@ def average_by_role(
                 continue
             sums.setdefault(role, {e: [] for e in EXPONENTS})[parts[1]].append(float(value))
             steps.setdefault(role, []).append(t)
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for role, per_exp in sums.items():
         if not all(per_exp.values()):
             continue

@@ -34,6 +34,7 @@ before extrapolate, then the smaller |beta|, then the smaller E).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -142,7 +143,7 @@ def _replicate_answers(
         c, beta, _ = fit_lr_law(g["width"].to_numpy(dtype=float), np.exp(ln_lr))
         fin = np.isfinite(ln_lr)
         keep = float(np.exp(ln_lr[fin].mean())) if fin.any() else np.nan
-        extr = np.nan if c is None else c * width ** -float(beta)
+        extr = np.nan if c is None or beta is None else c * width ** -float(beta)
         out.append((np.nan if beta is None else beta, keep, extr))
     arr = np.array(out, dtype=float).reshape(-1, 3)
     return arr[:, 0], arr[:, 1], arr[:, 2]
@@ -243,7 +244,7 @@ def predict_lr(
 
 def _answer(fit: dict, mine: pd.DataFrame, width: float, level: float) -> dict:
     """The point answer of one setting (the interval columns stay NaN until `_bootstrap`)."""
-    out = dict.fromkeys(COLUMNS[1:-1], np.nan)
+    out: dict[str, Any] = dict.fromkeys(COLUMNS[1:-1], np.nan)
     out.update(
         rule="", n_widths=fit["n_widths"], width_min=fit["width_min"],
         width_max=fit["width_max"], n_at_edge=fit["n_at_edge"], C=fit["C"], beta=fit["beta"],

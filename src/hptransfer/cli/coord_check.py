@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     df.to_csv(out / "coord.csv", index=False)
     slopes.to_csv(out / "slopes.csv", index=False)
     ax = plot_coord_check(df, step=args.steps - 1)
-    ax.figure.savefig(out / "coord.png", dpi=120, bbox_inches="tight")
+    ax.figure.get_figure(root=True).savefig(out / "coord.png", dpi=120, bbox_inches="tight")
     last = slopes[slopes.step == args.steps - 1]
     print(
         f"log-log slope of activation RMS vs width at step {args.steps - 1} "

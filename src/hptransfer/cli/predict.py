@@ -12,8 +12,10 @@ prints one line and exits 2 with nothing written.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,7 +203,7 @@ def _exports(
             "lr": "base_lr x lr_factor (x the depth factor for hidden parameters)",
         },
     }
-    out = []
+    out: list[tuple[Path, Callable[[Path], None]]] = []
     for path in map(Path, args.export):
         if path.suffix == ".json":
             from hptransfer.plan import make_plan
@@ -217,7 +219,7 @@ def _exports(
                 f"{level:.0%} interval {row['lr_lo']:.4g}..{row['lr_hi']:.4g})."
             )
             text = recipe_text(cfg, "\n".join([header, *row["warnings"], *notes]))
-            out.append((path, lambda p, t=text: write_text(p, t)))
+            out.append((path, functools.partial(write_text, text=text)))
     return out
 
 

@@ -48,7 +48,7 @@ def build_model(
         raise ConfigError(f"model.name={name!r} is unknown; valid names: {', '.join(MODELS)}")
     if kv_group != 1 and name not in ("llama", "hf_llama"):
         raise ConfigError(f"model.kv_group applies to llama and hf_llama, not {name}")
-    shape = dict(vocab_size=vocab_size, width=width, depth=depth, seq_len=seq_len)
+    shape: dict[str, Any] = dict(vocab_size=vocab_size, width=width, depth=depth, seq_len=seq_len)
     shape.update(head_dim=head_dim, attn_scale=attn_scale)
     if name.startswith("hf_"):
         from hptransfer.models.hf import build_hf

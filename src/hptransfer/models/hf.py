@@ -90,7 +90,8 @@ def set_attention_scale(model: nn.Module, attn_scale: str) -> int:
         head_dim = getattr(module, "head_dim", None) or getattr(module, "attention_head_size", 0)
         if isinstance(getattr(module, "scaling", None), float):
             if head_dim:
-                module.scaling = attention_scale(attn_scale, int(head_dim))
+                # nn.Module.__setattr__ is typed for tensors and modules; scaling is a float
+                module.scaling = attention_scale(attn_scale, int(head_dim))  # type: ignore[assignment]
                 count += 1
             else:
                 headless.add(f"{type(module).__name__}.scaling = {module.scaling:g}")

@@ -54,7 +54,7 @@ class InHouseOptimizer(torch.optim.Optimizer):
 
     def _state(self, p: Tensor) -> State:
         """The state of ``p``, created on first use."""
-        st = self.state[p]
+        st: State = self.state[p]
         if not st:
             st["step"] = 0
             for name in self.buffers:
@@ -62,7 +62,7 @@ class InHouseOptimizer(torch.optim.Optimizer):
         return st
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -106,7 +106,7 @@ def update_moments(
 
 def sqrt_v_hat(
     vs: list[Tensor], states: list[State], beta2: float, scale: float = 1.0
-) -> list[Tensor]:
+) -> tuple[Tensor, ...]:
     """New tensors ``sqrt(scale * v / (1 - b2^t))``: the bias-corrected RMS of the gradient."""
     out = torch._foreach_mul(vs, [scale / (1.0 - beta2 ** st["step"]) for st in states])
     torch._foreach_sqrt_(out)

@@ -75,7 +75,9 @@ class ADOPT(InHouseOptimizer):
             torch._foreach_addcmul_(new_vs, new_grads, new_grads)
         old = [i for i, n in enumerate(new) if not n]
         if old:
-            super()._step_group(group, *([xs[i] for i in old] for xs in (params, grads, states)))
+            super()._step_group(
+                group, [params[i] for i in old], [grads[i] for i in old], [states[i] for i in old]
+            )
         for st, n in zip(states, new):
             if n:
                 st["step"] = 1

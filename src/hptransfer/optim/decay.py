@@ -22,12 +22,14 @@ from torch import Tensor
 
 def decay_amount(group: dict[str, Any]) -> float:
     """The fraction ``s`` by which one step shrinks the group's weights (``w *= 1 - s``)."""
-    wd = group.get("weight_decay", 0.0)
+    wd: float = group.get("weight_decay", 0.0)
     if not wd:
         return 0.0
+    lr: float = group["lr"]
     if group.get("wd_mode", "coupled") == "coupled":
-        return group["lr"] * wd
-    return wd * group["lr"] / group.get("initial_lr", group["lr"])
+        return lr * wd
+    initial_lr: float = group.get("initial_lr", lr)
+    return wd * lr / initial_lr
 
 
 def apply_decay(group: dict[str, Any], params: list[Tensor]) -> None:

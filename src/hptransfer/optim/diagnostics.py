@@ -19,12 +19,14 @@ from the ``names`` mapping, tensors missing from it are skipped):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from hptransfer.optim import registry
+
+_P = TypeVar("_P", bound=Tensor)  # a parameter: nn.Parameter or a plain tensor
 
 
 def underflow(group: Mapping[str, Any], st: Mapping[str, Any]) -> tuple[str, Tensor] | None:
@@ -56,7 +58,7 @@ def clip_rate(group: Mapping[str, Any], st: Mapping[str, Any]) -> tuple[str, Ten
 def optimizer_diagnostics(
     name: str,
     optimizer: torch.optim.Optimizer,
-    names: dict[Tensor, str],
+    names: Mapping[_P, str],
     gather: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> dict[str, float]:
     """Flat per-layer diagnostics of optimizer ``name`` (see the module docstring).

@@ -91,7 +91,7 @@ class _Float32Muon(torch.optim.Muon):
     """torch's Muon step with the Newton-Schulz iteration in float32 (same state layout)."""
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
             for p in group["params"]:
@@ -168,7 +168,7 @@ class MuonAdamW(torch.optim.Optimizer):
             inner.state = self.state
             self._inner.append(inner)
 
-    def _muon_class(self) -> type[torch.optim.Optimizer]:
+    def _muon_class(self) -> type[torch.optim.Muon]:
         """torch's Muon (bfloat16 Newton-Schulz), or its float32 variant (see NS_DTYPES)."""
         dtype = self._ns_dtype
         if dtype == "auto":
@@ -181,7 +181,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self._link()
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         def inner_step() -> None:
             for inner in self._inner:
                 inner.step()

@@ -109,7 +109,7 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -117,6 +117,9 @@ from torch import Tensor
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
 from hptransfer.optim.decay import apply_decay
 from hptransfer.optim.registry import OptimizerSpec, Regime, family, signature_knobs
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 #: The default ``max_preconditioner_dim``: with the rule's block factor, blocking moved the
 #: optimal LR less with width (docs/reproductions.md), and at width 512 it brings the step from
@@ -294,7 +297,7 @@ class Shampoo(InHouseOptimizer):
                 f"unknown precondition_dtype {precondition_dtype!r}; valid: None, 'bfloat16', "
                 "'float32'"
             )
-        self.precondition_dtype = (
+        self.precondition_dtype: torch.dtype | None = (
             None if precondition_dtype is None else getattr(torch, precondition_dtype)
         )
         self.normalize = None if grafting else normalize  # grafting sets each block's norm
@@ -348,7 +351,7 @@ class Shampoo(InHouseOptimizer):
         """Add this step's ``G G^T`` and ``G^T G`` to the statistics (summed, or an EMA with
         ``statistics_decay``); return the stacked blocks of what is preconditioned: ``G``, or
         its momentum ``m`` (``m = b1 m + (1 - b1) G``, not yet bias-corrected)."""
-        g2 = p.grad.reshape(p.shape[0], -1)
+        g2 = cast(Tensor, p.grad).reshape(p.shape[0], -1)
         decay = group["statistics_decay"]
         keep, add = (1.0, 1.0) if decay is None else (decay, 1.0 - decay)
         if group["momentum"]:
@@ -428,7 +431,7 @@ class Shampoo(InHouseOptimizer):
         return d_KxMxN.mul_(scale[:, None, None])
 
     @staticmethod
-    def _diagonal(group: dict[str, Any], vectors: list[tuple[Tensor, State]]) -> list:
+    def _diagonal(group: dict[str, Any], vectors: list[tuple[Tensor, State]]) -> tuple[Tensor, ...]:
         """Adagrad directions ``g (a + e)^(-1/2)`` for 1-D parameters, updating ``a`` (an EMA
         with ``statistics_decay``, bias-corrected; ``g`` the bias-corrected momentum when
         ``momentum`` > 0), as the matrices' statistics and momentum."""
@@ -438,8 +441,9 @@ class Shampoo(InHouseOptimizer):
                 st["sum_sq"] = torch.zeros_like(p)
             if b1 and "momentum" not in st:
                 st["momentum"] = torch.zeros_like(p)
-        grads = [p.grad for p, _ in vectors]
-        accs = [st["sum_sq"] for _, st in vectors]
+        grads = [cast(Tensor, p.grad) for p, _ in vectors]
+        accs: list[Tensor] = [st["sum_sq"] for _, st in vectors]
+        avg: list[Tensor] | tuple[Tensor, ...]
         if decay is None:
             torch._foreach_addcmul_(accs, grads, grads)
             avg = accs
@@ -473,7 +477,7 @@ class Shampoo(InHouseOptimizer):
             if "exp_avg" not in st:
                 st["exp_avg"] = torch.zeros_like(p)
                 st["exp_avg_sq"] = torch.zeros_like(p)
-        ms, vs = update_moments(states, [p.grad for p in params], group["betas"])
+        ms, vs = update_moments(states, [cast(Tensor, p.grad) for p in params], group["betas"])
         denom = sqrt_v_hat(vs, states, beta2)
         torch._foreach_add_(denom, group["graft_eps"])
         adam = torch._foreach_div(ms, denom)
@@ -517,7 +521,8 @@ def _placed_like(t: Tensor, ref: Tensor) -> Tensor:
         return t
     from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(t, ref.device_mesh, ref.placements)
+    dref = cast("DTensor", ref)
+    return distribute_tensor(t, dref.device_mesh, dref.placements)
 
 
 def top_singular_value(mats_KxMxN: Tensor, v_KxNx1: Tensor, iters: int) -> Tensor:
@@ -531,7 +536,8 @@ def top_singular_value(mats_KxMxN: Tensor, v_KxNx1: Tensor, iters: int) -> Tenso
             torch.finfo(v.dtype).tiny
         )
     v_KxNx1.copy_(v)
-    return torch.linalg.vector_norm(mats_KxMxN @ v, dim=(1, 2))
+    sigma_K: Tensor = torch.linalg.vector_norm(mats_KxMxN @ v, dim=(1, 2))
+    return sigma_K
 
 
 def _norm_ratio(target_KxMxN: Tensor, direction_KxMxN: Tensor) -> Tensor:

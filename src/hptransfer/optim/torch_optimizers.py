@@ -31,7 +31,7 @@ _ADAM_EPS = 1e-8
 
 
 @cache
-def _wrapped(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+def _wrapped(base: type[torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
     """Subclass of a torch optimizer whose ``step`` follows the package's ``wd_mode``."""
 
     def step(self: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from hptransfer.config import ANCHORS, EPS_MODES, FORMS
 from hptransfer.errors import ConfigError
@@ -42,6 +44,7 @@ from hptransfer.optim import registry
 from hptransfer.param.roles import RoleTable
 from hptransfer.param.rules import (
     SP_B,
+    RoleRule,
     Rule,
     base_eps,
     depth_lr_factor,
@@ -81,8 +84,8 @@ class Parameterization:
 
     rule: Rule
     table: dict[str, ParamSpec]
-    param_groups: list[dict]
-    handles: list = field(default_factory=list, repr=False)
+    param_groups: list[dict[str, Any]]
+    handles: list[RemovableHandle] = field(default_factory=list, repr=False)
 
     def remove(self) -> None:
         """Remove the forward multipliers from the model."""
@@ -90,7 +93,7 @@ class Parameterization:
             h.remove()
         self.handles.clear()
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, Any]]:
         return [vars(s).copy() for s in self.table.values()]
 
     def format(self) -> str:
@@ -114,7 +117,7 @@ class Parameterization:
 
 
 def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-    out = {}
+    out: dict[str, tuple[nn.Module, str]] = {}
     for mname, module in model.named_modules(remove_duplicate=False):
         for pname, _ in module.named_parameters(recurse=False):
             out.setdefault(f"{mname}.{pname}" if mname else pname, (module, pname))
@@ -149,7 +152,8 @@ def compute_specs(
         if e.tied_to is not None and roles[e.tied_to].role == e.role:
             continue  # one tensor, one entry: it was handled under its first name
         m = e.width_mult
-        r = rule.roles.get(e.role)
+        # every role but "fixed" has a row, and "fixed" reads none of its exponents
+        r = cast(RoleRule, rule.roles.get(e.role))
         if e.role in SCALED:
             n, a, b = (m, r.a, r.b) if anchor == "relative" else (e.n, r.a, r.b)
             mult = float(n) ** -float(a)
@@ -200,7 +204,7 @@ class ScaleInput:
     def __init__(self, mult: float) -> None:
         self.mult = mult
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return (args[0] * self.mult, *args[1:])
 
 
@@ -213,13 +217,13 @@ class ScaleOutput:
     def __init__(self, mult: float) -> None:
         self.mult = mult
 
-    def __call__(self, module: nn.Module, args: tuple, output):
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if isinstance(output, tuple):
             return (output[0] * self.mult, *output[1:])
         return output * self.mult
 
 
-def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float):
+def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float) -> RemovableHandle:
     if isinstance(module, nn.Embedding) and pname == "weight":
         return module.register_forward_hook(ScaleOutput(mult))
     if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
@@ -244,7 +248,7 @@ def _untie_configs(model: nn.Module) -> None:
         config = getattr(module, "config", None)
         text = getattr(config, "get_text_config", None)
         for c in (config, text() if callable(text) else None):
-            if getattr(c, "tie_word_embeddings", False):
+            if c is not None and getattr(c, "tie_word_embeddings", False):
                 c.tie_word_embeddings = False
 
 
@@ -294,7 +298,7 @@ def parameterize(
     )
     handles = []
     hooked: set[tuple[int, str]] = set()
-    groups: dict[tuple, dict] = {}
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for name, s in specs.items():
         module, pname = owners[name]
         p = getattr(module, pname)
@@ -362,7 +366,7 @@ def scale_depth(
                 group["lr"] *= factor
 
 
-def scale_branches(model: nn.Module, patterns: list[str], mult: float) -> list:
+def scale_branches(model: nn.Module, patterns: list[str], mult: float) -> list[RemovableHandle]:
     """Multiply the output of every module whose name matches one of the fnmatch ``patterns``
     (the residual branches, e.g. ``blocks.*.attn``) by ``mult`` with forward hooks, so that
     x + f(x) becomes x + mult * f(x) without editing the model. Returns the hook handles.

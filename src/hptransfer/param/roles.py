@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -110,13 +110,13 @@ def _grown(
 def _params_with_owner(
     model: nn.Module,
 ) -> list[tuple[str, nn.Module, str, nn.Parameter]]:
-    out = []
+    out: dict[str, tuple[str, nn.Module, str, nn.Parameter]] = {}
     for mname, module in model.named_modules(remove_duplicate=False):
         for pname, p in module.named_parameters(recurse=False):
-            out.append((f"{mname}.{pname}" if mname else pname, module, pname, p))
-    # named_modules(remove_duplicate=False) can list a shared submodule twice
-    seen: set[str] = set()
-    return [t for t in out if not (t[0] in seen or seen.add(t[0]))]
+            name = f"{mname}.{pname}" if mname else pname
+            # named_modules(remove_duplicate=False) can list a shared submodule twice
+            out.setdefault(name, (name, module, pname, p))
+    return list(out.values())
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class RoleTable:
     def __getitem__(self, name: str) -> ParamRole:
         return self.entries[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ParamRole]:
         return iter(self.entries.values())
 
     def __len__(self) -> int:
@@ -160,7 +160,7 @@ def infer_roles(
     base_model: nn.Module,
     probe_model: nn.Module | None = None,
     *,
-    overrides: dict[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
     tied: str = "error",
 ) -> RoleTable:
     """Roles of ``model``'s parameters by comparison with the same model at base width.
@@ -281,7 +281,7 @@ def roles_from_factory(
     width: int,
     base_width: int,
     *,
-    overrides: dict[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
     tied: str = "error",
 ) -> RoleTable:
     """Build ``make_model`` at ``width`` and ``base_width`` (and twice base, if they are equal)

@@ -14,9 +14,10 @@ imports the optimizer's module, and torch, on first use.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -30,13 +31,15 @@ ROLES3 = ("input", "hidden", "output")
 HALF = Fraction(1, 2)
 
 #: (a, b) per role: input, hidden, output. [E] Table 1 / parameterizations.md §2.
-ABC: dict[str, dict[str, tuple[Fraction, Fraction]]] = {
+_ABC: dict[str, dict[str, tuple[Number, Number]]] = {
     "sp": {"input": (0, 0), "hidden": (0, HALF), "output": (0, HALF)},
     "ntk": {"input": (0, 0), "hidden": (HALF, 0), "output": (HALF, 0)},
     "mup": {"input": (-HALF, HALF), "hidden": (0, HALF), "output": (HALF, HALF)},
     "mfp": {"input": (0, 0), "hidden": (HALF, 0), "output": (1, 0)},
 }
-ABC = {p: {r: (Fraction(a), Fraction(b)) for r, (a, b) in t.items()} for p, t in ABC.items()}
+ABC: dict[str, dict[str, tuple[Fraction, Fraction]]] = {
+    p: {r: (Fraction(a), Fraction(b)) for r, (a, b) in t.items()} for p, t in _ABC.items()
+}
 
 #: (a, b) of SP: the base model every parameterization equals at width_mult 1 (relative anchor).
 SP_B = {role: ABC["sp"][role][1] for role in ROLES3}
@@ -66,10 +69,10 @@ ALIGNMENTS = {
 RoleAlignment = str | Alignment | dict[str, Alignment]
 
 
-def measured_alignment(values: dict[str, Sequence[float]]) -> dict[str, Alignment]:
+def measured_alignment(values: Mapping[str, Sequence[float]]) -> dict[str, Alignment]:
     """Per-role alignment from measured exponents: ``{role: (alpha, omega, u)}`` (the
     ``param.alignment_values`` of the "measured" preset, e.g. averaged probes of a run)."""
-    out = {}
+    out: dict[str, Alignment] = {}
     for role, triple in values.items():
         alpha, omega, u = (float(v) for v in triple)
         out[role] = Alignment(alpha, omega, u)
@@ -102,7 +105,7 @@ def _exact(x: float, *inputs: Number) -> Number:
 
 
 def solve_c(
-    abc: dict[str, tuple[Number, Number]],
+    abc: Mapping[str, tuple[Number, Number]],
     family: str,
     alignment: RoleAlignment = "full",
     n_hidden: int = 2,
@@ -175,7 +178,12 @@ def solve_c(
             ({ci[role]: 1.0, ci["output"]: 1.0}, base + 2 * a["output"]),
         ]
 
-    def bound(target: int, terms: list[tuple[dict[int, float], float]], extra: dict, const: float):
+    def bound(
+        target: int,
+        terms: list[tuple[dict[int, float], float]],
+        extra: dict[int, float],
+        const: float,
+    ) -> None:
         """r_target <= term + extra + const for each term of U (a min of linear forms)."""
         for coefs, c0 in terms:
             row = {target: 1.0}
@@ -217,7 +225,7 @@ def solve_c(
     return {r: _exact(float(res.x[ci[r]]), *inputs) for r in roles}
 
 
-def grad_exponents(abc: dict[str, tuple[Number, Number]]) -> dict[str, Number]:
+def grad_exponents(abc: Mapping[str, tuple[Number, Number]]) -> dict[str, Number]:
     """Exponents g of the gradient's entry size at init, n^-g, per role (parameterizations.md §5).
 
     The backward signal reaching the last hidden layer has entries n^-(a_out + b_out) (readout
@@ -235,7 +243,7 @@ def grad_exponents(abc: dict[str, tuple[Number, Number]]) -> dict[str, Number]:
     }
 
 
-def _all_exact(abc: dict[str, tuple[Number, Number]]) -> bool:
+def _all_exact(abc: Mapping[str, tuple[Number, Number]]) -> bool:
     return all(isinstance(v, (int, Fraction)) for pair in abc.values() for v in pair)
 
 
@@ -272,7 +280,8 @@ def eps_factor(optimizer: str, g: Number, width_mult: float, eps_mode: str) -> f
     """Per-layer epsilon factor width_mult^(-power * g) (1 in the constant modes)."""
     if eps_mode != "per_layer":
         return 1.0
-    return width_mult ** -(eps_power(optimizer) * float(g))
+    factor: float = width_mult ** -(eps_power(optimizer) * float(g))
+    return factor
 
 
 def base_eps(optimizer: str, eps: float | None, eps_mode: str) -> float | None:
@@ -323,7 +332,7 @@ def n_blocks(shape: tuple[int, ...], block: int) -> int:
     return -(-rows // block) * -(-cols // block)
 
 
-def optimizer_regime(optimizer: str, options: dict | None = None) -> Regime:
+def optimizer_regime(optimizer: str, options: dict[str, Any] | None = None) -> Regime:
     """The optimizer's width-rule regime for these knobs, from its spec in the registry
     (kind "family": key is an [E] family for the solver; "spectral": key indexes
     SPECTRAL_DIRECT_C). The caveats of parameterizations.md §6 live in the specs: LAMB is
@@ -334,12 +343,12 @@ def optimizer_regime(optimizer: str, options: dict | None = None) -> Regime:
     return spec.regime(spec.with_knobs(options))
 
 
-def spectral_c(key: str, abc: dict[str, tuple[Number, Number]]) -> dict[str, Number]:
+def spectral_c(key: str, abc: Mapping[str, tuple[Number, Number]]) -> dict[str, Number]:
     """Spectral-muP exponents moved into the gauge ``abc`` (whose init must be muP's up to the
     symmetry): c = c_direct - k * (a - a_direct) per role (a_direct = 0); vectors as given."""
     ci, ch, co, cv, k = SPECTRAL_DIRECT_C[key]
     c = {"input": ci, "hidden": ch, "output": co}
-    out = {r: c[r] - k * abc[r][0] for r in ROLES3}
+    out: dict[str, Number] = {r: c[r] - k * abc[r][0] for r in ROLES3}
     out["vector"] = cv
     return out
 
@@ -367,7 +376,7 @@ class Rule:
     block's step has a width-free spectral norm, and b_out x b_in blocks of a rank-1 gradient
     add up to a step sqrt(b_out * b_in) times larger, so a matrix's LR also gets the factor
     sqrt(blocks at base width / blocks) (`block_lr_factor`). None: no such factor."""
-    knobs: dict = field(default_factory=dict)
+    knobs: dict[str, Any] = field(default_factory=dict)
     """The optimizer's knobs the rule was made for (defaults filled in): `compute_specs` reads
     the optimizer's own per-parameter factor with them (Muon's adjust_lr_fn)."""
 
@@ -375,7 +384,9 @@ class Rule:
         """The blocking factor of one matrix parameter (1.0 without blocking)."""
         if self.block_size is None or len(shape) < 2:
             return 1.0
-        return (n_blocks(base_shape, self.block_size) / n_blocks(shape, self.block_size)) ** 0.5
+        ratio = n_blocks(base_shape, self.block_size) / n_blocks(shape, self.block_size)
+        factor: float = ratio**0.5  # float ** float is typed Any (a negative base gives complex)
+        return factor
 
     @property
     def k(self) -> int:
@@ -384,7 +395,7 @@ class Rule:
             return FAMILIES[self.family]
         return SPECTRAL_DIRECT_C[self.family.removeprefix("spectral:")][4]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-ready exponents (as numbers) per role, and the blocking of `block_lr_factor`."""
         return {
             "parameterization": self.parameterization,
@@ -411,7 +422,7 @@ def make_rule(
     *,
     lr_exponents: str = "per_layer",
     gammas: dict[str, float] | None = None,
-    options: dict | None = None,
+    options: dict[str, Any] | None = None,
     k_switches: str = "",
     n_hidden: int = 2,
 ) -> Rule:
@@ -450,6 +461,7 @@ def make_rule(
         raise ConfigError(f"lr_exponents={lr_exponents!r}; choose one of {', '.join(LR_EXPONENTS)}")
     abc = ABC[parameterization]
     family = key if kind == "family" else f"spectral:{key}"
+    cs: dict[str, Number]
     if lr_exponents == "global":
         cs = {r: Fraction(0) for r in (*ROLES3, "vector")}
     elif kind == "family":
@@ -516,7 +528,7 @@ def switch_rule(
     *,
     lr_exponents: str = "per_layer",
     gammas: dict[str, float] | None = None,
-    options: dict | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Rule:
     """[K]'s SP -> muP ablation ``code`` (digits: embedding LR, attention scale, norm-gain LR,
     readout rule) for ``optimizer``, written in the direct form (no multipliers, a = 0).
@@ -538,7 +550,9 @@ def switch_rule(
     mu = make_rule("mup", optimizer, "full", options=options)
     k = mu.k
     # muP folded into the direct form: (a, b, c) -> (0, b + a, c + k a)
-    direct = {r: (mu.roles[r].b + mu.roles[r].a, mu.roles[r].c + k * mu.roles[r].a) for r in ROLES3}
+    direct: dict[str, tuple[Number, Number]] = {
+        r: (mu.roles[r].b + mu.roles[r].a, mu.roles[r].c + k * mu.roles[r].a) for r in ROLES3
+    }
     direct["vector"] = (Fraction(0), mu.roles["vector"].c)
     c_hid = direct["hidden"][1]
     c_h = c_hid if lr_exponents == "per_layer" else Fraction(0)
@@ -573,7 +587,8 @@ def depth_multiplier(depth: int, depth_base: int, exponent: float) -> float:
     exponent 1/2 is depth-muP, 1 CompleteP, 0 off. Equal to 1 at the base depth."""
     if depth < 1 or depth_base < 1:
         raise ConfigError(f"depth and depth_base must be >= 1, got {depth} and {depth_base}")
-    return (depth_base / depth) ** exponent
+    multiplier: float = (depth_base / depth) ** exponent
+    return multiplier
 
 
 def depth_lr_factor(family: str, depth: int, depth_base: int, exponent: float) -> float:

@@ -58,9 +58,10 @@ def coord_check(
             )
             autocast = run_cfg.train.dtype == "bfloat16"
             refresh = getattr(s.optimizer, "refresh_curvature", None)  # Sophia, as in train
+            curvature_interval: int = getattr(s.optimizer, "curvature_interval", 1)
             for step in range(steps):
                 x, y = batches.get(step)
-                if refresh is not None and step % s.optimizer.curvature_interval == 0:
+                if refresh is not None and step % curvature_interval == 0:
                     step_ref[0] = None
                     refresh(lambda x=x, model=s.model: model(x), y)
                 step_ref[0] = step

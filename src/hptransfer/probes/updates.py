@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from hptransfer import distributed
 
 
 @torch.no_grad()
-def update_ratios(named: dict[str, torch.Tensor], before: list[torch.Tensor]) -> dict[str, float]:
+def update_ratios(
+    named: Mapping[str, torch.Tensor], before: list[torch.Tensor]
+) -> dict[str, float]:
     """Per layer: RMS of this step's update divided by RMS of the weight ("update/NAME").
 
     ``named`` maps names to the weights after the step, ``before`` holds copies of them taken

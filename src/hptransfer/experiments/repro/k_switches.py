@@ -66,7 +66,7 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
         rec["transfer_penalty_pct_mup_lr"] = mu["transfer_penalty_pct"]
     metrics = ("E", "kappa", "R_inf", "extrap_penalty_pct")
     fig = plt.figure(figsize=(14, 6.6), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.1])
+    (top,), (bottom,) = fig.subfigures(2, 1, squeeze=False, height_ratios=[1.0, 1.1])
     plot_transfer_metrics(
         transfer.fits, ax=top.subplots(1, len(metrics)), by=["setting"], metrics=metrics
     )
