@@ -319,3 +319,14 @@ def test_no_argparse_outside_the_cli():
         if "argparse" in p.read_text() and p.parent.name != "cli"
     ]
     assert users == []
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/below"])
+def test_train_out_that_cannot_be_a_directory_is_one_line(where, tmp_path, capsys):
+    """--out naming an existing file (or a path under one): one line naming it, exit 2."""
+    (tmp_path / "a_file").write_text("mine")
+    out = tmp_path / where
+    assert main(["train", str(Path(__file__).parents[1] / TINY), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "Traceback" not in err, err
+    assert (tmp_path / "a_file").read_text() == "mine"

@@ -189,7 +189,11 @@ class RunDir:
 
     def _remove_temporaries(self) -> None:
         self.close()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError, PermissionError, FileNotFoundError) as e:
+            # bad input (--out names a file or an unwritable place); a full disk stays OSError
+            raise ConfigError(f"cannot write the run directory {self.path}: {e.strerror}") from None
         for name in (CONFIG, ENV, METRICS, SUMMARY, CHECKPOINT):
             for tmp in self.path.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
