@@ -141,3 +141,14 @@ def test_unclamped_lamb_and_grafted_shampoo_follow_the_solver_for_any_alignment(
     assert lamb.family == "adam_ps" and lamb.alignment == "none"
     shampoo = make_rule("mup", "shampoo", "none", options={"grafting": "adam"})
     assert shampoo.family == "adam" and shampoo.roles["hidden"].c == HALF
+
+
+@pytest.mark.parametrize("clamp", ["abc", -1.0, 0, True, float("nan")])
+def test_a_bad_clamp_is_refused_by_the_rule_and_the_optimizer(clamp) -> None:
+    """Before any file is written: `rules --option clamp=abc` and building the optimizer (a
+    TypeError at the first step, after the run directory was written, before)."""
+    with pytest.raises(ConfigError, match="lamb option clamp"):
+        make_rule("mup", "lamb", options={"clamp": clamp})
+    with pytest.raises(ConfigError, match="lamb option clamp"):
+        build_optimizer("lamb", [{"params": [torch.zeros(2, requires_grad=True)], "lr": 0.1}],
+                        clamp=clamp)  # fmt: skip

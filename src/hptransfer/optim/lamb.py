@@ -33,12 +33,14 @@ adam_debias=True)`` (its default also divides the final step by ``1 - beta1^t``)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from hptransfer.errors import ConfigError
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
 from hptransfer.optim.decay import apply_decay
 from hptransfer.optim.diagnostics import trust_ratio, underflow
@@ -61,8 +63,7 @@ class Lamb(InHouseOptimizer):
         weight_decay: float = 0.0,
         wd_mode: str = "coupled",
     ) -> None:
-        if clamp is False:  # TOML has no null: optimizer.options.clamp = false
-            clamp = None
+        clamp = checked_clamp(clamp)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -104,11 +105,20 @@ class Lamb(InHouseOptimizer):
         torch._foreach_add_(params, update, alpha=-group["lr"])
 
 
+def checked_clamp(clamp: Any) -> float | None:
+    """The clamp knob: a number > 0, or None / false (TOML has no null) for no clamp."""
+    if clamp is None or clamp is False:
+        return None
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not 0 < clamp < math.inf:
+        raise ConfigError(f"lamb option clamp must be a number > 0 or false (none), got {clamp!r}")
+    return float(clamp)
+
+
 def regime(knobs: Mapping[str, Any]) -> Regime:
     """Clamped (``clamp`` a number): every step has the fixed Frobenius norm ``lr * clamp``
     wherever the clamp binds, a spectral rule (parameterizations.md section 6); unclamped the
     step is ``lr * ||w||`` in size, like Adam with parameter scaling."""
-    if knobs["clamp"] in (None, False):  # false: TOML's "none"
+    if checked_clamp(knobs["clamp"]) is None:
         return family("adam_ps")(knobs)
     return Regime("spectral", "lamb_clamped")
 
