@@ -81,10 +81,18 @@ def _write_text(path: Path, text: str) -> None:
     The temporary file is opened with mode 0o666, so the process umask decides the mode (as for
     any file the user creates; ``tempfile.mkstemp`` would force 0o600).
     """
+    with _atomic(path, "w") as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def _atomic(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """A file opened on a temporary name beside ``path``; on a clean exit it is flushed,
+    fsynced and renamed over ``path``, so readers see the old file or the whole new one."""
     fd, tmp = _temp_beside(path)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -206,17 +214,8 @@ class RunDir:
         to a temporary name, fsync, and rename it into place: a kill leaves the previous one."""
         import torch
 
-        path = self.path / CHECKPOINT
-        fd, tmp = _temp_beside(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with _atomic(self.path / CHECKPOINT, "wb") as f:
+            torch.save(state, f)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """checkpoint.pt loaded with ``weights_only=True`` onto the CPU; None when absent.
