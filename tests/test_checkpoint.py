@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import TINY as TRAIN_TINY
 
 from hptransfer import store
 from hptransfer.config import ConfigError, RunConfig
@@ -19,19 +20,8 @@ from hptransfer.optim import OPTIMIZERS
 from hptransfer.sweep import worker
 from hptransfer.train import train
 
-TINY = {
-    "model.width": 32,
-    "model.depth": 1,
-    "model.head_dim": 16,
-    "param.base_width": 32,
-    "train.steps": 12,
-    "train.batch_size": 4,
-    "train.seq_len": 32,
-    "train.eval_every": 3,
-    "train.eval_batches": 2,
-    "train.warmup_steps": 2,
-    "train.checkpoint_every": 4,
-}
+# test_train's tiny run, with evals and checkpoints often enough that a kill falls between them
+TINY = {**TRAIN_TINY, "train.eval_every": 3, "train.checkpoint_every": 4}
 OPTIONS = {  # state that changes between checkpoints: roots refreshed, curvature re-estimated
     "shampoo": {"precondition_frequency": 3},
     "sophia": {"curvature_interval": 3},
