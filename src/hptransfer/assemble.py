@@ -2,20 +2,23 @@
 
 Every command that builds a run (train, coord-check, the alignment analysis, the rules table,
 sweeps counting parameters, the benchmarks) builds it here, so one config always gives the same
-model with the same initialization.
+model with the same initialization. The model is a built-in one (model.name) or the user's own
+(model.factory, with the optional model.loss and model.batch hooks; docs/custom-models.md).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hptransfer import data as data_mod
-from hptransfer.config import RunConfig
+from hptransfer.config import ConfigError, RunConfig, load_callable
 from hptransfer.models import build_model, hidden_depth
 from hptransfer.optim import build_optimizer
 from hptransfer.param.apply import Parameterization, parameterize, scale_depth
@@ -24,6 +27,10 @@ from hptransfer.param.rules import K_SWITCHES, make_rule, measured_alignment
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
 """Parameter dtype per ``train.dtype`` (bfloat16 keeps float32 weights and autocasts)."""
+
+
+Loss = Callable[[nn.Module, Any, Any], torch.Tensor]
+"""loss(model, inputs, targets) -> the mean loss of a batch (a scalar tensor)."""
 
 
 @dataclass
@@ -35,12 +42,20 @@ class Setup:
     parameterization: Parameterization
     optimizer: torch.optim.Optimizer
     corpus: data_mod.Corpus
+    loss: Loss
+    """The run's loss: next-token cross-entropy, or model.loss's."""
+    batches: Any
+    """``.get(step) -> (inputs, targets)``: the token pipeline's, or model.batch's."""
+    eval_set: list[tuple[Any, Any]]
+    """The fixed evaluation batches (train.eval_batches of them)."""
 
 
 def model_factory(cfg: RunConfig, vocab_size: int | None = None) -> Callable[[int], nn.Module]:
     """width -> the model ``cfg`` describes at that width (roles compare two widths)."""
     m = cfg.model
     vocab_size = vocab_size or data_mod.config_vocab_size(cfg.data)
+    if m.factory:
+        return _user_factory(load_callable(m.factory, "model.factory"), m.depth, vocab_size)
     return lambda width: build_model(
         m.name,
         width=width,
@@ -51,6 +66,29 @@ def model_factory(cfg: RunConfig, vocab_size: int | None = None) -> Callable[[in
         head_dim=m.head_dim,
         attn_scale="linear" if _switch_on(cfg, "attn") else m.attn_scale,
     )
+
+
+def _user_factory(fn: Callable[..., Any], depth: int, vocab_size: int) -> Callable[[int], nn.Module]:
+    """model.factory's callable as width -> module: depth= and vocab_size= are passed when its
+    signature accepts them (by name or **kwargs); what it returns must be an nn.Module."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature: the width alone
+        params = []
+    names = {p.name for p in params}
+    any_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    kw = {k: v for k, v in (("depth", depth), ("vocab_size", vocab_size)) if k in names or any_kw}
+
+    def make(width: int) -> nn.Module:
+        model = fn(width, **kw)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"model.factory: {getattr(fn, '__name__', fn)}({width}) returned a "
+                f"{type(model).__name__}, not a torch.nn.Module"
+            )
+        return model
+
+    return make
 
 
 def _switch_on(cfg: RunConfig, switch: str) -> bool:
@@ -65,6 +103,15 @@ def run_roles(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> RoleTable:
     return roles_from_factory(
         factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied
     )
+
+
+def _hidden_depth(cfg: RunConfig, roles: RoleTable) -> int:
+    """The solver's chain length: the built-in model's (`models.hidden_depth`); for a factory's
+    model, its count of hidden matrices (an upper bound: parallel matrices count too; only a
+    measured alignment with omega > 1/2 depends on it)."""
+    if cfg.model.factory:
+        return max(1, len(roles.by_role("hidden")))
+    return hidden_depth(cfg.model.name, cfg.model.depth)
 
 
 def parameterize_run(
@@ -91,7 +138,7 @@ def parameterize_run(
         },
         options=o.options,
         k_switches=p.k_switches,
-        n_hidden=hidden_depth(cfg.model.name, cfg.model.depth),
+        n_hidden=_hidden_depth(cfg, roles),
     )
     par = parameterize(
         model,
@@ -115,7 +162,8 @@ def parameterize_run(
 
 
 def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
-    """Model, roles, parameterization and optimizer for ``cfg`` (seeded by ``cfg.seed``)."""
+    """Model, roles, parameterization, optimizer, loss and batches for ``cfg`` (seeded by
+    ``cfg.seed``)."""
     corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.data)
     torch.manual_seed(cfg.seed)
     factory = model_factory(cfg, corpus.vocab_size)
@@ -124,11 +172,67 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
     par = parameterize_run(cfg, model, roles, generator=torch.Generator().manual_seed(cfg.seed))
     o = cfg.optimizer
     optimizer = build_optimizer(o.name, par.param_groups, **o.hparams())
-    return Setup(model, roles, par, optimizer, corpus)
+    batches, eval_set = run_batches(cfg, corpus)
+    return Setup(model, roles, par, optimizer, corpus, run_loss(cfg), batches, eval_set)
+
+
+def run_batches(cfg: RunConfig, corpus: data_mod.Corpus) -> tuple[Any, list[tuple[Any, Any]]]:
+    """The training batches (``.get(step)``) and the fixed evaluation batches of ``cfg``."""
+    t = cfg.train
+    if not cfg.model.batch:
+        return (
+            data_mod.Batches(corpus.train, t.batch_size, t.seq_len, cfg.seed),
+            data_mod.eval_batches(corpus.eval, t.eval_batches, t.batch_size, t.seq_len),
+        )
+    hook = HookBatches(load_callable(cfg.model.batch, "model.batch"), t.batch_size, cfg.seed)
+    return hook, [hook.get(i, "eval") for i in range(t.eval_batches)]
+
+
+class HookBatches:
+    """model.batch's function as the token pipeline's ``Batches``: ``get(step)`` calls
+    ``fn(step, batch_size=B, seed=seed, split="train")`` and checks it made a pair."""
+
+    def __init__(self, fn: Callable[..., Any], batch_size: int, seed: int) -> None:
+        self.fn, self.batch_size, self.seed = fn, batch_size, seed
+
+    def get(self, step: int, split: str = "train") -> tuple[Any, Any]:
+        batch = self.fn(step, batch_size=self.batch_size, seed=self.seed, split=split)
+        if not (isinstance(batch, tuple) and len(batch) == 2):
+            raise ConfigError(
+                f"model.batch: expected an (inputs, targets) pair, got {type(batch).__name__}"
+            )
+        return batch
+
+
+def run_loss(cfg: RunConfig) -> Loss:
+    """``cfg``'s loss(model, inputs, targets): model.loss's fn(model, (inputs, targets)), or
+    next-token cross-entropy; under bfloat16 autocast when train.dtype is bfloat16."""
+    autocast = cfg.train.dtype == "bfloat16"
+    if not cfg.model.loss:
+        return lambda model, x, y: loss_fn(model, x, y, autocast)
+    hook = load_callable(cfg.model.loss, "model.loss")
+
+    def loss(model: nn.Module, x: Any, y: Any) -> torch.Tensor:
+        device = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            out = hook(model, (x, y))
+        return out.float()
+
+    return loss
 
 
 def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``model`` on a batch (bfloat16 autocast if asked)."""
+    """Mean next-token cross-entropy of ``model`` on a batch (bfloat16 autocast if asked).
+
+    The model maps token ids (B, T) to logits (B, T, V), or to an output with ``.logits``
+    (transformers' models) holding them."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        logits_BxTxV = model(x)
+        out = model(x)
+    logits_BxTxV = getattr(out, "logits", out)
+    if not isinstance(logits_BxTxV, torch.Tensor) or logits_BxTxV.dim() != 3:
+        shape = getattr(logits_BxTxV, "shape", type(logits_BxTxV).__name__)
+        raise ConfigError(
+            f"the model returned {shape}, not (B, T, V) logits for (B, T) token ids: a model "
+            "that is not a causal LM needs model.loss (docs/custom-models.md)"
+        )
     return F.cross_entropy(logits_BxTxV.float().flatten(0, 1), y.flatten())

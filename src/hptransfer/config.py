@@ -16,8 +16,11 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import importlib
+import importlib.util
 import json
 import math
+import sys
 import tomllib
 import types
 import typing
@@ -106,11 +109,46 @@ class ModelConfig:
     kv_group: int = 1
     """llama, hf_llama: query heads per key/value head (grouped-query attention; 1 = off). Fixed
     across widths, so the kv heads (heads / kv_group) grow with width like the heads."""
+    factory: str = ""
+    """Your own model instead of a built-in one: "package.module:make_model" or
+    "path/to/file.py:make_model" (a path relative to the current directory), a callable taking
+    the width and returning a torch.nn.Module; it also gets depth= and vocab_size= when its
+    signature accepts them. model.name, head_dim and attn_scale are then unused
+    (docs/custom-models.md)."""
+    loss: str = ""
+    """With model.factory: "module:fn" (or "file.py:fn") computing fn(model, batch) -> scalar
+    loss; "" = next-token cross-entropy on the (B, T, V) logits (or an output's .logits)."""
+    batch: str = ""
+    """With model.factory: "module:fn" (or "file.py:fn") making the batches when the data is
+    not the token pipeline's: fn(step, batch_size=..., seed=..., split="train" or "eval")
+    -> (inputs, targets); "" = token ids from [data]."""
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")
         for key in ("width", "depth", "head_dim", "kv_group"):
             _check_min(f"model.{key}", getattr(self, key), 1)
+        for key in ("factory", "loss", "batch"):
+            value = getattr(self, key)
+            if value and not _callable_parts(value)[1]:
+                raise ConfigError(
+                    f"model.{key}: expected 'package.module:function' or "
+                    f"'path/to/file.py:function', got {value!r}"
+                )
+        if self.factory:
+            if self.name != "nanodo":
+                raise ConfigError(
+                    f"model.factory builds the model: unset model.name (= {self.name!r})"
+                )
+            if self.kv_group != 1 or self.attn_scale != "sqrt":
+                raise ConfigError(
+                    "model.kv_group and model.attn_scale apply to the built-in models, "
+                    "not to model.factory"
+                )
+            return
+        if self.loss or self.batch:
+            raise ConfigError(
+                f"model.{'loss' if self.loss else 'batch'} applies with model.factory only"
+            )
         if self.name != "mlp" and self.width % self.head_dim:
             raise ConfigError(
                 f"model.width={self.width} is not divisible by model.head_dim={self.head_dim}"
@@ -125,6 +163,73 @@ class ModelConfig:
                 )
         elif self.kv_group != 1:
             raise ConfigError(f"model.kv_group applies to llama and hf_llama, not {self.name}")
+
+    def validate(self) -> None:
+        """What construction cannot check: model.factory, loss and batch import and name
+        callables (importing the user's module; nothing is built)."""
+        for key in ("factory", "loss", "batch"):
+            if getattr(self, key):
+                load_callable(getattr(self, key), f"model.{key}")
+
+    @property
+    def label(self) -> str:
+        """The model as a table names it: the built-in name, or the factory's function."""
+        return _callable_parts(self.factory)[1] if self.factory else self.name
+
+
+def _callable_parts(text: str) -> tuple[str, str]:
+    """'where:name' -> (where, name); ('', '') when ``text`` has no such form."""
+    where, sep, name = text.rpartition(":")
+    if not sep or not where.strip() or not name.isidentifier():
+        return "", ""
+    return where.strip(), name
+
+
+def load_callable(text: str, key: str) -> Any:
+    """The callable ``text`` names: "package.module:name" (imported) or "path/file.py:name"
+    (loaded from that file, relative to the current directory, once per process). Refuses
+    with a one-line ConfigError naming ``key`` when the module cannot be imported, lacks the
+    name, or the name is not callable."""
+    where, name = _callable_parts(text)
+    if not name:
+        raise ConfigError(f"{key}: expected 'package.module:function', got {text!r}")
+    try:
+        if where.endswith(".py") or "/" in where or "\\" in where:
+            module = _load_file(Path(where), key)
+        else:
+            module = importlib.import_module(where)
+    except ConfigError:
+        raise
+    except Exception as e:  # the user's module failed to import: name it and the reason
+        raise ConfigError(f"{key}: cannot import {where!r}: {type(e).__name__}: {e}") from None
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise ConfigError(f"{key}: {where!r} has no attribute {name!r}")
+    if not callable(fn):
+        raise ConfigError(f"{key}: {where}:{name} is a {type(fn).__name__}, not a callable")
+    return fn
+
+
+def _load_file(path: Path, key: str) -> types.ModuleType:
+    """The module of a Python file, imported once per process under a name made from its
+    absolute path (so every load of one file gives the same functions)."""
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"{key}: no such file: {path}")
+    mod_name = "hptransfer_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{key}: {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[mod_name]
+        raise
+    return module
 
 
 @dataclass(frozen=True)
@@ -436,8 +541,10 @@ class RunConfig:
         _check_across_sections(self)
 
     def validate(self) -> RunConfig:
-        """Checks that touch the environment (the data files exist); the values themselves were
-        checked when the config was built. Returns the config."""
+        """Checks that touch the environment (the data files exist, model.factory and its
+        hooks import); the values themselves were checked when the config was built. Returns
+        the config."""
+        self.model.validate()
         self.data.validate()
         return self
 
@@ -471,6 +578,11 @@ def _check_across_sections(cfg: RunConfig) -> None:
     if p.eps_mode == "small" and cfg.optimizer.eps is not None:
         raise ConfigError(
             "param.eps_mode = small sets epsilon itself: unset optimizer.eps or use constant"
+        )
+    if p.k_switches and p.k_switches[1] == "1" and cfg.model.factory:
+        raise ConfigError(
+            f"param.k_switches = {p.k_switches}: the attention switch (second digit) sets the "
+            "built-in models' attention scale; model.factory's model has its own"
         )
     if p.k_switches and p.k_switches[1] == "0" and cfg.model.attn_scale != "sqrt":
         raise ConfigError(

@@ -18,7 +18,7 @@ from torch import nn
 
 from hptransfer import checkpoint, distributed, store
 from hptransfer import data as data_mod
-from hptransfer.assemble import build, loss_fn
+from hptransfer.assemble import Loss, build
 from hptransfer.config import RunConfig
 from hptransfer.errors import ConfigError
 from hptransfer.optim.diagnostics import optimizer_diagnostics
@@ -49,10 +49,10 @@ def lr_schedule(cfg: RunConfig) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list, autocast: bool) -> float:
+def evaluate(model: nn.Module, batches: list, loss: Loss) -> float:
     was_training = model.training
     model.eval()
-    total = sum(loss_fn(model, x, y, autocast).item() for x, y in batches)
+    total = sum(loss(model, x, y).item() for x, y in batches)
     model.train(was_training)
     return total / len(batches)
 
@@ -80,10 +80,8 @@ def train(
     model = s.model  # evaluation and diagnostics; step_model (ddp-wrapped / compiled) trains
     groups = s.parameterization.param_groups
     step_model, opt = distributed.prepare(model, s.optimizer, groups, cfg, ctx)
-    autocast = t.dtype == "bfloat16"
-    batches = data_mod.Batches(s.corpus.train, t.batch_size, t.seq_len, cfg.seed)
-    eval_set = data_mod.eval_batches(s.corpus.eval, t.eval_batches, t.batch_size, t.seq_len)
-    eval_set = [ctx.local_batch(x, y) for x, y in eval_set]
+    batches = s.batches
+    eval_set = [ctx.local_batch(x, y) for x, y in s.eval_set]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
     refresh = getattr(opt, "refresh_curvature", None)  # Sophia's Hessian estimate
     curvature_interval: int = getattr(opt, "curvature_interval", 1)
@@ -118,7 +116,7 @@ def train(
             x, y = ctx.local_batch(*batches.get(step))
             if refresh is not None and step % curvature_interval == 0:
                 refresh(lambda x=x: step_model(x), y)
-            loss = loss_fn(step_model, x, y, autocast)
+            loss = s.loss(step_model, x, y)
             loss_value = ctx.mean(loss)  # the global-batch loss, the same on every rank
             loss0 = loss_value if loss0 is None else loss0
             if not math.isfinite(loss_value) or loss_value > t.diverge_factor * loss0:
@@ -143,7 +141,7 @@ def train(
                 record.update(
                     optimizer_diagnostics(cfg.optimizer.name, opt, names, distributed.full)
                 )
-                record["eval_loss"] = ctx.mean(evaluate(model, eval_set, autocast))
+                record["eval_loss"] = ctx.mean(evaluate(model, eval_set, s.loss))
                 evals.append((step + 1, float(record["eval_loss"])))
                 if not math.isfinite(record["eval_loss"]):
                     status = "diverged"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from hptransfer import data as data_mod
 from hptransfer.assemble import build
 from hptransfer.config import RunConfig
 from hptransfer.train import evaluate, train
@@ -37,9 +36,7 @@ def test_trains_100_steps_and_lowers_the_eval_loss(
     )
     cfg = cfg.validate()
     s = build(cfg)  # the run's own model at step 0 (train builds it with the same seed)
-    t = cfg.train
-    eval_set = data_mod.eval_batches(s.corpus.eval, t.eval_batches, t.batch_size, t.seq_len)
-    loss0 = evaluate(s.model, eval_set, autocast=False)
+    loss0 = evaluate(s.model, s.eval_set, s.loss)
     s.parameterization.remove()
 
     summary = train(cfg)
