@@ -4,7 +4,7 @@ import pytest
 
 from hptransfer.analysis.coord import coord_slopes
 from hptransfer.config import RunConfig
-from hptransfer.probes.coord import coord_check
+from hptransfer.probes.coord import coord_check_config
 
 WIDTHS = [64, 128, 256, 512]
 BASE = {
@@ -20,7 +20,7 @@ BASE = {
 
 def slopes_at_step5(**kw):
     cfg = RunConfig().replace(**{**BASE, **kw}).validate()
-    s = coord_slopes(coord_check(cfg, WIDTHS, steps=6))
+    s = coord_slopes(coord_check_config(cfg, WIDTHS, steps=6))
     return dict(zip(s[s.step == 5].layer, s[s.step == 5].slope))
 
 

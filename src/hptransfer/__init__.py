@@ -8,7 +8,7 @@ Public API (imported lazily, so `import hptransfer` and `hptransfer --help` stay
     parameterize                      re-init + multipliers + param groups (hptransfer.param.apply)
     build_optimizer                   every optimizer by name (hptransfer.optim)
     train                             one run (hptransfer.train)
-    coord_check                       activation sizes across widths (hptransfer.probes.coord)
+    coord_check                       activation sizes across widths (hptransfer.analysis.coord)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _EXPORTS = {
     "parameterize": "hptransfer.param.apply",
     "build_optimizer": "hptransfer.optim",
     "train": "hptransfer.train",
-    "coord_check": "hptransfer.probes.coord",
+    "coord_check": "hptransfer.analysis.coord",
     "load_runs": "hptransfer.store",
     "run_sweep": "hptransfer.sweep",
     "build_report": "hptransfer.report",

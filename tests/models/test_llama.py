@@ -13,7 +13,7 @@ from hptransfer.config import ConfigError, RunConfig
 from hptransfer.models import build_model
 from hptransfer.models.llama import Llama, apply_rotary, ffn_dim, rotary_tables
 from hptransfer.param.roles import roles_from_factory
-from hptransfer.probes.coord import coord_check
+from hptransfer.probes.coord import coord_check_config
 
 V, T = 64, 16
 CORPUS = Path(__file__).parents[1] / "data" / "golden_corpus.txt"
@@ -143,7 +143,7 @@ COORD = {
 
 def slopes_at_step5(**kw: object) -> dict[str, float]:
     cfg = RunConfig().replace(**{**COORD, **kw}).validate()
-    s = coord_slopes(coord_check(cfg, [64, 128, 256, 512], steps=6))
+    s = coord_slopes(coord_check_config(cfg, [64, 128, 256, 512], steps=6))
     last = s[s.step == 5]
     return dict(zip(last.layer, last.slope))
 

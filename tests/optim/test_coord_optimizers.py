@@ -28,7 +28,7 @@ import pytest
 from hptransfer.analysis.coord import coord_slopes
 from hptransfer.config import RunConfig
 from hptransfer.optim import OPTIMIZERS
-from hptransfer.probes.coord import coord_check
+from hptransfer.probes.coord import coord_check_config
 
 WIDTHS = (64, 128, 256, 512)
 STEPS = 6  # activations are measured before each step: step 5 follows five updates
@@ -64,7 +64,7 @@ def _check(name: str, lr: float, **overrides: Any) -> tuple[dict[str, float], fl
     """Slopes per layer after the last update, and how far the activations moved at the base
     width: the largest |ln(rms_last / rms_0)| over layers whose rms_0 > 0."""
     cfg = RunConfig().replace(**{**BASE, "optimizer.name": name, "optimizer.lr": lr, **overrides})
-    df = coord_check(cfg.validate(), WIDTHS, steps=STEPS)
+    df = coord_check_config(cfg.validate(), WIDTHS, steps=STEPS)
     s = coord_slopes(df)
     last = s[s.step == STEPS - 1]
     base = df[df.width == WIDTHS[0]].set_index(["layer", "step"])["rms"]

@@ -4,9 +4,17 @@ For each layer and step, fit ln rms = c + slope * ln width by least squares acro
 width-stable parameterization (muP with its LR scaling) gives slopes near 0 at every step;
 SP with a width-independent LR shows positive slopes in the hidden and output layers after a
 few steps. microsoft/mup's coord check is the reference presentation of the same data.
+
+`coord_check` runs the check on any model from Python (a factory, a batch, a loss function;
+docs/custom-models.md): it measures with `hptransfer.probes.coord` (torch, imported when
+called: this module stays torch-free to import) and fits the slopes here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,3 +64,120 @@ def coord_slopes(df: pd.DataFrame) -> pd.DataFrame:
     out["slope"] = out["sxy"] / out["sxx"]  # 0 / 0 = NaN with a single width
     out["ratio"] = out["rms_large"] / out["rms_small"]
     return out[["layer", "step", "slope", "n_widths", "ratio"]]
+
+
+@dataclass(frozen=True)
+class CoordCheck:
+    """The outcome of `coord_check`: ``rms`` (columns layer, width, step, rms, seed) and
+    ``slopes`` (layer, step, slope, n_widths, ratio; `analysis.coord.coord_slopes`)."""
+
+    rms: pd.DataFrame
+    slopes: pd.DataFrame
+
+    def at(self, step: int = -1) -> pd.DataFrame:
+        """One row per layer at ``step`` (-1: the last): the RMS at each width, the slope."""
+        step = int(self.rms.step.max()) if step < 0 else step
+        wide = (
+            self.rms[self.rms.step == step]
+            .groupby(["layer", "width"], sort=False)["rms"]
+            .mean()
+            .unstack("width")
+        )
+        slopes = self.slopes[self.slopes.step == step].set_index("layer")["slope"]
+        return wide.assign(slope=slopes.reindex(wide.index)).reset_index()
+
+
+def coord_check(
+    factory: Callable[[int], nn.Module],
+    batch: Any,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    *,
+    widths: Sequence[int],
+    base_width: int | None = None,
+    param: str = "mup",
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    steps: int = 5,
+    seeds: Sequence[int] = (0,),
+    overrides: Mapping[str, str] | None = None,
+    tied: str = "error",
+    **parameterize_kw: Any,
+) -> CoordCheck:
+    """Coordinate check of any model: ``factory(width) -> nn.Module`` at each of ``widths``,
+    parameterized with ``param`` (roles against ``base_width``, default the smallest width)
+    and trained ``steps`` steps with ``optimizer`` at base LR ``lr``, held constant.
+
+    ``batch`` is one batch used at every step, or a function ``step -> batch``;
+    ``loss_fn(model, batch)`` returns the scalar loss. ``overrides``, ``tied`` go to the roles
+    (`roles_from_factory`), the remaining keywords to `parameterize` (e.g. ``anchor``).
+    A parameterization that transfers gives slopes near 0 for every layer at every step.
+    """
+    base = min(widths) if base_width is None else base_width
+    rule = make_rule(param, optimizer)
+    batch_at = batch if callable(batch) else (lambda step: batch)
+    records: list[dict] = []
+    for seed in seeds:
+        for width in widths:
+            torch.manual_seed(seed)
+            model = factory(width)
+            roles = roles_from_factory(factory, width, base, overrides=overrides, tied=tied)
+            gen = torch.Generator().manual_seed(seed)
+            par = parameterize(model, roles, rule, lr=lr, generator=gen, **parameterize_kw)
+            opt = build_optimizer(optimizer, par.param_groups)
+            rows = _measure(model, opt, loss_fn, batch_at, steps, width)
+            par.remove()
+            records += [{**r, "seed": seed} for r in rows]
+    rms = pd.DataFrame.from_records(records, columns=COLUMNS)
+    return CoordCheck(rms, coord_slopes(rms))
+
+
+def coord_check(
+    factory: Callable[[int], Any],
+    batch: Any,
+    loss_fn: Callable[[Any, Any], Any],
+    *,
+    widths: Sequence[int],
+    base_width: int | None = None,
+    param: str = "mup",
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    steps: int = 5,
+    seeds: Sequence[int] = (0,),
+    overrides: Mapping[str, str] | None = None,
+    tied: str = "error",
+    **parameterize_kw: Any,
+) -> CoordCheck:
+    """Coordinate check of any model: ``factory(width) -> nn.Module`` at each of ``widths``,
+    parameterized with ``param`` (roles against ``base_width``, default the smallest width)
+    and trained ``steps`` steps with ``optimizer`` at base LR ``lr``, held constant.
+
+    ``batch`` is one batch used at every step, or a function ``step -> batch``;
+    ``loss_fn(model, batch)`` returns the scalar loss. ``overrides`` and ``tied`` go to the
+    roles (`roles_from_factory`), the remaining keywords to `parameterize` (e.g. ``anchor``).
+    A parameterization that transfers gives slopes near 0 for every layer at every step.
+    """
+    import torch
+
+    from hptransfer.optim import build_optimizer
+    from hptransfer.param.apply import parameterize
+    from hptransfer.param.roles import roles_from_factory
+    from hptransfer.param.rules import make_rule
+    from hptransfer.probes.coord import COLUMNS, measure
+
+    base = min(widths) if base_width is None else base_width
+    rule = make_rule(param, optimizer)
+    batch_at = batch if callable(batch) else (lambda step: batch)
+    records: list[dict] = []
+    for seed in seeds:
+        for width in widths:
+            torch.manual_seed(seed)
+            model = factory(width)
+            roles = roles_from_factory(factory, width, base, overrides=overrides, tied=tied)
+            gen = torch.Generator().manual_seed(seed)
+            par = parameterize(model, roles, rule, lr=lr, generator=gen, **parameterize_kw)
+            opt = build_optimizer(optimizer, par.param_groups)
+            rows = measure(model, opt, loss_fn, batch_at, steps, width)
+            par.remove()
+            records += [{**r, "seed": seed} for r in rows]
+    rms = pd.DataFrame.from_records(records, columns=COLUMNS)
+    return CoordCheck(rms, coord_slopes(rms))

@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     from hptransfer.analysis.coord import coord_slopes
     from hptransfer.plots import plot_coord_check
-    from hptransfer.probes.coord import coord_check
+    from hptransfer.probes.coord import coord_check_config
 
-    df = coord_check(cfg, widths, steps=args.steps, seeds=range(args.seeds))
+    df = coord_check_config(cfg, widths, steps=args.steps, seeds=range(args.seeds))
     slopes = coord_slopes(df)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "coord.csv", index=False)
