@@ -68,7 +68,9 @@ def model_factory(cfg: RunConfig, vocab_size: int | None = None) -> Callable[[in
     )
 
 
-def _user_factory(fn: Callable[..., Any], depth: int, vocab_size: int) -> Callable[[int], nn.Module]:
+def _user_factory(
+    fn: Callable[..., Any], depth: int, vocab_size: int
+) -> Callable[[int], nn.Module]:
     """model.factory's callable as width -> module: depth= and vocab_size= are passed when its
     signature accepts them (by name or **kwargs); what it returns must be an nn.Module."""
     try:
@@ -105,13 +107,15 @@ def run_roles(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> RoleTable:
     )
 
 
-def _hidden_depth(cfg: RunConfig, roles: RoleTable) -> int:
-    """The solver's chain length: the built-in model's (`models.hidden_depth`); for a factory's
-    model, its count of hidden matrices (an upper bound: parallel matrices count too; only a
-    measured alignment with omega > 1/2 depends on it)."""
-    if cfg.model.factory:
-        return max(1, len(roles.by_role("hidden")))
-    return hidden_depth(cfg.model.name, cfg.model.depth)
+def solver_depth(cfg: RunConfig, roles: RoleTable | None = None) -> int:
+    """The LR-exponent solver's chain length (`solve_c`'s n_hidden): the built-in model's
+    (`models.hidden_depth`); for model.factory's model, its count of hidden matrices (from
+    ``roles``, else inferred): an upper bound, as parallel matrices count too. Only a measured
+    alignment with omega > 1/2 depends on it."""
+    if not cfg.model.factory:
+        return hidden_depth(cfg.model.name, cfg.model.depth)
+    roles = roles if roles is not None else run_roles(cfg, model_factory(cfg))
+    return max(1, len(roles.by_role("hidden")))
 
 
 def parameterize_run(
@@ -138,7 +142,7 @@ def parameterize_run(
         },
         options=o.options,
         k_switches=p.k_switches,
-        n_hidden=_hidden_depth(cfg, roles),
+        n_hidden=solver_depth(cfg, roles),
     )
     par = parameterize(
         model,

@@ -206,7 +206,7 @@ def load_callable(text: str, key: str) -> Any:
     if fn is None:
         raise ConfigError(f"{key}: {where!r} has no attribute {name!r}")
     if not callable(fn):
-        raise ConfigError(f"{key}: {where}:{name} is a {type(fn).__name__}, not a callable")
+        raise ConfigError(f"{key}: {where}:{name} is not callable ({type(fn).__name__})")
     return fn
 
 

@@ -69,7 +69,7 @@ def coord_slopes(df: pd.DataFrame) -> pd.DataFrame:
 @dataclass(frozen=True)
 class CoordCheck:
     """The outcome of `coord_check`: ``rms`` (columns layer, width, step, rms, seed) and
-    ``slopes`` (layer, step, slope, n_widths, ratio; `analysis.coord.coord_slopes`)."""
+    ``slopes`` (layer, step, slope, n_widths, ratio; `coord_slopes`)."""
 
     rms: pd.DataFrame
     slopes: pd.DataFrame
@@ -85,50 +85,6 @@ class CoordCheck:
         )
         slopes = self.slopes[self.slopes.step == step].set_index("layer")["slope"]
         return wide.assign(slope=slopes.reindex(wide.index)).reset_index()
-
-
-def coord_check(
-    factory: Callable[[int], nn.Module],
-    batch: Any,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
-    *,
-    widths: Sequence[int],
-    base_width: int | None = None,
-    param: str = "mup",
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    steps: int = 5,
-    seeds: Sequence[int] = (0,),
-    overrides: Mapping[str, str] | None = None,
-    tied: str = "error",
-    **parameterize_kw: Any,
-) -> CoordCheck:
-    """Coordinate check of any model: ``factory(width) -> nn.Module`` at each of ``widths``,
-    parameterized with ``param`` (roles against ``base_width``, default the smallest width)
-    and trained ``steps`` steps with ``optimizer`` at base LR ``lr``, held constant.
-
-    ``batch`` is one batch used at every step, or a function ``step -> batch``;
-    ``loss_fn(model, batch)`` returns the scalar loss. ``overrides``, ``tied`` go to the roles
-    (`roles_from_factory`), the remaining keywords to `parameterize` (e.g. ``anchor``).
-    A parameterization that transfers gives slopes near 0 for every layer at every step.
-    """
-    base = min(widths) if base_width is None else base_width
-    rule = make_rule(param, optimizer)
-    batch_at = batch if callable(batch) else (lambda step: batch)
-    records: list[dict] = []
-    for seed in seeds:
-        for width in widths:
-            torch.manual_seed(seed)
-            model = factory(width)
-            roles = roles_from_factory(factory, width, base, overrides=overrides, tied=tied)
-            gen = torch.Generator().manual_seed(seed)
-            par = parameterize(model, roles, rule, lr=lr, generator=gen, **parameterize_kw)
-            opt = build_optimizer(optimizer, par.param_groups)
-            rows = _measure(model, opt, loss_fn, batch_at, steps, width)
-            par.remove()
-            records += [{**r, "seed": seed} for r in rows]
-    rms = pd.DataFrame.from_records(records, columns=COLUMNS)
-    return CoordCheck(rms, coord_slopes(rms))
 
 
 def coord_check(

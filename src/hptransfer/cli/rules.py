@@ -52,7 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "for shampoo, --option grafting=adam (repeatable; as optimizer.options.NAME)",
     )
     p.add_argument("--format", default="table", choices=("table", "json"))
-    p.add_argument("--model", choices=MODELS, help="print the per-parameter table for this model")
+    p.add_argument(
+        "--model",
+        metavar="MODEL",
+        help=f"print the per-parameter table for a built-in model ({', '.join(MODELS)}) or "
+        "your own, as model.factory names it: package.module:function or file.py:function",
+    )
     p.add_argument("--width", type=int)
     p.add_argument("--base-width", type=int)
     p.add_argument("--depth", type=int, default=2)
@@ -135,10 +140,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _hidden_depth(args: argparse.Namespace, cfg) -> int:
     """The solver's chain length: the measured run's model, else --model's, else 2."""
-    from hptransfer.models import hidden_depth
+    run = args.run_cfg if args.alignment_from else cfg if args.model else None
+    if run is None:
+        return 2
+    from hptransfer.assemble import solver_depth
 
-    model = args.run_model if args.alignment_from else cfg.model if args.model else None
-    return 2 if model is None else hidden_depth(model.name, model.depth)
+    return solver_depth(run)
 
 
 def _rules_alignment(args: argparse.Namespace):
@@ -159,7 +166,7 @@ def _rules_alignment(args: argparse.Namespace):
 
     per_role, run_cfg = alignment_from_run(args.alignment_from, parse_window(args.window))
     args.measured = per_role
-    args.run_model = run_cfg.model
+    args.run_cfg = run_cfg
     args.param = args.param or run_cfg.param.name
     args.optimizer = args.optimizer or run_cfg.optimizer.name
     args.alignment = "full"  # only for checking the settings as a config; the rule gets the values
@@ -197,13 +204,13 @@ def _config(args: argparse.Namespace, options: dict) -> RunConfig:
         if args.width is None or args.base_width is None:
             raise ConfigError("--model needs --width and --base-width")
         keys |= {
-            "model.name": args.model,
+            ("model.factory" if ":" in args.model else "model.name"): args.model,
             "model.width": args.width,
             "model.depth": args.depth,
             "model.head_dim": args.head_dim,
             "param.base_width": args.base_width,
         }
-    return RunConfig().replace(**keys)
+    return RunConfig().replace(**keys).validate()
 
 
 def _rules_for_model(cfg: RunConfig, rule, fmt: str) -> int:
@@ -218,5 +225,5 @@ def _rules_for_model(cfg: RunConfig, rule, fmt: str) -> int:
         return 0
     from hptransfer.param.apply import Parameterization
 
-    print(Parameterization(rule, specs, []).format())
+    print(Parameterization(rule, specs, [], cfg.optimizer.lr).format())
     return 0

@@ -31,6 +31,7 @@ one hook per module however many names it has, and hooks are picklable objects (
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -85,7 +86,21 @@ class Parameterization:
     rule: Rule
     table: dict[str, ParamSpec]
     param_groups: list[dict[str, Any]]
+    lr: float
+    """The base LR beta the param groups were made for."""
     handles: list[RemovableHandle] = field(default_factory=list, repr=False)
+
+    def regroup(self, lr: float) -> list[dict[str, Any]]:
+        """The param groups for base LR ``lr`` instead of ``self.lr``: each group's LR times
+        lr / self.lr (per-role factors, depth scaling and all), the same parameters and keys;
+        the model, its multipliers and ``self.param_groups`` stay as they are. An LR sweep in
+        a plain loop builds one optimizer per LR from these, without parameterizing again."""
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"regroup: the base LR must be a positive number, got {lr!r}")
+        scale = lr / self.lr
+        return [
+            {**g, "params": list(g["params"]), "lr": g["lr"] * scale} for g in self.param_groups
+        ]
 
     def remove(self) -> None:
         """Remove the forward multipliers from the model."""
@@ -341,7 +356,7 @@ def parameterize(
         if counts[g["role"]] > 1:
             seen[g["role"]] = seen.get(g["role"], 0) + 1
             g["name"] = f"{g['role']}{seen[g['role']]}"
-    return Parameterization(rule, specs, group_list, handles)
+    return Parameterization(rule, specs, group_list, lr, handles)
 
 
 def scale_depth(

@@ -101,8 +101,10 @@ def coord_check_config(
             refresh = getattr(s.optimizer, "refresh_curvature", None)  # Sophia, as in train
             interval: int = getattr(s.optimizer, "curvature_interval", 1)
 
-            def before_step(step: int, batch: Any, s: Any = s, refresh: Any = refresh) -> None:
-                if refresh is not None and step % interval == 0:
+            def before_step(
+                step: int, batch: Any, s: Any = s, refresh: Any = refresh, every: int = interval
+            ) -> None:
+                if refresh is not None and step % every == 0:
                     refresh(lambda: s.model(batch[0]), batch[1])
 
             rows = measure(

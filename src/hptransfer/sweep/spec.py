@@ -350,7 +350,7 @@ def load_spec(path: str | Path, settings: dict[str, Any] | None = None) -> Sweep
 def horizon_steps(cfg: RunConfig, tokens_per_param: float, cache: dict | None = None) -> int:
     """Steps that give ``tokens_per_param`` tokens per non-embedding parameter."""
     cache = {} if cache is None else cache
-    key = (cfg.model.name, cfg.model.width, cfg.model.depth, cfg.model.head_dim,
+    key = (cfg.model.name, cfg.model.factory, cfg.model.width, cfg.model.depth, cfg.model.head_dim,
            cfg.train.seq_len)  # fmt: skip
     if key not in cache:
         cache[key] = non_embedding_params(cfg)
