@@ -171,11 +171,6 @@ class ModelConfig:
             if getattr(self, key):
                 load_callable(getattr(self, key), f"model.{key}")
 
-    @property
-    def label(self) -> str:
-        """The model as a table names it: the built-in name, or the factory's function."""
-        return _callable_parts(self.factory)[1] if self.factory else self.name
-
 
 def _callable_parts(text: str) -> tuple[str, str]:
     """'where:name' -> (where, name); ('', '') when ``text`` has no such form."""

@@ -96,6 +96,7 @@ def coord_check(
     base_width: int | None = None,
     param: str = "mup",
     optimizer: str = "adam",
+    lr_exponents: str = "per_layer",
     lr: float = 1e-3,
     steps: int = 5,
     seeds: Sequence[int] = (0,),
@@ -105,7 +106,8 @@ def coord_check(
 ) -> CoordCheck:
     """Coordinate check of any model: ``factory(width) -> nn.Module`` at each of ``widths``,
     parameterized with ``param`` (roles against ``base_width``, default the smallest width)
-    and trained ``steps`` steps with ``optimizer`` at base LR ``lr``, held constant.
+    and trained ``steps`` steps with ``optimizer`` at base LR ``lr``, held constant
+    (``lr_exponents="global"``: one LR for every layer and width, the usual control).
 
     ``batch`` is one batch used at every step, or a function ``step -> batch``;
     ``loss_fn(model, batch)`` returns the scalar loss. ``overrides`` and ``tied`` go to the
@@ -121,7 +123,7 @@ def coord_check(
     from hptransfer.probes.coord import COLUMNS, measure
 
     base = min(widths) if base_width is None else base_width
-    rule = make_rule(param, optimizer)
+    rule = make_rule(param, optimizer, lr_exponents=lr_exponents)
     batch_at = batch if callable(batch) else (lambda step: batch)
     records: list[dict] = []
     for seed in seeds:
