@@ -3,7 +3,7 @@
 The time comes from the measured step cost of each distinct model on this machine: for every
 distinct timing key (the model section, optimizer, batch shape, dtype and device; not the LR,
 seed or parameterization, which do not change the work of a step), a spawned process builds
-the run with the real trainer parts (`hptransfer.assemble.build`, `loss_fn`, the optimizer
+the run with the real trainer parts (`hptransfer.assemble.build`: its loss, batches, optimizer
 step), on ``sweep.threads_per_run`` threads as a sweep's workers do, and times
 
 - build_s: loading the corpus and building model, roles, parameterization and optimizer,
@@ -225,7 +225,7 @@ def time_config(cfg: RunConfig, warmup: int = WARMUP_STEPS, steps: int = TIMED_S
     import torch
 
     from hptransfer import data as data_mod
-    from hptransfer.assemble import build, loss_fn
+    from hptransfer.assemble import build
 
     t = cfg.train
     device = torch.device(t.device)
@@ -234,12 +234,11 @@ def time_config(cfg: RunConfig, warmup: int = WARMUP_STEPS, steps: int = TIMED_S
     s = build(cfg, data_mod.load_corpus(cfg.data))
     s.model.to(device)
     build_s = time.perf_counter() - start
-    batches = data_mod.Batches(s.corpus.train, t.batch_size, t.seq_len, cfg.seed)
-    autocast = t.dtype == "bfloat16"
+    batches = s.batches  # the run's own: tokens, or model.batch's
 
     def step(i: int) -> None:
         x, y = (b.to(device) for b in batches.get(i))
-        loss = loss_fn(s.model, x, y, autocast)
+        loss = s.loss(s.model, x, y)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:
@@ -257,7 +256,7 @@ def time_config(cfg: RunConfig, warmup: int = WARMUP_STEPS, steps: int = TIMED_S
     x, y = (b.to(device) for b in batches.get(0))
     with torch.no_grad():
         start = time.perf_counter()
-        loss_fn(s.model, x, y, autocast)
+        s.loss(s.model, x, y)
         sync()
         eval_s = time.perf_counter() - start
     return StepCost(build_s, step_s, eval_s)
