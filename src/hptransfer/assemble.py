@@ -73,10 +73,11 @@ def _user_factory(
 ) -> Callable[[int], nn.Module]:
     """model.factory's callable as width -> module: depth= and vocab_size= are passed when its
     signature accepts them (by name or **kwargs); what it returns must be an nn.Module."""
+    params: list[inspect.Parameter] = []
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # a callable without a signature: the width alone
-        params = []
+        pass
     names = {p.name for p in params}
     any_kw = any(p.kind is p.VAR_KEYWORD for p in params)
     kw = {k: v for k, v in (("depth", depth), ("vocab_size", vocab_size)) if k in names or any_kw}

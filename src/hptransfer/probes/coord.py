@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from hptransfer import data as data_mod
 from hptransfer.assemble import build
 from hptransfer.config import RunConfig
 
@@ -90,8 +91,6 @@ def coord_check_config(
 
     Returns a tidy frame with columns layer, width, step, rms, seed.
     """
-    from hptransfer import data as data_mod
-
     corpus = data_mod.load_corpus(cfg.data)
     records: list[dict] = []
     for seed in seeds:
@@ -107,15 +106,10 @@ def coord_check_config(
                 if refresh is not None and step % every == 0:
                     refresh(lambda: s.model(batch[0]), batch[1])
 
-            rows = measure(
-                s.model,
-                s.optimizer,
-                lambda model, b, s=s: s.loss(model, *b),
-                s.batches.get,
-                steps,
-                width,
-                before_step,
-            )
+            def loss(model: nn.Module, batch: Any, s: Any = s) -> torch.Tensor:
+                return s.loss(model, *batch)
+
+            rows = measure(s.model, s.optimizer, loss, s.batches.get, steps, width, before_step)
             s.parameterization.remove()
             records += [{**r, "seed": seed} for r in rows]
     torch.set_grad_enabled(True)
