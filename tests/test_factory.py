@@ -61,7 +61,7 @@ def test_coord_check_command_runs_a_model_from_the_tests_own_file(tmp_path, caps
     sets = [f"{k}={v}" for k, v in TINY.items() if k.startswith(("model.f", "train.b", "train.s"))]
     argv = ["coord-check", "--widths", "16,32", "--steps", "2", "--out", str(tmp_path)]
     assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
-    df = pd.read_csv(tmp_path / "coord.csv")
+    df = pd.read_csv(tmp_path / "coord.csv")  # model.depth = 2, the default: two blocks
     assert set(df.layer) == {
         "embed",
         "blocks.0.0",
@@ -70,7 +70,7 @@ def test_coord_check_command_runs_a_model_from_the_tests_own_file(tmp_path, caps
         "blocks.1.2",
         "norm",
         "head",
-    }  # fmt: skip (model.depth = 2, the default)
+    }
     assert set(df.width) == {16, 32} and (tmp_path / "coord.png").exists()
 
 
