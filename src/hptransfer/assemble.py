@@ -60,10 +60,12 @@ def _switch_on(cfg: RunConfig, switch: str) -> bool:
 
 
 def run_roles(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> RoleTable:
-    """The roles table of ``cfg``'s model (``factory`` at model.width against param.base_width)."""
+    """The roles table of ``cfg``'s model (``factory`` at model.width against param.base_width),
+    from how one batch of token ids is used (`trace.trace_uses`)."""
     p = cfg.param
+    example = torch.zeros((1, cfg.train.seq_len), dtype=torch.long)
     return roles_from_factory(
-        factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied
+        factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied, example=example
     )
 
 
