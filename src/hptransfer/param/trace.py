@@ -103,7 +103,9 @@ NORMS = {
     "layer_norm", "group_norm", "batch_norm", "instance_norm", "rms_norm", "prelu",
     "native_layer_norm",
 }  # fmt: skip
-MATMULS = {"matmul", "mm", "bmm", "rmatmul", "addmm", "baddbmm", "addbmm", "mv", "addmv"}
+MATMULS = {
+    "matmul", "mm", "bmm", "rmatmul", "addmm", "baddbmm", "addbmm", "mv", "addmv", "grouped_mm",
+}  # fmt: skip
 RNNS = {"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell"}
 ATTENTION = {"multi_head_attention_forward"}
 IGNORED = {"size", "dim", "numel", "shape", "dtype", "device", "is_floating_point", "len"}
