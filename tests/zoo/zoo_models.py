@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VOCAB, SEQ, BATCH, LABELS = 256, 8, 4, 10
+VOCAB, SEQ, BATCH, LABELS = 256, 8, 16, 10
 
 
 def text_batch() -> torch.Tensor:
@@ -30,8 +30,8 @@ def text_batch() -> torch.Tensor:
 
 
 def image_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(BATCH, 3, 16, 16, generator=g), torch.randint(LABELS, (BATCH,), generator=g)
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(8, 3, 16, 16, generator=g), torch.randint(LABELS, (8,), generator=g)
 
 
 @dataclass
@@ -155,7 +155,7 @@ class FeatureMLP(nn.Module):
 
 
 def _features() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(1234)
     return torch.randn(BATCH, 768, generator=g), torch.randint(LABELS, (BATCH,), generator=g)
 
 
@@ -228,7 +228,7 @@ def _configs() -> dict[str, Callable[[int], Any]]:
             activation_dropout=0.0,
         ),
         "mamba": lambda w: tf.MambaConfig(
-            vocab_size=VOCAB, hidden_size=w, state_size=4, num_hidden_layers=1
+            vocab_size=VOCAB, hidden_size=w, state_size=4, num_hidden_layers=1, time_step_rank=4
         ),
         "vit": lambda w: tf.ViTConfig(
             hidden_size=w,
