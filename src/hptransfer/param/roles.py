@@ -1,25 +1,23 @@
 """Which dimensions of each parameter grow with width, and so its role.
 
-The model is built twice (on the meta device, so no memory is used) at two widths; a dimension
-whose size differs grows. From the module type we know which dimension is fan_in and which is
-fan_out (nn.Linear, convolutions, RNNs and nn.MultiheadAttention store (fan_out, fan_in, ...);
-nn.Embedding / EmbeddingBag and transformers' Conv1D store (fan_in, fan_out)), and so:
+The model is built at two widths (on the meta device where it can be, so no memory is used).
+Each parameter's fans come from how the forward pass uses it (`trace.trace_uses`, when an
+example input is given: contracted in a linear / matmul / einsum / conv -> a matrix with the
+contracted size as fan_in, per matrix; gathered -> an embedding table; applied elementwise or
+through exp -> a vector), else from its module's storage order (`storage`). Comparing the two
+widths:
 
     fan_in and fan_out grow -> hidden     only fan_out grows -> input (embeddings)
-    only fan_in grows       -> output     a 1-D tensor grows -> vector    nothing grows -> fixed
+    only fan_in grows       -> output     only the matrices grow -> vector (depthwise conv)
+    elementwise and growing -> vector     nothing grows -> fixed
 
-Fans are per matrix: a grouped convolution's are per group (fan_in = in_channels / groups *
-kernel), and a convolution whose groups grow while its per-group fans do not (depthwise, groups
-= channels) is a vector: one small width-independent kernel per channel, like a norm gain.
+A parameter of 2 or more dims that grows and whose use fits no rule (or, untraced, whose module
+has no known storage order) is refused by name with the override that fixes it
+(`param.overrides`). An overridden parameter of unknown use takes its fans from its last two
+dims, the leading ones a batch of matrices: fan_in = shape[-1], fan_out = shape[-2].
 
-A parameter of 2 or more dims on any other module (a bare nn.Parameter of custom code: fused MoE
-experts, a ViT class token, Mamba's A_log) that grows with width is refused by name with the
-override that fixes it (`param.overrides`): its storage convention cannot be read from its
-type. An overridden parameter of unknown convention takes its fans from its last two dims, the
-leading ones being a batch of matrices: fan_in = shape[-1], fan_out = shape[-2].
-
-The result is a side table (`RoleTable`), keyed by parameter name; nothing is attached to the
-tensors, so it survives deepcopy, torch.save, DDP and FSDP.
+The result is a side table (`RoleTable`), keyed by parameter name, with the evidence of each
+role; nothing is attached to the tensors, so it survives deepcopy, torch.save, DDP and FSDP.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from torch import nn
 
 from hptransfer.config import ROLES, TIE_RULES
 from hptransfer.errors import ConfigError
+from hptransfer.param.storage import Reading, read_storage
 from hptransfer.param.trace import Use, trace_uses
 
 
@@ -64,61 +63,6 @@ class ParamRole:
     @property
     def width_mult(self) -> float:
         return self.n / self.n_base
-
-
-def _convention(module: nn.Module, pname: str) -> str | None:
-    """How ``module`` stores its parameter ``pname``: "out_in" ((fan_out, fan_in, *kernel)),
-    "in_out" ((fan_in, fan_out)), or None when the module type does not say."""
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and pname == "weight":
-        return "in_out"
-    if isinstance(module, nn.modules.conv._ConvTransposeNd) and pname == "weight":
-        return "in_out"  # (in, out / groups, *kernel)
-    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
-        return "out_in"
-    if isinstance(module, nn.RNNBase) and pname.startswith("weight_"):
-        return "out_in"  # (gates * hidden, input) and (gates * hidden, hidden)
-    if isinstance(module, nn.MultiheadAttention) and pname.endswith("_weight"):
-        return "out_in"  # in_proj_weight (3 * embed, embed), q/k/v_proj_weight
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2
-        return "in_out"
-    return None
-
-
-@dataclass(frozen=True)
-class Reading:
-    """How one parameter is used at one width, reduced to what its role needs."""
-
-    kind: str
-    """"matrix" (contracted or gathered, or stored as a known layer's weight: fans per
-    matrix), "elementwise" (broadcast onto activations or through a nonlinearity: a vector
-    whatever its rank) or "unknown" (no rule fits)."""
-    fans: tuple[int, int, int]
-    """(fan_in, fan_out, matrices) for a matrix; (numel, numel, 1) otherwise."""
-    evidence: str
-
-
-def _storage(module: nn.Module, pname: str, shape: tuple[int, ...]) -> Reading:
-    """The reading from the owning module's type alone (no trace, or the forward pass never
-    reached the parameter). A tensor of 2 or more dims on an unknown module is "unknown"."""
-    numel = math.prod(shape)
-    if len(shape) < 2:
-        return Reading("elementwise", (numel, numel, 1), "1-D")
-    convention = _convention(module, pname)
-    if convention is None:
-        return Reading("unknown", (shape[-1], shape[-2], math.prod(shape[:-2])), "")
-    kind = f"{type(module).__name__} storage ({'out, in' if convention == 'out_in' else 'in, out'})"
-    if isinstance(module, nn.modules.conv._ConvNd):
-        receptive, groups = math.prod(shape[2:]), module.groups
-        if convention == "in_out":
-            return Reading(
-                "matrix", (shape[0] // groups * receptive, shape[1] * receptive, groups), kind
-            )
-        return Reading(
-            "matrix", (shape[1] * receptive, shape[0] // groups * receptive, groups), kind
-        )
-    if convention == "in_out":
-        return Reading("matrix", (shape[0], shape[1], 1), kind)
-    return Reading("matrix", (shape[1], shape[0], 1), kind)
 
 
 def _traced(shape: tuple[int, ...], uses: list[Use]) -> Reading:
@@ -162,7 +106,7 @@ def _read(module: nn.Module, pname: str, shape: tuple[int, ...], uses: list[Use]
     """The trace's reading where the forward pass reached the parameter, else its storage."""
     if uses:
         return _traced(shape, uses)
-    reading = _storage(module, pname, shape)
+    reading = read_storage(module, pname, shape)
     if uses is not None and reading.kind == "unknown":  # traced, but never reached
         return Reading("unknown", reading.fans, "not reached by the forward pass")
     return reading

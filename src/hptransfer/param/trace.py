@@ -73,7 +73,7 @@ class Use:
         return f"used by {self.op}"
 
 
-def _name(func: Callable) -> str:
+def _name(func: Callable[..., Any]) -> str:
     name = getattr(func, "__name__", str(func))
     if name == "__get__":  # a property such as Tensor.T
         name = getattr(getattr(func, "__self__", None), "__name__", name)
@@ -156,7 +156,11 @@ class UseTracer(TorchFunctionMode):
 
     # -- the mode ---------------------------------------------------------------------------
     def __torch_function__(
-        self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -175,8 +179,8 @@ class UseTracer(TorchFunctionMode):
     def _consume(
         self,
         name: str,
-        args: tuple,
-        kwargs: dict,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         out: Any,
         t: torch.Tensor,
         root: int,
@@ -232,7 +236,7 @@ def _contract(op: str, t: torch.Tensor, dims: Dims, i: int, o: int | None) -> Us
     return Use("contract", op, t.shape[i], fan_out, (dims[i],), out_dims)
 
 
-def _matmul(op: str, args: tuple, t: torch.Tensor, dims: Dims) -> Use:
+def _matmul(op: str, args: tuple[Any, ...], t: torch.Tensor, dims: Dims) -> Use:
     """``a @ b``: a parameter on the right is contracted over its dim -2 (output dim -1), one on
     the left over its dim -1 (output dim -2); leading dims are a batch of matrices."""
     operands = list(args[1:3]) if op in ("addmm", "baddbmm", "addbmm", "addmv") else list(args)
@@ -245,7 +249,9 @@ def _matmul(op: str, args: tuple, t: torch.Tensor, dims: Dims) -> Use:
     return _contract(op, t, dims, t.ndim - 1, t.ndim - 2)
 
 
-def _conv(op: str, args: tuple, kwargs: dict, t: torch.Tensor, dims: Dims) -> Use:
+def _conv(
+    op: str, args: tuple[Any, ...], kwargs: dict[str, Any], t: torch.Tensor, dims: Dims
+) -> Use:
     """Convolution weights are (out, in / groups, *kernel), transposed ones (in, out / groups,
     *kernel); fans are per group and include the kernel (the receptive field)."""
     groups = int(kwargs.get("groups", args[6] if len(args) > 6 else 1))
@@ -264,7 +270,7 @@ def _conv(op: str, args: tuple, kwargs: dict, t: torch.Tensor, dims: Dims) -> Us
     )
 
 
-def _einsum(args: tuple, t: torch.Tensor, dims: Dims) -> Use:
+def _einsum(args: tuple[Any, ...], t: torch.Tensor, dims: Dims) -> Use:
     """Letters of the parameter missing from the output are contracted (fan_in); those in the
     output and in no other operand are its output (fan_out); the rest are a batch."""
     equation = str(args[0]).replace(" ", "")
@@ -291,7 +297,9 @@ def _einsum(args: tuple, t: torch.Tensor, dims: Dims) -> Use:
     )
 
 
-def _view_dims(name: str, args: tuple, t: torch.Tensor, out: torch.Tensor, dims: Dims) -> Dims:
+def _view_dims(
+    name: str, args: tuple[Any, ...], t: torch.Tensor, out: torch.Tensor, dims: Dims
+) -> Dims:
     """The parameter dims behind ``out``'s dims, for the re-arrangements that keep them
     traceable; all None when they do not (then only sizes, not dims, are in the evidence)."""
     if not isinstance(out, torch.Tensor):
