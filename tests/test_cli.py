@@ -140,6 +140,7 @@ def test_rules_per_parameter_table(capsys):
     head = next(line for line in out.splitlines() if line.startswith("head.weight"))
     # output role, fan_in 256, init std 1/16, multiplier 1/2, LR factor 4^-1/2
     assert head.split()[1:8] == ["output", "256", "256", "0.0625", "0.5", "0.5", "1e-08"]
+    assert head.split()[8:] == ["linear", "in=dim1", "out=dim0"]  # the evidence of its role
 
 
 def test_train_writes_summary(tmp_path, capsys):

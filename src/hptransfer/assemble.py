@@ -101,10 +101,17 @@ def _switch_on(cfg: RunConfig, switch: str) -> bool:
 
 
 def run_roles(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> RoleTable:
-    """The roles table of ``cfg``'s model (``factory`` at model.width against param.base_width)."""
+    """The roles table of ``cfg``'s model (``factory`` at model.width against param.base_width),
+    from how one batch is used (`trace.trace_uses`): model.batch's first training inputs, else a
+    sequence of token ids."""
     p = cfg.param
+    if cfg.model.batch:
+        batch_fn = load_callable(cfg.model.batch, "model.batch")
+        example = HookBatches(batch_fn, cfg.train.batch_size, cfg.seed).get(0)[0]
+    else:
+        example = torch.zeros((1, cfg.train.seq_len), dtype=torch.long)
     return roles_from_factory(
-        factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied
+        factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied, example=example
     )
 
 

@@ -141,10 +141,11 @@ def test_muon_rules_print_the_factor_and_eps_that_run(capsys: pytest.CaptureFixt
     args = ["rules", "--optimizer", "muon", "--model", "nanodo", "--width", "256"]
     assert main([*args, "--base-width", "64"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
-    assert rows["blocks.0.mlp.fc_in.weight"][-2:] == ["2", "1e-07"]
-    assert rows["blocks.0.mlp.fc_out.weight"][-2:] == ["1", "1e-07"]
-    assert rows["blocks.0.attn.q.weight"][-2:] == ["1", "1e-07"]
-    assert rows["ln_f.weight"][-1] == "1e-08"  # AdamW part
+    # columns 6, 7: lr_factor, eps (the evidence of the role follows)
+    assert rows["blocks.0.mlp.fc_in.weight"][6:8] == ["2", "1e-07"]
+    assert rows["blocks.0.mlp.fc_out.weight"][6:8] == ["1", "1e-07"]
+    assert rows["blocks.0.attn.q.weight"][6:8] == ["1", "1e-07"]
+    assert rows["ln_f.weight"][7] == "1e-08"  # AdamW part
     roles = roles_from_factory(nanodo, WIDTH, BASE)
     specs = compute_specs(roles, make_rule("mup", "muon"), weight_decay=0.1)
     fc_in = specs["blocks.0.mlp.fc_in.weight"]

@@ -80,16 +80,24 @@ def test_multipliers_survive_torch_save_deepcopy_and_a_state_dict() -> None:
 
 
 class Experts(nn.Module):
-    """Fused MoE experts, transformers 5 style: (experts, out, in) tensors on a custom module."""
+    """Fused MoE experts, transformers 5 style: (experts, out, in) tensors on a custom module,
+    each token sent to one expert whose matrices are sliced out of the fused tensors."""
 
     def __init__(self, w: int, experts: int = 4) -> None:
         super().__init__()
+        self.router = nn.Parameter(torch.randn(experts, w) * 0.02)
         self.gate_up = nn.Parameter(torch.randn(experts, 4 * w, w) * 0.02)
         self.down = nn.Parameter(torch.randn(experts, w, 2 * w) * 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = torch.einsum("bh,eoh->beo", x, self.gate_up).chunk(2, dim=-1)
-        return torch.einsum("bei,eoi->bo", torch.nn.functional.silu(gate) * up, self.down)
+        choice = torch.nn.functional.linear(x, self.router).argmax(-1)
+        out = torch.zeros_like(x)
+        for e in choice.unique():
+            rows = choice == e
+            gate, up = torch.nn.functional.linear(x[rows], self.gate_up[e]).chunk(2, dim=-1)
+            h = torch.nn.functional.silu(gate) * up
+            out[rows] = h @ self.down[e].T
+        return out
 
 
 class MoE(nn.Module):
@@ -103,25 +111,40 @@ class MoE(nn.Module):
         return self.out(self.experts(self.inp(x)))
 
 
-def test_fused_experts_are_refused_by_name_then_get_per_matrix_fans() -> None:
+def test_fused_experts_get_per_matrix_fans_from_their_use() -> None:
+    """Issue 12: fan_in was read as out * in (width_mult 16 at 4x); the trace sees one expert's
+    (out, in) matrix contracted over its last dim, and the router as an output layer."""
+    roles = roles_from_factory(MoE, 64, 16, example=torch.randn(6, 8))
+    got = {e.name: (e.role, e.fan_in, e.fan_out, e.width_mult) for e in roles}
+    assert got["experts.gate_up"] == ("hidden", 64, 256, 4.0)  # not fan_in 256 * 64, m 16
+    assert got["experts.down"] == ("hidden", 128, 64, 4.0)
+    assert got["experts.router"] == ("output", 64, 4, 4.0)
+    assert roles["experts.gate_up"].evidence == "linear in=dim2 out=dim1"
+    assert roles["experts.down"].evidence == "matmul in=dim2 out=dim1"
+    p = parameterize(MoE(64), roles, make_rule("mup", "adam", "full"), lr=1e-3, form="folded")
+    assert p.table["experts.gate_up"].init_std == pytest.approx(64**-0.5)  # 1 / sqrt(fan_in)
+    assert p.table["experts.down"].lr_factor == pytest.approx(1 / 4)  # hidden, Adam: m^-1
+
+
+def test_fused_experts_without_a_trace_are_refused_then_read_with_overrides() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"^experts.gate_up: .*\(4, 64, 16\) at base width and "
-        r'\(4, 256, 64\) at width.*param.overrides, e.g. "\*.gate_up"',
+        match=r"^experts.router: .*\(4, 16\) at base width and "
+        r'\(4, 64\) at width.*param.overrides, e.g. "\*.router"',
     ):
         roles_from_factory(MoE, 64, 16)
-    roles = roles_from_factory(MoE, 64, 16, overrides={"experts.*": "hidden"})
+    over = {"experts.router": "output", "experts.*": "hidden"}
+    roles = roles_from_factory(MoE, 64, 16, overrides=over)
     got = {n: (roles[n].fan_in, roles[n].fan_out, roles[n].width_mult) for n in roles.entries}
-    assert got["experts.gate_up"] == (64, 256, 4.0)  # not fan_in 256 * 64, width_mult 16
+    assert got["experts.gate_up"] == (64, 256, 4.0)  # overridden: matrices in the last two dims
     assert got["experts.down"] == (128, 64, 4.0)
     model = MoE(64)
     rule = make_rule("mup", "adam", "full")
-    with pytest.raises(ConfigError, match="experts.gate_up: no forward multiplier.*folded"):
+    with pytest.raises(ConfigError, match=r"experts\.\w+: no forward multiplier.*folded"):
         parameterize(model, roles, make_rule("mfp", "adam"), lr=1e-3)  # mfp: hidden n^-1/2
     p = parameterize(model, roles, rule, lr=1e-3, form="folded")
     assert p.table["experts.gate_up"].init_std == pytest.approx(64**-0.5)  # 1 / sqrt(fan_in)
     assert model.experts.gate_up.std().item() == pytest.approx(64**-0.5, rel=0.05)
-    assert p.table["experts.down"].lr_factor == pytest.approx(1 / 4)  # hidden, Adam: m^-1
 
 
 class PatchEmbed(nn.Module):
@@ -139,7 +162,24 @@ class PatchEmbed(nn.Module):
         return torch.cat([cls, patches], dim=1) + self.pos_embed
 
 
-def test_vit_tokens_are_refused_then_behave_as_vectors() -> None:
+def test_vit_tokens_are_vectors_from_their_use() -> None:
+    """Issue 12: a class token and a position table (bare parameters) were classed hidden;
+    concatenated with and added to activations, they are vectors whose init is kept."""
+    roles = roles_from_factory(PatchEmbed, 64, 16, example=torch.randn(2, 3, 8, 8))
+    got = {e.name: (e.role, e.fan_in, e.fan_out, e.width_mult, e.evidence) for e in roles}
+    assert got["cls_token"] == ("vector", 64, 64, 4.0, "applied to activations (cat)")
+    assert got["pos_embed"] == ("vector", 64, 64, 4.0, "applied to activations (add)")
+    assert got["proj.weight"][:4] == ("input", 48, 64 * 16, 4.0)
+    model = PatchEmbed(64)
+    p = parameterize(model, roles, make_rule("mup", "adam", "full"), lr=1e-3)
+    for name in ("cls_token", "pos_embed"):
+        spec = p.table[name]
+        assert (spec.role, spec.init_std, spec.multiplier) == ("vector", None, 1.0)
+    assert torch.equal(model.pos_embed, torch.full((1, 5, 64), 0.25))  # constant init kept
+    assert torch.equal(model.cls_token, torch.zeros(1, 1, 64))
+
+
+def test_vit_tokens_without_a_trace_are_refused_then_behave_as_vectors() -> None:
     with pytest.raises(ConfigError, match=r'^cls_token: .*PatchEmbed.cls_token.*"cls_token" ='):
         roles_from_factory(PatchEmbed, 64, 16)
     over = {"cls_token": "vector", "pos_embed": "vector"}
@@ -148,11 +188,7 @@ def test_vit_tokens_are_refused_then_behave_as_vectors() -> None:
     assert roles["proj.weight"].role == "input"
     model = PatchEmbed(64)
     p = parameterize(model, roles, make_rule("mup", "adam", "full"), lr=1e-3)
-    for name in over:
-        spec = p.table[name]
-        assert (spec.role, spec.init_std, spec.multiplier) == ("vector", None, 1.0)
-    assert torch.equal(model.pos_embed, torch.full((1, 5, 64), 0.25))  # constant init kept
-    assert torch.equal(model.cls_token, torch.zeros(1, 1, 64))
+    assert p.table["cls_token"].init_std is None
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 5, 64)
 
 
@@ -175,21 +211,36 @@ class Mixer(nn.Module):
         return self.out_proj(h * decay + self.D * h)
 
 
-def test_mamba_a_log_is_refused_and_the_depthwise_conv_is_a_vector() -> None:
+def test_mamba_a_log_and_the_depthwise_conv_are_vectors_from_their_use() -> None:
+    """Issue 12: A_log and the depthwise conv were classed input and re-initialized (A moved
+    from [-4, -1] to a Gaussian's range); A_log goes through exp, the conv has one kernel per
+    channel: both vectors, their init kept."""
+
+    def mamba(w: int) -> nn.Module:  # a width-free input: 8 features in
+        return nn.Sequential(nn.Linear(8, w), Mixer(w))
+
+    roles = roles_from_factory(mamba, 64, 16, example=torch.randn(2, 6, 8))
+    got = {e.name: (e.role, e.fan_in, e.fan_out, e.width_mult, e.evidence) for e in roles}
+    assert got["1.A_log"] == ("vector", 128, 128, 4.0, "exp")
+    assert got["1.conv1d.weight"] == ("vector", 4, 4, 4.0, "conv1d in=dim1 out=dim0 groups=128")
+    assert got["1.D"][:4] == ("vector", 128, 128, 4.0)
+    assert got["1.in_proj.weight"][:4] == ("hidden", 64, 128, 4.0)
+    torch.manual_seed(0)
+    model = mamba(64)
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    p = parameterize(model, roles, make_rule("mup", "adam", "full"), lr=1e-3)
+    for name in ("1.A_log", "1.conv1d.weight", "1.D"):  # kept as the model initialized them
+        assert p.table[name].init_std is None and p.table[name].multiplier == 1.0
+        assert torch.equal(dict(model.named_parameters())[name], before[name]), name
+
+
+def test_mamba_a_log_without_a_trace_is_refused() -> None:
     with pytest.raises(ConfigError, match=r'^A_log: .*Mixer.A_log .*"A_log" = "hidden"'):
         roles_from_factory(Mixer, 64, 16)
     roles = roles_from_factory(Mixer, 64, 16, overrides={"A_log": "vector"})
     conv = roles["conv1d.weight"]
     assert (conv.role, conv.fan_in, conv.fan_out, conv.width_mult) == ("vector", 4, 4, 4.0)
-    assert roles["in_proj.weight"].role == "hidden"
-    torch.manual_seed(0)
-    model = Mixer(64)
-    before = {n: t.detach().clone() for n, t in model.named_parameters()}
-    p = parameterize(model, roles, make_rule("mup", "adam", "full"), lr=1e-3)
-    for name in ("A_log", "conv1d.weight", "D"):  # kept as the model initialized them
-        assert p.table[name].init_std is None and p.table[name].multiplier == 1.0
-        assert torch.equal(dict(model.named_parameters())[name], before[name]), name
-    assert model(torch.randn(2, 6, 64)).shape == (2, 6, 64)
+    assert roles["A_log"].role == "vector"
 
 
 class Grouped(nn.Module):

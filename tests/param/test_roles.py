@@ -97,3 +97,63 @@ def test_roles_table_survives_deepcopy_and_save():
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     assert set(torch.load(io.BytesIO(buf.getvalue()))) == {e.name for e in roles}
+
+
+class Custom(nn.Module):
+    """Bare parameters used in custom code: through a transpose, an einsum, and a cumsum."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.inp = nn.Parameter(torch.randn(8, width))
+        self.mid = nn.Parameter(torch.randn(width, 2 * width))
+        self.mix = nn.Parameter(torch.randn(width, width))
+        self.out = nn.Parameter(torch.randn(3, width))
+
+    def forward(self, x):
+        if x.sum().item() > 1e9:  # data dependent: not traceable on the meta device
+            return x
+        h = torch.einsum("bi,io->bo", x, self.inp)
+        h = (h @ self.mid)[:, : h.shape[1]]
+        h = h @ torch.cumsum(self.mix, 0)
+        return h @ self.out.T
+
+
+def test_roles_come_from_the_traced_use_and_an_unfit_use_is_refused_by_name():
+    x = torch.randn(4, 8)
+    rng = torch.random.get_rng_state()
+    with pytest.raises(ValueError, match=r"^mix: role unknown: .*fits no rule \(used by cumsum\)"):
+        roles_from_factory(Custom, 64, 16, example=x)
+    roles = roles_from_factory(Custom, 64, 16, example=x, overrides={"mix": "hidden"})
+    assert torch.equal(torch.random.get_rng_state(), rng)  # traced on the CPU, RNG forked
+    got = {e.name: (e.role, e.fan_in, e.fan_out, e.width_mult, e.evidence) for e in roles}
+    assert got["inp"] == ("input", 8, 64, 4.0, "einsum in=dim0 out=dim1")
+    assert got["mid"] == ("hidden", 64, 128, 4.0, "matmul in=dim0 out=dim1")
+    assert got["out"] == ("output", 64, 3, 4.0, "matmul in=dim1 out=dim0")
+    assert got["mix"][:2] == ("hidden", 64)
+    assert got["mix"][4] == "override hidden; used by cumsum"
+    # nothing stays installed: no mode, no global hook
+    assert not torch._C._is_torch_function_mode_enabled()
+    assert not nn.modules.module._global_forward_hooks
+    assert not nn.modules.module._global_forward_pre_hooks
+
+
+def test_traced_roles_agree_with_storage_roles_on_the_built_in_models():
+    """The models the project builds: the same table from use as from storage order."""
+    ids = torch.zeros(1, 16, dtype=torch.long)
+    for name in ("nanodo", "mlp", "llama", "hf_gpt2", "hf_llama"):
+        if name.startswith("hf_"):
+            pytest.importorskip("transformers")
+
+        def make(w, name=name):
+            return build_model(name, width=w, depth=1, seq_len=16, head_dim=16, vocab_size=64)
+
+        tied = "untie" if name == "hf_gpt2" else "error"
+        stored = roles_from_factory(make, 64, 32, tied=tied)
+        traced = roles_from_factory(make, 64, 32, tied=tied, example=ids)
+        key = ("role", "fan_in", "fan_out", "n", "n_base", "tied_to")
+        assert [[getattr(e, k) for k in key] for e in traced] == [
+            [getattr(e, k) for k in key] for e in stored
+        ], name
+        if name == "nanodo":
+            assert traced["head.weight"].evidence == "linear in=dim1 out=dim0"
+            assert stored["head.weight"].evidence == "Linear storage (out, in)"

@@ -214,16 +214,20 @@ def _config(args: argparse.Namespace, options: dict) -> RunConfig:
 
 
 def _rules_for_model(cfg: RunConfig, rule, fmt: str) -> int:
-    from hptransfer.assemble import model_factory
+    from hptransfer.assemble import model_factory, run_roles
     from hptransfer.param.apply import compute_specs
-    from hptransfer.param.roles import roles_from_factory
 
-    roles = roles_from_factory(model_factory(cfg), cfg.model.width, cfg.param.base_width)
+    roles = run_roles(cfg, model_factory(cfg))
     specs = compute_specs(roles, rule)
     if fmt == "json":
-        print(json.dumps({**rule.as_dict(), "params": [vars(s) for s in specs.values()]}, indent=1))
+        params = [vars(s) | {"evidence": roles[s.name].evidence} for s in specs.values()]
+        print(json.dumps({**rule.as_dict(), "params": params}, indent=1))
         return 0
     from hptransfer.param.apply import Parameterization
 
-    print(Parameterization(rule, specs, [], cfg.optimizer.lr).format())
+    # the parameterization's table, and where each role came from (the traced use)
+    lines = Parameterization(rule, specs, [], cfg.optimizer.lr).format().splitlines()
+    evidence = ["evidence"] + [roles[name].evidence for name in specs]
+    width = max(map(len, lines))
+    print("\n".join(f"{line.ljust(width)}  {e}".rstrip() for line, e in zip(lines, evidence)))
     return 0

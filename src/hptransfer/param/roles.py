@@ -1,25 +1,23 @@
 """Which dimensions of each parameter grow with width, and so its role.
 
-The model is built twice (on the meta device, so no memory is used) at two widths; a dimension
-whose size differs grows. From the module type we know which dimension is fan_in and which is
-fan_out (nn.Linear, convolutions, RNNs and nn.MultiheadAttention store (fan_out, fan_in, ...);
-nn.Embedding / EmbeddingBag and transformers' Conv1D store (fan_in, fan_out)), and so:
+The model is built at two widths (on the meta device where it can be, so no memory is used).
+Each parameter's fans come from how the forward pass uses it (`trace.trace_uses`, when an
+example input is given: contracted in a linear / matmul / einsum / conv -> a matrix with the
+contracted size as fan_in, per matrix; gathered -> an embedding table; applied elementwise or
+through exp -> a vector), else from its module's storage order (`storage`). Comparing the two
+widths:
 
     fan_in and fan_out grow -> hidden     only fan_out grows -> input (embeddings)
-    only fan_in grows       -> output     a 1-D tensor grows -> vector    nothing grows -> fixed
+    only fan_in grows       -> output     only the matrices grow -> vector (depthwise conv)
+    elementwise and growing -> vector     nothing grows -> fixed
 
-Fans are per matrix: a grouped convolution's are per group (fan_in = in_channels / groups *
-kernel), and a convolution whose groups grow while its per-group fans do not (depthwise, groups
-= channels) is a vector: one small width-independent kernel per channel, like a norm gain.
+A parameter of 2 or more dims that grows and whose use fits no rule (or, untraced, whose module
+has no known storage order) is refused by name with the override that fixes it
+(`param.overrides`). An overridden parameter of unknown use takes its fans from its last two
+dims, the leading ones a batch of matrices: fan_in = shape[-1], fan_out = shape[-2].
 
-A parameter of 2 or more dims on any other module (a bare nn.Parameter of custom code: fused MoE
-experts, a ViT class token, Mamba's A_log) that grows with width is refused by name with the
-override that fixes it (`param.overrides`): its storage convention cannot be read from its
-type. An overridden parameter of unknown convention takes its fans from its last two dims, the
-leading ones being a batch of matrices: fan_in = shape[-1], fan_out = shape[-2].
-
-The result is a side table (`RoleTable`), keyed by parameter name; nothing is attached to the
-tensors, so it survives deepcopy, torch.save, DDP and FSDP.
+The result is a side table (`RoleTable`), keyed by parameter name, with the evidence of each
+role; nothing is attached to the tensors, so it survives deepcopy, torch.save, DDP and FSDP.
 """
 
 from __future__ import annotations
@@ -27,13 +25,16 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from hptransfer.config import ROLES, TIE_RULES
 from hptransfer.errors import ConfigError
+from hptransfer.param.storage import Reading, read_storage
+from hptransfer.param.trace import Use, trace_uses
 
 
 @dataclass(frozen=True)
@@ -54,47 +55,61 @@ class ParamRole:
     """For a tied parameter: the name it shares storage with (the first occurrence)."""
     base_shape: tuple[int, ...] | None = None
     """The shape in the model built at base width (None: not known, e.g. a hand-made entry)."""
+    evidence: str = ""
+    """Where the role came from: the traced use ("linear in=dim1 out=dim0", "gathered
+    (embedding)", "applied to activations (mul)", "exp"), the module's storage order, or an
+    override."""
 
     @property
     def width_mult(self) -> float:
         return self.n / self.n_base
 
 
-def _convention(module: nn.Module, pname: str) -> str | None:
-    """How ``module`` stores its parameter ``pname``: "out_in" ((fan_out, fan_in, *kernel)),
-    "in_out" ((fan_in, fan_out)), or None when the module type does not say."""
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and pname == "weight":
-        return "in_out"
-    if isinstance(module, nn.modules.conv._ConvTransposeNd) and pname == "weight":
-        return "in_out"  # (in, out / groups, *kernel)
-    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
-        return "out_in"
-    if isinstance(module, nn.RNNBase) and pname.startswith("weight_"):
-        return "out_in"  # (gates * hidden, input) and (gates * hidden, hidden)
-    if isinstance(module, nn.MultiheadAttention) and pname.endswith("_weight"):
-        return "out_in"  # in_proj_weight (3 * embed, embed), q/k/v_proj_weight
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2
-        return "in_out"
-    return None
+def _traced(shape: tuple[int, ...], uses: list[Use]) -> Reading:
+    """The reading from the traced uses: any contraction makes a matrix (all contractions must
+    agree on the fans), else a gather makes an embedding table (rows = fan_in), else broadcast
+    or nonlinear uses make it elementwise; a parameter used only in other ways is unknown."""
+    numel = math.prod(shape)
+    contractions = [u for u in uses if u.kind == "contract"]
+    if contractions:
+        fans = {
+            (
+                u.fan_in,
+                u.fan_out,
+                u.groups
+                if u.op.startswith("conv")
+                else max(1, numel // max(1, u.fan_in * u.fan_out)),
+            )
+            for u in contractions
+        }
+        if len(fans) > 1:
+            seen = "; ".join(sorted({u.describe() for u in contractions}))
+            return Reading(
+                "unknown", (0, 0, 0), f"contracted as matrices of different shapes: {seen}"
+            )
+        return Reading("matrix", fans.pop(), contractions[0].describe())
+    for kind in ("gather", "nonlinear", "broadcast"):
+        use = next((u for u in uses if u.kind == kind), None)
+        if use is None:
+            continue
+        if kind == "gather" and len(shape) >= 2:
+            return Reading("matrix", (shape[0], math.prod(shape[1:]), 1), use.describe())
+        return Reading("elementwise", (numel, numel, 1), use.describe())
+    return Reading(
+        "unknown",
+        (shape[-1], shape[-2], math.prod(shape[:-2])) if len(shape) > 1 else (numel, numel, 1),
+        "; ".join(sorted({u.describe() for u in uses})),
+    )
 
 
-def _fans(module: nn.Module, pname: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(fan_in, fan_out, matrices) of a parameter: fans per matrix (per group for grouped
-    convolutions) and the number of matrices. A tensor of unknown convention is read as a
-    batch of (fan_out, fan_in) matrices in its last two dims."""
-    if len(shape) < 2:
-        return (shape[0] if shape else 1), (shape[0] if shape else 1), 1
-    convention = _convention(module, pname)
-    if convention is None:
-        return shape[-1], shape[-2], math.prod(shape[:-2])
-    if isinstance(module, nn.modules.conv._ConvNd):
-        receptive, groups = math.prod(shape[2:]), module.groups
-        if convention == "in_out":
-            return shape[0] // groups * receptive, shape[1] * receptive, groups
-        return shape[1] * receptive, shape[0] // groups * receptive, groups
-    if convention == "in_out":
-        return shape[0], shape[1], 1
-    return shape[1], shape[0], 1
+def _read(module: nn.Module, pname: str, shape: tuple[int, ...], uses: list[Use] | None) -> Reading:
+    """The trace's reading where the forward pass reached the parameter, else its storage."""
+    if uses:
+        return _traced(shape, uses)
+    reading = read_storage(module, pname, shape)
+    if uses is not None and reading.kind == "unknown":  # traced, but never reached
+        return Reading("unknown", reading.fans, "not reached by the forward pass")
+    return reading
 
 
 def _grown(
@@ -139,7 +154,7 @@ class RoleTable:
 
     def format(self) -> str:
         """A printable table."""
-        rows = [("name", "role", "shape", "fan_in", "fan_out", "width_mult")]
+        rows = [("name", "role", "shape", "fan_in", "fan_out", "width_mult", "evidence")]
         for e in self:
             rows.append(
                 (
@@ -149,6 +164,7 @@ class RoleTable:
                     str(e.fan_in),
                     str(e.fan_out),
                     f"{e.width_mult:g}",
+                    e.evidence,
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -162,15 +178,19 @@ def infer_roles(
     *,
     overrides: Mapping[str, str] | None = None,
     tied: str = "error",
+    example: Any = None,
 ) -> RoleTable:
     """Roles of ``model``'s parameters by comparison with the same model at base width.
 
-    ``probe_model`` is a third width, needed only when ``model`` is at the base width (then
-    growth is read from base vs probe). ``overrides`` maps fnmatch name patterns to roles and
-    wins over inference. Tied weights (one tensor under two names, e.g. an embedding reused as
-    the readout) are refused unless ``tied`` says how to treat them: "input" or "output" (one
-    rule for the shared tensor) or "untie" (each name gets its own role; `parameterize` then
-    gives the readout its own copy).
+    With ``example`` (the forward pass's input: a tensor, a tuple of arguments or a dict of
+    keyword arguments) each model is run once under `trace.trace_uses` and a parameter's fans
+    come from how it is used; without it (or for a parameter the pass never reaches) from its
+    module's storage convention. ``probe_model`` is a third width, needed only when ``model``
+    is at the base width (then growth is read from base vs probe). ``overrides`` maps fnmatch
+    name patterns to roles and wins over inference. Tied weights (one tensor under two names,
+    e.g. an embedding reused as the readout) are refused unless ``tied`` says how to treat them:
+    "input" or "output" (one rule for the shared tensor) or "untie" (each name gets its own
+    role; `parameterize` then gives the readout its own copy).
     """
     if tied not in TIE_RULES:
         raise ConfigError(f"tied={tied!r}; choose one of {', '.join(TIE_RULES)}")
@@ -185,6 +205,11 @@ def infer_roles(
     if set(base) != {t[0] for t in target}:
         diff = sorted(set(base) ^ {t[0] for t in target})
         raise ValueError(f"models at the two widths have different parameters: {diff[:5]}")
+    traced = example is not None
+    uses, base_uses, probe_uses = (
+        trace_uses(m, example) if traced and m is not None else {}
+        for m in (model, base_model, probe_model)
+    )
     first_name: dict[int, str] = {}
     entries: dict[str, ParamRole] = {}
     for name, module, pname, p in target:
@@ -193,25 +218,48 @@ def infer_roles(
         base_shape = tuple(bp.shape)
         if len(shape) != len(base_shape):
             raise ValueError(f"{name}: rank changes with width: {base_shape} vs {shape}")
-        fans = _fans(module, pname, shape)
-        base_fans = _fans(bmod, bpname, base_shape)
-        other, other_fans = shape, fans
+        reading = _read(module, pname, shape, uses.get(name, []) if traced else None)
+        base_reading = _read(bmod, bpname, base_shape, base_uses.get(name, []) if traced else None)
+        other, other_reading = shape, reading
         if shape == base_shape and name in probe:
             pmod, ppname, pp = probe[name]
-            other, other_fans = tuple(pp.shape), _fans(pmod, ppname, tuple(pp.shape))
-        grown = _grown(base_fans, other_fans, len(shape))
+            other = tuple(pp.shape)
+            other_reading = _read(pmod, ppname, other, probe_uses.get(name, []) if traced else None)
         forced = next((r for pat, r in overrides.items() if fnmatch.fnmatchcase(name, pat)), None)
-        if forced is None and len(shape) >= 2 and other != base_shape:
-            if _convention(module, pname) is None:
-                suffix = ".".join(name.split(".")[-2 if pname in ("weight", "bias") else -1 :])
-                pattern = name if name == suffix else f"*.{suffix}"
-                raise ConfigError(
-                    f"{name}: role unknown: {type(module).__name__}.{pname} has shape "
-                    f"{base_shape} at base width and {other} at width, in no storage order "
-                    f'hptransfer knows; set it in param.overrides, e.g. "{pattern}" = "hidden" '
-                    '(matrices in the last two dims) or "vector" (its init kept)'
-                )
-        role = forced or _role(shape, *grown)
+        if other_reading.kind != base_reading.kind and forced is None:
+            reading = Reading(
+                "unknown",
+                reading.fans,
+                f"used as {base_reading.evidence!r} at base width, {other_reading.evidence!r} "
+                "at width",
+            )
+        if (
+            forced is None
+            and len(shape) >= 2
+            and other != base_shape
+            and "unknown" in (reading.kind, other_reading.kind)
+        ):
+            raise ConfigError(_refusal(name, module, pname, base_shape, other, reading, traced))
+        if reading.kind == "elementwise" or (
+            reading.kind == "unknown" and forced in ("vector", "fixed", None)
+        ):
+            grown_dims = [i for i, (a, b) in enumerate(zip(base_shape, other)) if a != b]
+            n = math.prod(shape[i] for i in grown_dims) if grown_dims else 1
+            n_base = math.prod(base_shape[i] for i in grown_dims) if grown_dims else 1
+            fan = n if grown_dims else math.prod(shape)
+            role = forced or ("vector" if grown_dims else "fixed")
+            fans, evidence = (fan, fan, 1), reading.evidence
+        else:
+            fans, base_fans = reading.fans, base_reading.fans
+            if reading.kind == "unknown" or base_reading.kind == "unknown":  # overridden
+                fans = (shape[-1], shape[-2], math.prod(shape[:-2]))
+                base_fans = (base_shape[-1], base_shape[-2], math.prod(base_shape[:-2]))
+            grown = _grown(base_fans, _fans_of(other_reading, other, fans), len(shape))
+            role = forced or _role(shape, *grown)
+            n, n_base = _growing(shape, grown, fans, base_shape, base_fans)
+            evidence = reading.evidence
+        if forced is not None:
+            evidence = f"override {forced}" + (f"; {evidence}" if evidence else "")
         tied_to = first_name.get(id(p))
         if tied_to is not None:
             first_role = entries[tied_to].role
@@ -222,24 +270,45 @@ def infer_roles(
                 )
             if tied in ("input", "output"):
                 role = tied
-                first = entries[tied_to]
-                entries[tied_to] = ParamRole(
-                    first.name,
-                    role,
-                    first.shape,
-                    first.fan_in,
-                    first.fan_out,
-                    first.n,
-                    first.n_base,
-                    base_shape=first.base_shape,
-                )
+                entries[tied_to] = replace(entries[tied_to], role=role)
         else:
             first_name[id(p)] = name
-        n, n_base = _growing(shape, grown, fans, base_shape, base_fans)
         entries[name] = ParamRole(
-            name, role, shape, fans[0], fans[1], n, n_base, tied_to, base_shape
+            name, role, shape, fans[0], fans[1], n, n_base, tied_to, base_shape, evidence
         )
     return RoleTable(entries)
+
+
+def _fans_of(
+    reading: Reading, shape: tuple[int, ...], fans: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """The other width's fans, read the same way as ``fans`` were (last two dims if unknown)."""
+    if reading.kind == "unknown":
+        return shape[-1], shape[-2], math.prod(shape[:-2])
+    return reading.fans
+
+
+def _refusal(
+    name: str,
+    module: nn.Module,
+    pname: str,
+    base_shape: tuple[int, ...],
+    other: tuple[int, ...],
+    reading: Reading,
+    traced: bool,
+) -> str:
+    """One line naming the parameter, why no rule fits, and the override that fixes it."""
+    suffix = ".".join(name.split(".")[-2 if pname in ("weight", "bias") else -1 :])
+    pattern = name if name == suffix else f"*.{suffix}"
+    if not traced:
+        why = "in no storage order hptransfer knows (give an example input to trace its use)"
+    else:
+        why = f"its use fits no rule ({reading.evidence or 'no use recorded'})"
+    return (
+        f"{name}: role unknown: {type(module).__name__}.{pname} has shape {base_shape} at base "
+        f"width and {other} at width, {why}; set it in param.overrides, e.g. "
+        f'"{pattern}" = "hidden" (matrices in the last two dims) or "vector" (its init kept)'
+    )
 
 
 def _role(shape: tuple[int, ...], grow_in: bool, grow_out: bool, grow_batch: bool) -> str:
@@ -283,11 +352,26 @@ def roles_from_factory(
     *,
     overrides: Mapping[str, str] | None = None,
     tied: str = "error",
+    example: Any = None,
 ) -> RoleTable:
     """Build ``make_model`` at ``width`` and ``base_width`` (and twice base, if they are equal)
-    on the meta device, and infer roles by comparison."""
-    with torch.device("meta"):
-        model = make_model(width)
-        base = make_model(base_width)
-        probe = make_model(2 * base_width) if width == base_width else None
-    return infer_roles(model, base, probe, overrides=overrides, tied=tied)
+    and infer roles by comparison, tracing one forward pass on ``example`` at each width when
+    it is given (see `infer_roles`). The models are built on the meta device (no memory, no
+    FLOPs); a model whose forward pass needs real values (``.item()``, data-dependent routing)
+    is traced on the CPU instead, under a forked RNG so that the caller's seed stream is
+    unchanged."""
+
+    def infer(device: str) -> RoleTable:
+        with torch.device(device):
+            model = make_model(width)
+            base = make_model(base_width)
+            probe = make_model(2 * base_width) if width == base_width else None
+        return infer_roles(model, base, probe, overrides=overrides, tied=tied, example=example)
+
+    if example is None:
+        return infer("meta")
+    try:
+        return infer("meta")
+    except (RuntimeError, NotImplementedError):  # an op with no meta kernel, .item() etc.
+        with torch.random.fork_rng(devices=[]):
+            return infer("cpu")
