@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,7 +53,8 @@ FINISHED: tuple[Status, ...] = get_args(Status)
 
 CONFIG, ENV, METRICS, SUMMARY = "config.json", "env.json", "metrics.jsonl", "summary.json"
 CHECKPOINT = "checkpoint.pt"
-"""The files of a run directory."""
+SHARDED = "checkpoint"
+"""The files of a run directory (a torchrun job's checkpoints: ``checkpoint-<steps>/``)."""
 
 LOCK_TIMEOUT_S = 600.0
 """A lock whose heartbeat is older than this is stale (the holder is presumed dead)."""
@@ -193,7 +195,7 @@ class RunDir:
         write_json(self.path / CONFIG, config)
         write_json(self.path / ENV, environment)
         _write_text(self.path / METRICS, "")
-        (self.path / CHECKPOINT).unlink(missing_ok=True)
+        self.remove_checkpoints()
 
     def _remove_temporaries(self) -> None:
         self.close()
@@ -205,9 +207,16 @@ class RunDir:
         for name in (CONFIG, ENV, METRICS, SUMMARY, CHECKPOINT):
             for tmp in self.path.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
+        for tmp in self.path.glob(f".{SHARDED}-*.tmp"):
+            _remove_tree(tmp)
 
     def has_checkpoint(self) -> bool:
-        return (self.path / CHECKPOINT).is_file()
+        return (self.path / CHECKPOINT).is_file() or bool(self.sharded_checkpoints())
+
+    def remove_checkpoints(self) -> None:
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
+        for path in self.sharded_checkpoints():
+            _remove_tree(path)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write checkpoint.pt (``torch.save`` of tensors, numbers, strings, lists and dicts)
@@ -216,6 +225,64 @@ class RunDir:
 
         with _atomic(self.path / CHECKPOINT, "wb") as f:
             torch.save(state, f)
+
+    def sharded_checkpoints(self) -> list[Path]:
+        """The complete ``checkpoint-<steps>`` directories (torchrun), oldest first."""
+        found = [p for p in self.path.glob(f"{SHARDED}-*") if p.is_dir() and not p.is_symlink()]
+        return sorted(found, key=lambda p: p.name)
+
+    def save_sharded_checkpoint(self, tensors: dict[str, Any], steps: int) -> None:
+        """Every rank of a torchrun job writes its part of ``checkpoint-<steps>`` (a
+        ``torch.distributed.checkpoint`` directory) into ``.checkpoint-<steps>.tmp``; after a
+        barrier rank 0 renames it into place and removes the older ones. A kill leaves the
+        previous checkpoint whole and a temporary directory that the next attempt removes."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        final = self.path / f"{SHARDED}-{steps:08d}"
+        tmp = self.path / f".{final.name}.tmp"
+        main = dist.get_rank() == 0
+        if main:
+            _remove_tree(tmp)
+        dist.barrier()
+        dcp.save(tensors, checkpoint_id=tmp)  # fsyncs every file; rank 0 writes .metadata last
+        dist.barrier()
+        if main:
+            _remove_tree(final)
+            os.rename(tmp, final)
+            for older in self.sharded_checkpoints():
+                if older != final:
+                    _remove_tree(older)
+        dist.barrier()
+
+    def load_sharded_checkpoint(self) -> tuple[dict[str, Any], str] | None:
+        """The latest ``checkpoint-<steps>`` as a flat dict of tensors (every rank calls it) and
+        its path; None when there is none. Raises ConfigError naming it when it is unreadable."""
+        import pickle
+
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        found = self.sharded_checkpoints()
+        if not found:
+            return None
+        path = found[-1]
+        try:
+            entries = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+            tensors = {
+                key: torch.empty(meta.size, dtype=meta.properties.dtype)
+                for key, meta in entries.items()
+                if isinstance(meta, TensorStorageMetadata)
+            }
+            dcp.load(tensors, checkpoint_id=path)
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError,
+                dcp.CheckpointException) as e:  # fmt: skip
+            what = type(e).__name__
+            raise ConfigError(
+                f"{path}: unreadable checkpoint ({what}); remove it to start over"
+            ) from None
+        return tensors, str(path)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """checkpoint.pt loaded with ``weights_only=True`` onto the CPU; None when absent.
@@ -238,13 +305,17 @@ class RunDir:
             raise ConfigError(f"{path}: not a checkpoint; remove it to start over")
         return state
 
-    def resume(self, records: int, environment: dict[str, Any]) -> None:
+    def resume(self, records: int, environment: dict[str, Any]) -> int:
         """Continue the run from a checkpoint taken after ``records`` metrics records: keep
         those lines of metrics.jsonl byte for byte (drop what was logged after it), rewrite
-        env.json for this attempt, remove temporary files and any summary.json."""
+        env.json for this attempt, remove temporary files and any summary.json. Returns how
+        many whole records the file held (what the killed attempt logged, and sent to the
+        trackers)."""
         self._remove_temporaries()
         path = self.path / METRICS
-        lines = [line for line in path.read_text().split("\n") if line.strip()][:records]
+        whole = path.read_text().split("\n")[:-1]  # not a last line a kill left without "\n"
+        held = [line for line in whole if line.strip()]
+        lines = held[:records]
         if len(lines) < records:
             raise ConfigError(
                 f"{path} holds fewer than the {records} records {self.path / CHECKPOINT} "
@@ -253,6 +324,7 @@ class RunDir:
         _write_text(path, "".join(line + "\n" for line in lines))
         write_json(self.path / ENV, environment)
         (self.path / SUMMARY).unlink(missing_ok=True)
+        return len(held)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one metrics.jsonl line (NaN written as NaN). The file stays
@@ -267,7 +339,7 @@ class RunDir:
         self.close()
         write_json(self.path / SUMMARY, summary.to_dict())
         if summary.status != "failed":
-            (self.path / CHECKPOINT).unlink(missing_ok=True)
+            self.remove_checkpoints()
 
     def close(self) -> None:
         """Close metrics.jsonl (``finish`` does; a run that raises may call it)."""
@@ -300,6 +372,15 @@ class RunDir:
             lock_file = path.name == "lock" or path.name.startswith(("lock.", ".lock."))
             if not lock_file and (path.is_symlink() or path.is_file()):
                 path.unlink(missing_ok=True)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory of this run's own (a checkpoint); a symbolic link is unlinked, never
+    followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
