@@ -233,11 +233,11 @@ CKPT = {"train.distributed": "ddp", "train.checkpoint_every": 3}
 KILL_AFTER = 7  # rank 0 dies once step 7 is logged: checkpoint-00000006 is the latest
 
 
-def _checkpoint_worker(rank: int, port: int, root: str, phase: str) -> None:
+def _checkpoint_worker(rank: int, port: int, root: str, phase: str, mode: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    cfg = tiny(**CKPT)
+    cfg = tiny(**{**CKPT, "train.distributed": mode})
     if phase == "resume":
         steps: list[int] = []  # rank 0's: the steps this attempt trains
         s = train(cfg, Path(root) / "cut", progress=lambda record: steps.append(record["step"]))
@@ -256,9 +256,10 @@ def _checkpoint_worker(rank: int, port: int, root: str, phase: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_ddp_run_killed_and_resumed_gives_bitwise_equal_losses(tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_run_killed_and_resumed_under_torchrun_gives_bitwise_equal_losses(tmp_path, mode):
     for phase in ("whole_then_killed", "resume"):
-        args = (_free_port(), str(tmp_path), phase)
+        args = (_free_port(), str(tmp_path), phase, mode)
         procs = mp.start_processes(_checkpoint_worker, args=args, nprocs=WORLD, join=False)
         deadline = time.monotonic() + 240
         try:

@@ -104,7 +104,7 @@ def restore(
             f"{where} belongs to run {state.get('run_id')}, not {run_id}; remove it or choose "
             "another run directory"
         )
-    model.load_state_dict(state["model"])
+    model.load_state_dict(_sharded_like(state["model"], model.state_dict()))
     _load_optimizer(optimizer, state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -117,6 +117,24 @@ def restore(
         loss0=state["loss0"],
         elapsed_s=state["elapsed_s"],
     )
+
+
+def _sharded_like(
+    values: dict[str, Any], live: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """``values`` with each full tensor whose ``live`` counterpart is an FSDP2-sharded DTensor
+    of the same shape sharded the same way (a checkpoint loads whole on every rank)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    out = dict(values)
+    for key, value in values.items():
+        target = live.get(key)
+        if isinstance(target, DTensor) and torch.is_tensor(value) and not isinstance(value, DTensor):
+            if value.shape == target.shape:
+                out[key] = distribute_tensor(
+                    value.to(target.device), target.device_mesh, target.placements
+                )
+    return out
 
 
 def save(run: store.RunDir, ctx: Context, state: dict[str, Any]) -> None:
@@ -151,8 +169,11 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> 
     """``optimizer.load_state_dict(saved)``, keeping each state tensor's saved dtype: torch
     casts floating state to its parameter's dtype, which would turn Shampoo's bfloat16 inverse
     roots into float32 and change every later step."""
-    optimizer.load_state_dict(saved)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entries in saved["state"].items():  # fsdp: moments sharded like their parameter
+        like = {k: params[index] for k, v in entries.items() if torch.is_tensor(v)}
+        entries.update(_sharded_like(entries, like))
+    optimizer.load_state_dict(saved)
     for index, entries in saved["state"].items():
         live = optimizer.state[params[index]]
         for key, value in entries.items():
