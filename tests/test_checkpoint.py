@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
+from test_trackers import FakeWandbRun
 from test_train import TINY as TRAIN_TINY
 
 from hptransfer import store
@@ -162,3 +164,28 @@ def test_a_process_killed_by_sigkill_resumes_bitwise(tmp_path: Path) -> None:
     assert store.RunDir(out).has_checkpoint()
     assert train(cfg, out)["losses"] == whole["losses"]
     assert metrics.read_text() == (tmp_path / "whole" / store.METRICS).read_text()
+
+
+def test_checkpoint_minutes_writes_checkpoints_by_the_clock(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.checkpoint_minutes"):
+        RunConfig().replace(**{"train.checkpoint_minutes": -1.0})
+    cfg = tiny("adam", **{"train.checkpoint_every": 0, "train.checkpoint_minutes": 1e-9})
+    whole = train(cfg, tmp_path / "whole")
+    killed_at(cfg, tmp_path / "cut", 6)  # every step is due: the latest is after step 5
+    state = store.RunDir(tmp_path / "cut").load_checkpoint()
+    assert state is not None and state["steps"] == 6
+    assert train(cfg, tmp_path / "cut")["losses"] == whole["losses"]
+
+
+def test_trackers_receive_each_step_once_across_a_resume(tmp_path: Path, monkeypatch) -> None:
+    runs: list[FakeWandbRun] = []
+    monkeypatch.setitem(
+        sys.modules,
+        "wandb",
+        types.SimpleNamespace(init=lambda **kw: runs.append(FakeWandbRun(**kw)) or runs[-1]),
+    )
+    cfg = tiny("adam", **{"track.wandb": True})
+    killed_at(cfg, tmp_path, 9)  # steps 0..9 logged; the checkpoint holds 8
+    train(cfg, tmp_path)
+    first, second = ([step for step, _ in run.logged] for run in runs)
+    assert first == list(range(10)) and second == [10, 11]

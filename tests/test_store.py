@@ -301,3 +301,25 @@ def test_a_run_killed_after_its_summary_keeps_its_corpus_hash(tmp_path: Path) ->
     env = store.read_json(directory / "env.json")
     assert env["corpus_sha256"] == store.read_json(directory / "summary.json")["corpus_sha256"]
     assert env["corpus_sha256"] is not None
+
+
+def test_a_kill_during_clear_stale_lock_leaves_nothing_for_long(tmp_path: Path) -> None:
+    """A process SIGKILLed while publishing the claim guard (between writing its temporary
+    record and linking it) leaves ``.lock.claim.<hex>.tmp``; the next claim removes it once it
+    is older than any live claimer's, and leaves a fresh one alone."""
+    store.write_json(tmp_path / "lock", {"pid": -1, "hostname": socket.gethostname()})  # stale
+    code = (
+        "import os, signal, sys; from hptransfer import store; "
+        "os.link = lambda *a: os.kill(os.getpid(), signal.SIGKILL); "
+        "store.clear_stale_lock(sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=False)
+    assert proc.returncode == -9
+    (left,) = tmp_path.glob(".lock.claim.*.tmp")
+    fresh = tmp_path / ".lock.claim.0badf00d.tmp"  # another claimer's, being written
+    fresh.write_text("{}")
+    old = time.time() - 2 * store.CLAIM_GUARD_S
+    os.utime(left, (old, old))
+    store.clear_stale_lock(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name]  # stale lock gone too

@@ -119,9 +119,7 @@ def restore(
     )
 
 
-def _sharded_like(
-    values: dict[str, Any], live: dict[str, torch.Tensor]
-) -> dict[str, Any]:
+def _sharded_like(values: dict[str, Any], live: dict[str, torch.Tensor]) -> dict[str, Any]:
     """``values`` with each full tensor whose ``live`` counterpart is an FSDP2-sharded DTensor
     of the same shape sharded the same way (a checkpoint loads whole on every rank)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -129,7 +127,11 @@ def _sharded_like(
     out = dict(values)
     for key, value in values.items():
         target = live.get(key)
-        if isinstance(target, DTensor) and torch.is_tensor(value) and not isinstance(value, DTensor):
+        if (
+            isinstance(target, DTensor)
+            and torch.is_tensor(value)
+            and not isinstance(value, DTensor)
+        ):
             if value.shape == target.shape:
                 out[key] = distribute_tensor(
                     value.to(target.device), target.device_mesh, target.placements

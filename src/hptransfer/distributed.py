@@ -85,7 +85,6 @@ class Context:
         dist.all_reduce(buf)
         return buf.item() / self.world_size
 
-
     def agree(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank (one process: ``flag``), for decisions that every
         rank must take together, such as a checkpoint due by rank 0's clock."""

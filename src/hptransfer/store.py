@@ -497,9 +497,21 @@ def _claim_guard(directory: Path) -> Iterator[bool]:
         yield False
         return
     try:
+        _remove_dead_temporaries(directory)
         yield True
     finally:
         guard.unlink(missing_ok=True)
+
+
+def _remove_dead_temporaries(directory: Path) -> None:
+    """Remove the ``.lock.*.tmp`` files (of the lock or the guard) that a process killed
+    while writing one left; only old ones: a live claimer's is at most a moment old."""
+    for tmp in directory.glob(".lock.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > CLAIM_GUARD_S:
+                tmp.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _create_exclusive(path: Path) -> bool:
