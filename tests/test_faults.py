@@ -236,3 +236,24 @@ def test_random_kills_of_workers_and_sweeps_then_resume(tmp_path, fake):
         log = Path(f"{out}.log")
         assert len(events(log, "start")) > len(events(log, "done")), "no kill landed mid-run"
         assert_complete_and_exact(out, log)
+
+
+def test_a_second_different_spec_in_one_directory_is_refused(tmp_path, fake, capsys):
+    """One line, exit 2, nothing written; the same spec (comments, layout and how it runs
+    aside) resumes."""
+    from hptransfer.cli import main
+
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path)
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = write_spec(tmp_path, SPEC.replace("train.steps = 10", "train.steps = 11"), "b.toml")
+    capsys.readouterr()
+    assert main(["sweep", str(other), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "another sweep spec" in err[0] and str(out) in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    same = write_spec(
+        tmp_path, "# resumed\n" + SPEC.replace("workers = 2", "workers = 1"), "c.toml"
+    )
+    assert main(["sweep", str(same), "--out", str(out), "--quiet"]) == 0

@@ -23,6 +23,7 @@ import heapq
 import math
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,38 @@ def prepare_dir(path: str | Path) -> Path:
     except OSError as e:
         raise ConfigError(f"cannot write results to {root}: {e.strerror or e}") from None
     return root
+
+
+EXECUTION_SETTINGS = ("executor", "workers", "address", "retries", "lock_timeout_s")
+"""[sweep] keys that say how a sweep runs, not what it computes: a resume may change them."""
+
+
+def check_same_spec(root: Path, spec: SweepSpec) -> None:
+    """Refuse to run ``spec`` into a results directory that holds another spec's results.
+
+    Two specs are the same when their TOML tables are, comments, layout and the
+    `EXECUTION_SETTINGS` aside; the same spec resumes.
+    """
+    copy = root / "sweep.toml"
+    if not spec.text or not copy.is_file():
+        return
+    try:
+        same = _what(copy.read_text()) == _what(spec.text)
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise ConfigError(
+            f"{root} holds the results of another sweep spec ({copy}); choose another output "
+            "directory, or run that spec to resume it"
+        )
+
+
+def _what(text: str) -> dict[str, Any]:
+    table = tomllib.loads(text)
+    sweep = table.get("sweep")
+    if isinstance(sweep, dict):
+        table["sweep"] = {k: v for k, v in sweep.items() if k not in EXECUTION_SETTINGS}
+    return table
 
 
 def run_cost(run: Run) -> float:
@@ -317,12 +350,14 @@ def run_sweep(
     and the sweep goes on. ``executor`` defaults to the one the spec's ``[sweep]`` table names;
     ``runs`` replaces the spec's grid (as tune does). Every run is checked against this machine
     (device, data length; see preflight.py) before anything is written. A full disk raises
-    ConfigError naming the path once the runs in flight have ended; a resume finishes it.
+    ConfigError naming the path once the runs in flight have ended; a resume finishes it. A
+    directory holding another spec's results is refused (`check_same_spec`).
     """
     settings = spec.settings
     check_executor(settings.executor)
     runs = runs if runs is not None else spec.expand()
     check_runs(runs)
+    check_same_spec(Path(out_dir), spec)
     root = prepare_dir(out_dir)
     own = executor is None
     executor = executor or make_executor(settings.executor, settings.workers, settings.address)
