@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -257,3 +258,27 @@ def test_a_second_different_spec_in_one_directory_is_refused(tmp_path, fake, cap
         tmp_path, "# resumed\n" + SPEC.replace("workers = 2", "workers = 1"), "c.toml"
     )
     assert main(["sweep", str(same), "--out", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("model.width", [32, 2**20]),
+        ("train.batch_size", 2**28),
+        ("train.eval_batches", 2**40),
+        ("data.vocab_size", 2**40),
+    ],
+)
+def test_an_unallocatable_run_is_refused_before_anything_is_written(tmp_path, capsys, key, value):
+    from hptransfer.cli import main
+
+    text = re.sub(rf"^{key} = .*$", f"{key} = {value}", SPEC, flags=re.M)  # base or grid
+    if text == SPEC:
+        text = SPEC.replace("[grid]", f"{key} = {value}\n\n[grid]")
+    spec = write_spec(tmp_path, text)
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    shown = value[-1] if isinstance(value, list) else value
+    assert len(err) == 1 and f"{key} = {shown}: a run needs at least" in err[0], err
+    assert not out.exists()
