@@ -282,3 +282,14 @@ def test_an_unallocatable_run_is_refused_before_anything_is_written(tmp_path, ca
     shown = value[-1] if isinstance(value, list) else value
     assert len(err) == 1 and f"{key} = {shown}: a run needs at least" in err[0], err
     assert not out.exists()
+
+
+def test_train_refuses_an_unallocatable_width_before_writing(tmp_path, capsys):
+    from hptransfer.cli import main
+
+    out = tmp_path / "out"
+    recipe = Path(__file__).parents[1] / "src/hptransfer/recipes/tiny.toml"
+    assert main(["train", str(recipe), "--set", "model.width=1048576", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "model.width = 1048576: a run needs at least" in err[0], err
+    assert not out.exists()

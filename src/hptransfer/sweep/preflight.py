@@ -21,7 +21,7 @@ def check_runs(runs: Sequence[Run]) -> None:
     """Raise ConfigError when some run of ``runs`` cannot start on this machine."""
     check_device(runs)
     check_data(runs)
-    check_memory(runs)
+    check_memory([run.config for run in runs])
 
 
 def check_device(runs: Sequence[Run]) -> None:
@@ -60,17 +60,17 @@ def check_data(runs: Sequence[Run]) -> None:
                 )
 
 
-def check_memory(runs: Sequence[Run], available: int | None = None) -> None:
+def check_memory(configs: Sequence[RunConfig], available: int | None = None) -> None:
     """No run needs more memory than its device has (``available`` bytes; default: this
-    machine's memory, or the GPU's with train.device = "cuda"), by the lower bound `needs`.
+    machine's memory, or the GPU's with train.device = "cuda"), by the lower bound `needs`
+    (for one process: under torchrun each rank holds a share of the batch).
 
     A width, vocabulary, batch or eval set too large to allocate would otherwise end in an
     allocator error (or the kernel's OOM killer) after the run directory is written. The
     refusal names the key of the largest term.
     """
     seen: set[tuple] = set()
-    for run in runs:
-        cfg = run.config
+    for cfg in configs:
         sections = (cfg.model, cfg.data, cfg.train)  # what the memory depends on
         if sections in seen:
             continue
