@@ -23,7 +23,7 @@ import pytest
 from test_sweep import SPEC, events, route_to_fake, start_sweep, write_spec
 from test_sweep_fakes import synthetic_loss
 
-from hptransfer import store
+from hptransfer import locks, store
 from hptransfer.config import ConfigError
 from hptransfer.sweep import load_spec, run_sweep
 
@@ -140,14 +140,14 @@ def test_full_disk_at_the_runners_own_write(tmp_path, fake, monkeypatch):
 
 def _claim(directory: Path, claims: int, doubles: Any) -> None:
     for _ in range(claims):
-        if store.try_lock(directory, timeout_s=60):
+        if locks.try_lock(directory, timeout_s=60):
             try:
                 os.close(os.open(directory / "holder", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 os.unlink(directory / "holder")
             except FileExistsError:
                 with doubles.get_lock():
                     doubles.value += 1
-            store.unlock(directory)
+            locks.unlock(directory)
 
 
 def test_lock_race_never_has_two_holders(tmp_path):
@@ -174,7 +174,7 @@ def test_a_zombie_holder_is_dead(tmp_path):
         d.mkdir()
         record = {"pid": child.pid, "hostname": socket.gethostname(), "heartbeat": time.time()}
         (d / "lock").write_text(json.dumps(record))
-        assert store.lock_state(d, timeout_s=600) == "stale"
+        assert locks.lock_state(d, timeout_s=600) == "stale"
     finally:
         child.wait()
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from hptransfer import store
+from hptransfer import locks, store
 from hptransfer.config import ConfigError
 from hptransfer.sweep.executors import Executor, check_executor, make_executor
 from hptransfer.sweep.preflight import check_runs
@@ -223,7 +223,7 @@ class SweepRunner:
 
     def _clear_stale_lock(self, run: Run) -> None:
         directory = store.run_dir(self.root, run.run_id)
-        store.clear_stale_lock(directory, self.spec.settings.lock_timeout_s)
+        locks.clear_stale_lock(directory, self.spec.settings.lock_timeout_s)
 
     def _move(self, run_id: str, status: str) -> None:
         for old_or_new, delta in ((self.status[run_id], -1), (status, 1)):
@@ -271,7 +271,7 @@ class SweepRunner:
         """Write a failed record for a run whose worker died; None when it is not written
         (another live process holds the run, or the disk is full)."""
         directory = store.run_dir(self.root, run.run_id)
-        if not store.try_lock(directory, self.spec.settings.lock_timeout_s):
+        if not locks.try_lock(directory, self.spec.settings.lock_timeout_s):
             return None
 
         def record() -> None:  # a complete record: the worker may have died before the config
@@ -281,7 +281,7 @@ class SweepRunner:
         try:
             self.write_or_stop(record, directory)
         finally:
-            store.unlock(directory)
+            locks.unlock(directory)
         if self.no_space:
             return None
         return {"run_id": run.run_id, "status": "failed", "error": reason, "skipped": False}
