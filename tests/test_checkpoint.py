@@ -16,7 +16,7 @@ import torch
 from test_trackers import FakeWandbRun
 from test_train import TINY as TRAIN_TINY
 
-from hptransfer import store
+from hptransfer import checkpoint, store
 from hptransfer.config import ConfigError, RunConfig
 from hptransfer.optim import OPTIMIZERS
 from hptransfer.sweep import worker
@@ -189,3 +189,27 @@ def test_trackers_receive_each_step_once_across_a_resume(tmp_path: Path, monkeyp
     train(cfg, tmp_path)
     first, second = ([step for step, _ in run.logged] for run in runs)
     assert first == list(range(10)) and second == [10, 11]
+
+
+def test_the_torchrun_layout_holds_the_same_state_as_tensors_alone(tmp_path: Path) -> None:
+    """checkpoint.to_tensors / from_tensors (the DCP layout): a round trip gives back the
+    state bitwise, int keys and tuples included; another process count is refused."""
+    killed_at(tiny("shampoo"), tmp_path, 5)
+    state = store.RunDir(tmp_path).load_checkpoint()
+    assert state is not None
+    flat = checkpoint.to_tensors(state, rank=1, world_size=2)
+    assert all(torch.is_tensor(v) for v in flat.values()) and "rng/1/torch" in flat
+    back = checkpoint.from_tensors(flat, 1, 2, "here")
+
+    def same(a, b) -> bool:
+        if torch.is_tensor(a):
+            return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+        return type(a) is type(b) and a == b
+
+    assert same(back, state)
+    with pytest.raises(ConfigError, match="written by 2 processes"):
+        checkpoint.from_tensors(flat, 0, 1, "here")
