@@ -237,5 +237,6 @@ def _decode(value: Any, flat: dict[str, torch.Tensor]) -> Any:
         return flat[value["t"]]
     if "d" in value:
         return {k: _decode(v, flat) for k, v in value["d"]}
-    items = [_decode(v, flat) for v in value.get("l", value.get("u"))]
-    return items if "l" in value else tuple(items)
+    if "l" in value:
+        return [_decode(v, flat) for v in value["l"]]
+    return tuple(_decode(v, flat) for v in value["u"])
