@@ -8,6 +8,10 @@ so it holds 2N steps and, with checkpoints on, the two checkpoints written after
 evaluation are outside it. The two contenders are timed in interleaved rounds (`timing`), and
 the ratio is the median over rounds of (span with checkpoints) / (span without).
 
+On a loaded machine that ratio's noise (a few %) hides the cost, so the time spent inside
+`checkpoint.save` is also measured directly: ``checkpoint_write_ms`` (median per checkpoint) and
+``checkpoint_overhead_direct_every<N>`` = 1 + write time / (N x step time without checkpoints).
+
 Usage: ``python benchmarks/bench_checkpoint.py [--quick] [--every N ...] [--threads N]
 [--device auto|cpu|cuda]``; ``run(quick, device)`` returns ``checkpoint_overhead_every<N>``
 ratios, the step time without checkpoints and the checkpoint's size.
@@ -23,19 +27,20 @@ from pathlib import Path
 import torch
 from timing import median_ratio, resolve_device
 
-from hptransfer import store
+from hptransfer import checkpoint, store
 from hptransfer.config import RunConfig
 from hptransfer.train import train
 
 DEFAULT_EVERY = (100,)
 
 
-def loop_seconds(every: int, checkpoint: bool, device: str) -> float:
-    """Seconds from step 0's record to step 2N's in one run (N = ``every``)."""
+def loop_seconds(every: int, on: bool, device: str, writes: list[float] | None = None) -> float:
+    """Seconds from step 0's record to step 2N's in one run (N = ``every``); with ``writes``,
+    the seconds of each checkpoint write are appended to it."""
     steps = 2 * every + 1
     changes = {"train.steps": steps, "train.eval_every": steps, "train.eval_batches": 1}
     changes["train.device"] = device
-    if checkpoint:
+    if on:
         changes["train.checkpoint_every"] = every
     cfg = RunConfig().replace(**changes).validate()
     marks: dict[int, float] = {}
@@ -43,8 +48,20 @@ def loop_seconds(every: int, checkpoint: bool, device: str) -> float:
     def progress(record: dict) -> None:
         marks[record["step"]] = time.perf_counter()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        train(cfg, Path(tmp) / "run", progress=progress)
+    save = checkpoint.save
+
+    def timed_save(*args: object) -> None:
+        t0 = time.perf_counter()
+        save(*args)  # type: ignore[arg-type]
+        if writes is not None:
+            writes.append(time.perf_counter() - t0)
+
+    checkpoint.save = timed_save  # type: ignore[assignment]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            train(cfg, Path(tmp) / "run", progress=progress)
+    finally:
+        checkpoint.save = save
     return marks[steps - 1] - marks[0]
 
 
@@ -69,11 +86,16 @@ def run(quick: bool, device: str = "cpu", everies: tuple[int, ...] = DEFAULT_EVE
     out: dict[str, float] = {}
     for every in everies:
         times: dict[bool, list[float]] = {False: [], True: []}
+        writes: list[float] = []
         for r in range(rounds):  # alternate which contender goes first
             for on in (r % 2 == 0, r % 2 == 1):
-                times[on].append(loop_seconds(every, on, device))
+                times[on].append(loop_seconds(every, on, device, writes))
         out[f"checkpoint_overhead_every{every}"] = round(median_ratio(times[True], times[False]), 4)
-        out[f"step_ms_every{every}"] = round(1000 * min(times[False]) / (2 * every), 2)
+        step_s = min(times[False]) / (2 * every)
+        write_s = sorted(writes)[len(writes) // 2]
+        out[f"step_ms_every{every}"] = round(1000 * step_s, 2)
+        out["checkpoint_write_ms"] = round(1000 * write_s, 1)
+        out[f"checkpoint_overhead_direct_every{every}"] = round(1 + write_s / (every * step_s), 4)
     out["checkpoint_mb"] = round(checkpoint_bytes(everies[0]) / 2**20, 2)
     return out
 

@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
+from test_trackers import FakeWandbRun
 from test_train import TINY as TRAIN_TINY
 
-from hptransfer import store
+from hptransfer import checkpoint, store
 from hptransfer.config import ConfigError, RunConfig
 from hptransfer.optim import OPTIMIZERS
 from hptransfer.sweep import worker
@@ -162,3 +164,52 @@ def test_a_process_killed_by_sigkill_resumes_bitwise(tmp_path: Path) -> None:
     assert store.RunDir(out).has_checkpoint()
     assert train(cfg, out)["losses"] == whole["losses"]
     assert metrics.read_text() == (tmp_path / "whole" / store.METRICS).read_text()
+
+
+def test_checkpoint_minutes_writes_checkpoints_by_the_clock(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.checkpoint_minutes"):
+        RunConfig().replace(**{"train.checkpoint_minutes": -1.0})
+    cfg = tiny("adam", **{"train.checkpoint_every": 0, "train.checkpoint_minutes": 1e-9})
+    whole = train(cfg, tmp_path / "whole")
+    killed_at(cfg, tmp_path / "cut", 6)  # every step is due: the latest is after step 5
+    state = store.RunDir(tmp_path / "cut").load_checkpoint()
+    assert state is not None and state["steps"] == 6
+    assert train(cfg, tmp_path / "cut")["losses"] == whole["losses"]
+
+
+def test_trackers_receive_each_step_once_across_a_resume(tmp_path: Path, monkeypatch) -> None:
+    runs: list[FakeWandbRun] = []
+    monkeypatch.setitem(
+        sys.modules,
+        "wandb",
+        types.SimpleNamespace(init=lambda **kw: runs.append(FakeWandbRun(**kw)) or runs[-1]),
+    )
+    cfg = tiny("adam", **{"track.wandb": True})
+    killed_at(cfg, tmp_path, 9)  # steps 0..9 logged; the checkpoint holds 8
+    train(cfg, tmp_path)
+    first, second = ([step for step, _ in run.logged] for run in runs)
+    assert first == list(range(10)) and second == [10, 11]
+
+
+def test_the_torchrun_layout_holds_the_same_state_as_tensors_alone(tmp_path: Path) -> None:
+    """checkpoint.to_tensors / from_tensors (the DCP layout): a round trip gives back the
+    state bitwise, int keys and tuples included; another process count is refused."""
+    killed_at(tiny("shampoo"), tmp_path, 5)
+    state = store.RunDir(tmp_path).load_checkpoint()
+    assert state is not None
+    flat = checkpoint.to_tensors(state, rank=1, world_size=2)
+    assert all(torch.is_tensor(v) for v in flat.values()) and "rng/1/torch" in flat
+    back = checkpoint.from_tensors(flat, 1, 2, "here")
+
+    def same(a, b) -> bool:
+        if torch.is_tensor(a):
+            return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+        return type(a) is type(b) and a == b
+
+    assert same(back, state)
+    with pytest.raises(ConfigError, match="written by 2 processes"):
+        checkpoint.from_tensors(flat, 0, 1, "here")

@@ -226,3 +226,56 @@ def test_cuda_without_gpu_is_a_config_error():
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="no GPU"):
         distributed.start(tiny(**{"train.device": "cuda"}))
+
+
+# DDP checkpoints: every rank writes its part of checkpoint-<steps> (torch.distributed.checkpoint)
+CKPT = {"train.distributed": "ddp", "train.checkpoint_every": 3}
+KILL_AFTER = 7  # rank 0 dies once step 7 is logged: checkpoint-00000006 is the latest
+
+
+def _checkpoint_worker(rank: int, port: int, root: str, phase: str, mode: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    cfg = tiny(**{**CKPT, "train.distributed": mode})
+    if phase == "resume":
+        steps: list[int] = []  # rank 0's: the steps this attempt trains
+        s = train(cfg, Path(root) / "cut", progress=lambda record: steps.append(record["step"]))
+        Path(root, f"resumed{rank}.json").write_text(json.dumps([s["losses"], steps]))
+    else:
+        s = train(cfg, Path(root) / "whole")
+        Path(root, f"whole{rank}.json").write_text(json.dumps(s["losses"]))
+
+        def die(record: dict) -> None:  # called on rank 0
+            if record["step"] == KILL_AFTER:
+                os._exit(1)  # the launcher then ends rank 1, as torchrun does
+
+        train(cfg, Path(root) / "cut", progress=die)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_run_killed_and_resumed_under_torchrun_gives_bitwise_equal_losses(tmp_path, mode):
+    for phase in ("whole_then_killed", "resume"):
+        args = (_free_port(), str(tmp_path), phase, mode)
+        procs = mp.start_processes(_checkpoint_worker, args=args, nprocs=WORLD, join=False)
+        deadline = time.monotonic() + 240
+        try:
+            while not procs.join(timeout=1.0):
+                assert time.monotonic() < deadline, f"{phase}: workers did not finish"
+        except mp.ProcessExitedException as e:
+            assert phase != "resume" and e.exit_code == 1 and e.error_index == 0, e
+        if phase != "resume":
+            names = sorted(p.name for p in (tmp_path / "cut").iterdir())
+            assert "checkpoint-00000006" in names and "checkpoint-00000003" not in names, names
+    whole = json.loads((tmp_path / "whole0.json").read_text())
+    assert len(whole) == 10
+    for rank in range(WORLD):
+        losses, steps = json.loads((tmp_path / f"resumed{rank}.json").read_text())
+        assert losses == whole
+        assert steps == (list(range(6, 10)) if rank == 0 else [])  # from the checkpoint on
+    metrics = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("whole", "cut")]
+    assert metrics[0] == metrics[1]  # every record once, bitwise
+    assert [p.name for p in (tmp_path / "cut").glob("*checkpoint*")] == []  # done: removed

@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 from test_sweep import SPEC, events, route_to_fake, start_sweep, write_spec
 from test_sweep_fakes import synthetic_loss
 
-from hptransfer import store
+from hptransfer import locks, store
 from hptransfer.config import ConfigError
 from hptransfer.sweep import load_spec, run_sweep
 
@@ -139,14 +140,14 @@ def test_full_disk_at_the_runners_own_write(tmp_path, fake, monkeypatch):
 
 def _claim(directory: Path, claims: int, doubles: Any) -> None:
     for _ in range(claims):
-        if store.try_lock(directory, timeout_s=60):
+        if locks.try_lock(directory, timeout_s=60):
             try:
                 os.close(os.open(directory / "holder", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 os.unlink(directory / "holder")
             except FileExistsError:
                 with doubles.get_lock():
                     doubles.value += 1
-            store.unlock(directory)
+            locks.unlock(directory)
 
 
 def test_lock_race_never_has_two_holders(tmp_path):
@@ -173,7 +174,7 @@ def test_a_zombie_holder_is_dead(tmp_path):
         d.mkdir()
         record = {"pid": child.pid, "hostname": socket.gethostname(), "heartbeat": time.time()}
         (d / "lock").write_text(json.dumps(record))
-        assert store.lock_state(d, timeout_s=600) == "stale"
+        assert locks.lock_state(d, timeout_s=600) == "stale"
     finally:
         child.wait()
 
@@ -236,3 +237,59 @@ def test_random_kills_of_workers_and_sweeps_then_resume(tmp_path, fake):
         log = Path(f"{out}.log")
         assert len(events(log, "start")) > len(events(log, "done")), "no kill landed mid-run"
         assert_complete_and_exact(out, log)
+
+
+def test_a_second_different_spec_in_one_directory_is_refused(tmp_path, fake, capsys):
+    """One line, exit 2, nothing written; the same spec (comments, layout and how it runs
+    aside) resumes."""
+    from hptransfer.cli import main
+
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path)
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = write_spec(tmp_path, SPEC.replace("train.steps = 10", "train.steps = 11"), "b.toml")
+    capsys.readouterr()
+    assert main(["sweep", str(other), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "another sweep spec" in err[0] and str(out) in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    same = write_spec(
+        tmp_path, "# resumed\n" + SPEC.replace("workers = 2", "workers = 1"), "c.toml"
+    )
+    assert main(["sweep", str(same), "--out", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("model.width", [32, 2**20]),
+        ("train.batch_size", 2**28),
+        ("train.eval_batches", 2**40),
+        ("data.vocab_size", 2**40),
+    ],
+)
+def test_an_unallocatable_run_is_refused_before_anything_is_written(tmp_path, capsys, key, value):
+    from hptransfer.cli import main
+
+    text = re.sub(rf"^{key} = .*$", f"{key} = {value}", SPEC, flags=re.M)  # base or grid
+    if text == SPEC:
+        text = SPEC.replace("[grid]", f"{key} = {value}\n\n[grid]")
+    spec = write_spec(tmp_path, text)
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    shown = value[-1] if isinstance(value, list) else value
+    assert len(err) == 1 and f"{key} = {shown}: a run needs at least" in err[0], err
+    assert not out.exists()
+
+
+def test_train_refuses_an_unallocatable_width_before_writing(tmp_path, capsys):
+    from hptransfer.cli import main
+
+    out = tmp_path / "out"
+    recipe = Path(__file__).parents[1] / "src/hptransfer/recipes/tiny.toml"
+    assert main(["train", str(recipe), "--set", "model.width=1048576", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "model.width = 1048576: a run needs at least" in err[0], err
+    assert not out.exists()

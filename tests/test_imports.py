@@ -22,7 +22,7 @@ PACKAGE = Path(hptransfer.__file__).parent
 # imports none of them.
 STAGES: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("config", "store"),
+    ("config", "store", "atomic", "locks"),
     ("param", "optim", "models", "data", "sources", "tokenizers"),
     ("assemble", "probes", "distributed", "trackers", "checkpoint"),
     ("train",),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hptransfer import store
+from hptransfer import locks, store
 from hptransfer.errors import ConfigError
 
 
@@ -31,15 +31,15 @@ def _dead_pid() -> int:
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     d = tmp_path / "run"
-    assert store.try_lock(d)
+    assert locks.try_lock(d)
     record = json.loads((d / "lock").read_text())
     assert record["pid"] == os.getpid() and record["hostname"] == socket.gethostname()
     # held by a live process (here: pretend the parent holds it) -> not taken
     (d / "lock").write_text(json.dumps({**record, "pid": os.getppid()}))
-    assert not store.try_lock(d)
-    assert store.lock_state(d) == "live"
-    store.unlock(d)
-    assert store.lock_state(d) == "none" and store.try_lock(d)
+    assert not locks.try_lock(d)
+    assert locks.lock_state(d) == "live"
+    locks.unlock(d)
+    assert locks.lock_state(d) == "none" and locks.try_lock(d)
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,8 @@ def test_stale_lock_is_taken_over(tmp_path: Path, record: dict) -> None:
     d = tmp_path / "run"
     d.mkdir()
     (d / "lock").write_text(json.dumps(record))
-    assert store.lock_state(d) == "stale"
-    assert store.try_lock(d)
+    assert locks.lock_state(d) == "stale"
+    assert locks.try_lock(d)
     assert json.loads((d / "lock").read_text())["pid"] == os.getpid()
 
 
@@ -70,7 +70,7 @@ def test_other_host_lock_with_fresh_heartbeat_is_respected(tmp_path: Path) -> No
     (d / "lock").write_text(
         json.dumps({"pid": 1, "hostname": "elsewhere", "heartbeat": time.time()})
     )
-    assert not store.try_lock(d, timeout_s=60)
+    assert not locks.try_lock(d, timeout_s=60)
 
 
 def test_environment_records_provenance() -> None:
@@ -301,3 +301,25 @@ def test_a_run_killed_after_its_summary_keeps_its_corpus_hash(tmp_path: Path) ->
     env = store.read_json(directory / "env.json")
     assert env["corpus_sha256"] == store.read_json(directory / "summary.json")["corpus_sha256"]
     assert env["corpus_sha256"] is not None
+
+
+def test_a_kill_during_clear_stale_lock_leaves_nothing_for_long(tmp_path: Path) -> None:
+    """A process SIGKILLed while publishing the claim guard (between writing its temporary
+    record and linking it) leaves ``.lock.claim.<hex>.tmp``; the next claim removes it once it
+    is older than any live claimer's, and leaves a fresh one alone."""
+    store.write_json(tmp_path / "lock", {"pid": -1, "hostname": socket.gethostname()})  # stale
+    code = (
+        "import os, signal, sys; from hptransfer import locks; "
+        "os.link = lambda *a: os.kill(os.getpid(), signal.SIGKILL); "
+        "locks.clear_stale_lock(sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=False)
+    assert proc.returncode == -9
+    (left,) = tmp_path.glob(".lock.claim.*.tmp")
+    fresh = tmp_path / ".lock.claim.0badf00d.tmp"  # another claimer's, being written
+    fresh.write_text("{}")
+    old = time.time() - 2 * locks.CLAIM_GUARD_S
+    os.utime(left, (old, old))
+    locks.clear_stale_lock(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name]  # stale lock gone too

@@ -407,15 +407,21 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model for the training steps (evaluation stays eager)."""
     checkpoint_every: int = 0
-    """Write checkpoint.pt in the run directory every this many steps (model, optimizer, LR
-    schedule, RNG and loop position); a run restarted on that directory resumes from it with
-    bitwise-equal losses. 0 = off. One process only (not under ddp / fsdp yet)."""
+    """Write a checkpoint in the run directory every this many steps (model, optimizer, LR
+    schedule, RNG and loop position; checkpoint.pt, or under torchrun a checkpoint-<steps>
+    directory); a run restarted on that directory resumes from it with bitwise-equal losses.
+    0 = off."""
+    checkpoint_minutes: float = 0.0
+    """Also write one whenever this many minutes of training passed since the last (or the
+    start); 0 = off. Either interval, or both (whichever comes first)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "train.")
         for key in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "align_batch"):
             _check_min(f"train.{key}", getattr(self, key), 1)
-        for key in ("warmup_steps", "align_every", "grad_clip", "checkpoint_every"):
+        for key in (
+            "warmup_steps", "align_every", "grad_clip", "checkpoint_every", "checkpoint_minutes"
+        ):  # fmt: skip
             _check_min(f"train.{key}", getattr(self, key), 0)
         for key in ("final_lr_frac", "decay_frac"):
             if not 0 <= getattr(self, key) <= 1:

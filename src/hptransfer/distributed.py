@@ -85,6 +85,15 @@ class Context:
         dist.all_reduce(buf)
         return buf.item() / self.world_size
 
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (one process: ``flag``), for decisions that every
+        rank must take together, such as a checkpoint due by rank 0's clock."""
+        if self.world_size == 1:
+            return flag
+        buf = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(buf, src=0)
+        return bool(buf.item())
+
 
 def resolve_mode(setting: str, world_size: int) -> str:
     """train.distributed -> none / ddp / fsdp for ``world_size`` processes."""

@@ -6,6 +6,7 @@ Layout of a results directory::
     DIR/sweep.json              expanded run list with each run's status
     DIR/runs/<run_id>/config.json, metrics.jsonl, summary.json, env.json
     DIR/runs/<run_id>/checkpoint.pt  the latest checkpoint (train.checkpoint_every), until done
+    DIR/runs/<run_id>/checkpoint-<steps>/  the same, written by every rank under torchrun
     DIR/runs/<run_id>/lock      present while a process runs it (pid, hostname, heartbeat)
 
 A run directory is written through :class:`RunDir` alone: ``create`` (config.json and
@@ -15,33 +16,30 @@ from its checkpoint (`hptransfer.checkpoint` says what one holds). Every JSON fi
 checkpoint) is written to a temporary name and renamed into place, so a reader (or a resumed
 sweep) never sees half a file; files are created with the mode the umask allows. metrics.jsonl
 is appended to, so a killed run can leave half a last line: :func:`read_metrics` drops it. A
-run is finished when its summary.json says ok, diverged or
-failed. A run is claimed under a guard file published with os.link (which fails when the name
-exists): the claimer reads the lock, and if it is absent or stale, renames its complete record
-into place, so no reader ever sees an empty or half-written lock. A lock whose pid is dead or a
-zombie (same host), or whose heartbeat is older than the timeout (any host), is stale and may be
-taken over.
+run is finished when its summary.json says ok, diverged or failed. The lock is
+`hptransfer.locks`'s (a run directory's files other than the lock's are this module's); the
+atomic writes are `hptransfer.atomic`'s, whose ``write_json``, ``write_text`` and ``read_json``
+the rest of the package reaches through this module.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import platform
-import secrets
+import shutil
 import socket
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, get_args
 
+from hptransfer.atomic import atomic, read_json, write_json, write_text
 from hptransfer.errors import ConfigError
+from hptransfer.locks import LOCK_TIMEOUT_S, lock_state
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,83 +50,13 @@ FINISHED: tuple[Status, ...] = get_args(Status)
 
 CONFIG, ENV, METRICS, SUMMARY = "config.json", "env.json", "metrics.jsonl", "summary.json"
 CHECKPOINT = "checkpoint.pt"
-"""The files of a run directory."""
-
-LOCK_TIMEOUT_S = 600.0
-"""A lock whose heartbeat is older than this is stale (the holder is presumed dead)."""
-
-CLAIM_GUARD_S = 10.0
-"""A claim guard (``lock.claim``) older than this was left by a killed process and expires."""
-
-HEARTBEAT_S = 5.0
-"""Seconds between a lock holder's heartbeats. A lock timeout must span several of them
-(sweep.lock_timeout_s >= 3 * HEARTBEAT_S), or a live holder's lock would look stale."""
+SHARDED = "checkpoint"
+"""The files of a run directory (a torchrun job's checkpoints: ``checkpoint-<steps>/``)."""
 
 COLUMNS = (
     "run_id", "status", "parameterization", "optimizer", "width", "lr", "seed",
     "final_eval_loss", "best_eval_loss", "steps", "tokens", "wall_time_s",
 )  # fmt: skip
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as JSON (NaN and inf written as null)."""
-    _write_text(Path(path), json.dumps(_finite(obj), indent=1, sort_keys=True))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``.NAME.<random>.tmp`` next to ``path``, fsync, rename it over ``path``.
-
-    The temporary file is opened with mode 0o666, so the process umask decides the mode (as for
-    any file the user creates; ``tempfile.mkstemp`` would force 0o600).
-    """
-    with _atomic(path, "w") as f:
-        f.write(text)
-
-
-@contextlib.contextmanager
-def _atomic(path: Path, mode: str) -> Iterator[IO[Any]]:
-    """A file opened on a temporary name beside ``path``; on a clean exit it is flushed,
-    fsynced and renamed over ``path``, so readers see the old file or the whole new one."""
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _temp_beside(path: Path) -> tuple[int, Path]:
-    """A new ``.NAME.<random>.tmp`` next to ``path``, opened for writing (mode 0o666 & ~umask)."""
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Atomically write a text file (for copies of specs and recipes)."""
-    _write_text(Path(path), text)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file; raises OSError or ValueError when it is missing or corrupt."""
-    return json.loads(Path(path).read_text())
 
 
 def run_dir(root: str | Path, run_id: str) -> Path:
@@ -192,8 +120,8 @@ class RunDir:
         self._remove_temporaries()
         write_json(self.path / CONFIG, config)
         write_json(self.path / ENV, environment)
-        _write_text(self.path / METRICS, "")
-        (self.path / CHECKPOINT).unlink(missing_ok=True)
+        write_text(self.path / METRICS, "")
+        self.remove_checkpoints()
 
     def _remove_temporaries(self) -> None:
         self.close()
@@ -205,17 +133,82 @@ class RunDir:
         for name in (CONFIG, ENV, METRICS, SUMMARY, CHECKPOINT):
             for tmp in self.path.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
+        for tmp in self.path.glob(f".{SHARDED}-*.tmp"):
+            _remove_tree(tmp)
 
     def has_checkpoint(self) -> bool:
-        return (self.path / CHECKPOINT).is_file()
+        return (self.path / CHECKPOINT).is_file() or bool(self.sharded_checkpoints())
+
+    def remove_checkpoints(self) -> None:
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
+        for path in self.sharded_checkpoints():
+            _remove_tree(path)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write checkpoint.pt (``torch.save`` of tensors, numbers, strings, lists and dicts)
         to a temporary name, fsync, and rename it into place: a kill leaves the previous one."""
         import torch
 
-        with _atomic(self.path / CHECKPOINT, "wb") as f:
+        with atomic(self.path / CHECKPOINT, "wb") as f:
             torch.save(state, f)
+
+    def sharded_checkpoints(self) -> list[Path]:
+        """The complete ``checkpoint-<steps>`` directories (torchrun), oldest first."""
+        found = [p for p in self.path.glob(f"{SHARDED}-*") if p.is_dir() and not p.is_symlink()]
+        return sorted(found, key=lambda p: p.name)
+
+    def save_sharded_checkpoint(self, tensors: dict[str, Any], steps: int) -> None:
+        """Every rank of a torchrun job writes its part of ``checkpoint-<steps>`` (a
+        ``torch.distributed.checkpoint`` directory) into ``.checkpoint-<steps>.tmp``; after a
+        barrier rank 0 renames it into place and removes the older ones. A kill leaves the
+        previous checkpoint whole and a temporary directory that the next attempt removes."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        final = self.path / f"{SHARDED}-{steps:08d}"
+        tmp = self.path / f".{final.name}.tmp"
+        main = dist.get_rank() == 0
+        if main:
+            _remove_tree(tmp)
+        dist.barrier()
+        dcp.save(tensors, checkpoint_id=tmp)  # fsyncs every file; rank 0 writes .metadata last
+        dist.barrier()
+        if main:
+            _remove_tree(final)
+            os.rename(tmp, final)
+            for older in self.sharded_checkpoints():
+                if older != final:
+                    _remove_tree(older)
+        dist.barrier()
+
+    def load_sharded_checkpoint(self) -> tuple[dict[str, Any], str] | None:
+        """The latest ``checkpoint-<steps>`` as a flat dict of tensors (every rank calls it) and
+        its path; None when there is none. Raises ConfigError naming it when it is unreadable."""
+        import pickle
+
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        found = self.sharded_checkpoints()
+        if not found:
+            return None
+        path = found[-1]
+        try:
+            entries = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+            tensors = {
+                key: torch.empty(meta.size, dtype=meta.properties.dtype)
+                for key, meta in entries.items()
+                if isinstance(meta, TensorStorageMetadata)
+            }
+            dcp.load(tensors, checkpoint_id=path)
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError,
+                dcp.CheckpointException) as e:  # fmt: skip
+            what = type(e).__name__
+            raise ConfigError(
+                f"{path}: unreadable checkpoint ({what}); remove it to start over"
+            ) from None
+        return tensors, str(path)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """checkpoint.pt loaded with ``weights_only=True`` onto the CPU; None when absent.
@@ -238,21 +231,26 @@ class RunDir:
             raise ConfigError(f"{path}: not a checkpoint; remove it to start over")
         return state
 
-    def resume(self, records: int, environment: dict[str, Any]) -> None:
+    def resume(self, records: int, environment: dict[str, Any]) -> int:
         """Continue the run from a checkpoint taken after ``records`` metrics records: keep
         those lines of metrics.jsonl byte for byte (drop what was logged after it), rewrite
-        env.json for this attempt, remove temporary files and any summary.json."""
+        env.json for this attempt, remove temporary files and any summary.json. Returns how
+        many whole records the file held (what the killed attempt logged, and sent to the
+        trackers)."""
         self._remove_temporaries()
         path = self.path / METRICS
-        lines = [line for line in path.read_text().split("\n") if line.strip()][:records]
+        whole = path.read_text().split("\n")[:-1]  # not a last line a kill left without "\n"
+        held = [line for line in whole if line.strip()]
+        lines = held[:records]
         if len(lines) < records:
             raise ConfigError(
                 f"{path} holds fewer than the {records} records {self.path / CHECKPOINT} "
                 "continues; remove the checkpoint to start over"
             )
-        _write_text(path, "".join(line + "\n" for line in lines))
+        write_text(path, "".join(line + "\n" for line in lines))
         write_json(self.path / ENV, environment)
         (self.path / SUMMARY).unlink(missing_ok=True)
+        return len(held)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one metrics.jsonl line (NaN written as NaN). The file stays
@@ -267,7 +265,7 @@ class RunDir:
         self.close()
         write_json(self.path / SUMMARY, summary.to_dict())
         if summary.status != "failed":
-            (self.path / CHECKPOINT).unlink(missing_ok=True)
+            self.remove_checkpoints()
 
     def close(self) -> None:
         """Close metrics.jsonl (``finish`` does; a run that raises may call it)."""
@@ -302,6 +300,15 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
 
+def _remove_tree(path: Path) -> None:
+    """Remove a directory of this run's own (a checkpoint); a symbolic link is unlinked, never
+    followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
 def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
     """The records of a run's metrics.jsonl, in order.
 
@@ -322,155 +329,6 @@ def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
                 break
             raise ValueError(f"{path}: line {i + 1} is not JSON") from None
     return records
-
-
-# ---------------------------------------------------------------------------------------------
-# Locks
-
-
-def _lock_record() -> dict[str, Any]:
-    return {"pid": os.getpid(), "hostname": socket.gethostname(), "heartbeat": time.time()}
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs on this host; a zombie (dead, not yet reaped) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs (macOS): the signal answered
-    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
-
-
-def lock_is_stale(record: dict[str, Any] | None, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
-    """A lock is stale when its heartbeat is too old, or its pid is dead on this host.
-
-    Another host's pid says nothing here, so its lock is judged by the heartbeat age alone. A
-    lock naming this very process is stale too: it is left from an earlier run of a recycled
-    pid, since a process never waits for a run it holds itself.
-    """
-    if not isinstance(record, dict):
-        return True
-    try:
-        age = time.time() - float(record.get("heartbeat", 0))
-        pid = int(record.get("pid", -1))
-    except (TypeError, ValueError):
-        return True
-    if not age <= timeout_s:
-        return True
-    if record.get("hostname") == socket.gethostname():
-        return pid == os.getpid() or not _pid_alive(pid)
-    return False
-
-
-def _read_lock(path: Path) -> dict[str, Any] | None:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def try_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
-    """Claim ``directory/lock`` when it is absent or stale. True when this process holds it.
-
-    Every change of hands happens under ``lock.claim``, a short-lived guard claimed by
-    :func:`_create_exclusive`: under it, the lock is read, judged, and replaced by this
-    process's complete record (temporary file, then rename). So no two processes can judge
-    the same lock free, and no reader sees a partial record. A busy guard answers False; the
-    caller tries again later.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = directory / "lock"
-    if not _free(lock, timeout_s):
-        return False
-    with _claim_guard(directory) as held:
-        if not held or not _free(lock, timeout_s):
-            return False
-        write_json(lock, _lock_record())
-        return True
-
-
-def _free(lock: Path, timeout_s: float) -> bool:
-    return not lock.exists() or lock_is_stale(_read_lock(lock), timeout_s)
-
-
-@contextlib.contextmanager
-def _claim_guard(directory: Path) -> Iterator[bool]:
-    """Hold ``lock.claim`` for the block (yields False when another process holds it). A guard
-    left by a killed process expires after CLAIM_GUARD_S."""
-    guard = directory / "lock.claim"
-    if not _create_exclusive(guard):
-        try:
-            if time.time() - guard.stat().st_mtime > CLAIM_GUARD_S:
-                guard.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        guard.unlink(missing_ok=True)
-
-
-def _create_exclusive(path: Path) -> bool:
-    """Publish this process's record at ``path`` whole, unless ``path`` exists.
-
-    The record is written to a temporary file first and hard-linked to ``path``; the link
-    fails when the name exists, and readers see either no file or the complete record.
-    """
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(_lock_record()))
-        os.link(tmp, path)
-    except (FileExistsError, FileNotFoundError):  # taken, or the holder cleared our temp file
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
-
-
-def heartbeat(directory: str | Path) -> bool:
-    """Refresh the heartbeat of this process's lock; False if the lock is no longer ours (or
-    is gone). The fresh record replaces the old one by rename, so it too appears whole."""
-    lock = Path(directory) / "lock"
-    record = _read_lock(lock) or {}
-    mine = _lock_record()
-    if (record.get("pid"), record.get("hostname")) != (mine["pid"], mine["hostname"]):
-        return False
-    write_json(lock, mine)
-    return True
-
-
-def unlock(directory: str | Path) -> None:
-    (Path(directory) / "lock").unlink(missing_ok=True)
-
-
-def clear_stale_lock(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> None:
-    """Remove a stale lock (its holder died after writing the summary, before unlocking);
-    under the claim guard, so a lock claimed meanwhile is never removed."""
-    if lock_state(directory, timeout_s) != "stale":
-        return
-    with _claim_guard(Path(directory)) as held:
-        if held and lock_state(directory, timeout_s) == "stale":
-            unlock(directory)
-
-
-def lock_state(directory: str | Path, timeout_s: float = LOCK_TIMEOUT_S) -> str:
-    """ "none", "live" or "stale" for the lock of a run directory."""
-    lock = Path(directory) / "lock"
-    if not lock.exists():
-        return "none"
-    return "stale" if lock_is_stale(_read_lock(lock), timeout_s) else "live"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from hptransfer import checkpoint, distributed, store
 from hptransfer import data as data_mod
 from hptransfer.assemble import Loss, build
 from hptransfer.config import RunConfig
-from hptransfer.errors import ConfigError
 from hptransfer.optim.diagnostics import optimizer_diagnostics
 from hptransfer.probes.alignment import AlignmentProbe
 from hptransfer.probes.updates import update_ratios
@@ -64,8 +63,11 @@ def train(
 ) -> dict:
     """Train one run; with ``out_dir``, record it there as a `store.RunDir` (config.json and
     env.json first, a metrics.jsonl line per step, summary.json at the end). With
-    ``train.checkpoint_every``, a checkpoint.pt every that many steps; when ``out_dir`` holds
-    one, the run continues from it (`hptransfer.checkpoint`) with bitwise-equal losses.
+    ``train.checkpoint_every`` / ``train.checkpoint_minutes``, a checkpoint every that many
+    steps / minutes (checkpoint.pt; under torchrun a checkpoint-<steps> directory written by
+    every rank); when ``out_dir`` holds one, the run continues from it
+    (`hptransfer.checkpoint`) with bitwise-equal losses. Trackers receive each step once: a
+    resumed run sends them only the steps its killed attempt had not logged.
 
     Returns the summary (`store.Summary` as a dict): status ("ok" or "diverged"), final and
     best eval loss, steps, tokens, wall time, and the per-step train losses.
@@ -73,8 +75,6 @@ def train(
     t = cfg.train
     start = time.perf_counter()
     ctx = distributed.start(cfg)  # one process, or this rank of a torchrun job
-    if t.checkpoint_every and ctx.world_size > 1:
-        raise ConfigError("train.checkpoint_every: checkpoints under ddp / fsdp are not built yet")
     # a bpe tokenizer lives in out_dir: rank 0 trains and saves it, the other ranks load it
     s = build(cfg, ctx.main_first(lambda: data_mod.load_corpus(cfg.data, out_dir)))
     model = s.model  # evaluation and diagnostics; step_model (ddp-wrapped / compiled) trains
@@ -97,19 +97,25 @@ def train(
     # TensorBoard / W&B copies of every record; off by default. Opened first: a missing extra
     # is a ConfigError before anything of the run is written.
     tracker = open_trackers(cfg, out) if ctx.is_main else Trackers([])
-    run = store.RunDir(out) if out is not None else None
+    # every rank reads and writes the checkpoints (a collective under torchrun); rank 0 alone
+    # writes the rest of the run directory (``run``)
+    saves = store.RunDir(out_dir) if out_dir is not None else None
+    run = saves if ctx.is_main else None
     at = checkpoint.Position()
+    sent = 0  # records the trackers received before this attempt
+    saved = checkpoint.load(saves, ctx) if saves is not None else None
+    if saved is not None:
+        at = checkpoint.restore(saved[0], cfg.run_id(), model, opt, sched, saved[1])
+        start -= at.elapsed_s
     if run is not None:
         env = store.environment(cfg.seed, s.corpus.sha256, device=str(ctx.device))
-        saved = run.load_checkpoint()
         if saved is None:
             run.create(cfg.to_dict(), env)
         else:
-            where = str(run.path / store.CHECKPOINT)
-            at = checkpoint.restore(saved, cfg.run_id(), model, opt, sched, where)
-            run.resume(at.steps, env)
-            start -= at.elapsed_s
+            sent = run.resume(at.steps, env)
     losses, evals, loss0 = at.losses, at.evals, at.loss0
+    every, minutes = t.checkpoint_every, t.checkpoint_minutes
+    last_save = time.perf_counter()
     status: store.Status = "ok"
     try:
         for step in range(at.steps, t.steps):
@@ -149,16 +155,21 @@ def train(
                 record.update(probe.measure())
             if run is not None:
                 run.log(record)
-            tracker.log(record)
+            if step >= sent:
+                tracker.log(record)
             if progress is not None and ctx.is_main:
                 progress(record)
             if status == "diverged":
                 break
-            every = t.checkpoint_every
-            if run is not None and every and (step + 1) % every == 0 and step + 1 < t.steps:
-                elapsed = time.perf_counter() - start
-                at = checkpoint.Position(step + 1, losses, evals, loss0, elapsed)
-                run.save_checkpoint(checkpoint.capture(cfg.run_id(), model, opt, sched, at))
+            due = bool(every) and (step + 1) % every == 0
+            if minutes:  # rank 0's clock decides for every rank
+                due = ctx.agree(due or time.perf_counter() - last_save >= 60 * minutes)
+            if saves is not None and due and step + 1 < t.steps:
+                now = time.perf_counter()
+                at = checkpoint.Position(step + 1, losses, evals, loss0, now - start)
+                state = checkpoint.capture(cfg.run_id(), model, opt, sched, at)
+                checkpoint.save(saves, ctx, state)
+                last_save = time.perf_counter()
     except BaseException:
         if run is not None:
             run.close()  # metrics.jsonl holds every record logged; a retry resumes or restarts

@@ -44,6 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else Path("hpt-results") / "train" / cfg.run_id()
+    if "RANK" not in os.environ:  # one process holds the whole run: it must fit
+        from hptransfer.sweep.preflight import check_memory
+
+        check_memory([cfg])
     from hptransfer.train import train
 
     def progress(rec: dict) -> None:

@@ -23,13 +23,14 @@ import heapq
 import math
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from hptransfer import store
+from hptransfer import locks, store
 from hptransfer.config import ConfigError
 from hptransfer.sweep.executors import Executor, check_executor, make_executor
 from hptransfer.sweep.preflight import check_runs
@@ -58,6 +59,38 @@ def prepare_dir(path: str | Path) -> Path:
     except OSError as e:
         raise ConfigError(f"cannot write results to {root}: {e.strerror or e}") from None
     return root
+
+
+EXECUTION_SETTINGS = ("executor", "workers", "address", "retries", "lock_timeout_s")
+"""[sweep] keys that say how a sweep runs, not what it computes: a resume may change them."""
+
+
+def check_same_spec(root: Path, spec: SweepSpec) -> None:
+    """Refuse to run ``spec`` into a results directory that holds another spec's results.
+
+    Two specs are the same when their TOML tables are, comments, layout and the
+    `EXECUTION_SETTINGS` aside; the same spec resumes.
+    """
+    copy = root / "sweep.toml"
+    if not spec.text or not copy.is_file():
+        return
+    try:
+        same = _what(copy.read_text()) == _what(spec.text)
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise ConfigError(
+            f"{root} holds the results of another sweep spec ({copy}); choose another output "
+            "directory, or run that spec to resume it"
+        )
+
+
+def _what(text: str) -> dict[str, Any]:
+    table = tomllib.loads(text)
+    sweep = table.get("sweep")
+    if isinstance(sweep, dict):
+        table["sweep"] = {k: v for k, v in sweep.items() if k not in EXECUTION_SETTINGS}
+    return table
 
 
 def run_cost(run: Run) -> float:
@@ -190,7 +223,7 @@ class SweepRunner:
 
     def _clear_stale_lock(self, run: Run) -> None:
         directory = store.run_dir(self.root, run.run_id)
-        store.clear_stale_lock(directory, self.spec.settings.lock_timeout_s)
+        locks.clear_stale_lock(directory, self.spec.settings.lock_timeout_s)
 
     def _move(self, run_id: str, status: str) -> None:
         for old_or_new, delta in ((self.status[run_id], -1), (status, 1)):
@@ -238,7 +271,7 @@ class SweepRunner:
         """Write a failed record for a run whose worker died; None when it is not written
         (another live process holds the run, or the disk is full)."""
         directory = store.run_dir(self.root, run.run_id)
-        if not store.try_lock(directory, self.spec.settings.lock_timeout_s):
+        if not locks.try_lock(directory, self.spec.settings.lock_timeout_s):
             return None
 
         def record() -> None:  # a complete record: the worker may have died before the config
@@ -248,7 +281,7 @@ class SweepRunner:
         try:
             self.write_or_stop(record, directory)
         finally:
-            store.unlock(directory)
+            locks.unlock(directory)
         if self.no_space:
             return None
         return {"run_id": run.run_id, "status": "failed", "error": reason, "skipped": False}
@@ -317,12 +350,14 @@ def run_sweep(
     and the sweep goes on. ``executor`` defaults to the one the spec's ``[sweep]`` table names;
     ``runs`` replaces the spec's grid (as tune does). Every run is checked against this machine
     (device, data length; see preflight.py) before anything is written. A full disk raises
-    ConfigError naming the path once the runs in flight have ended; a resume finishes it.
+    ConfigError naming the path once the runs in flight have ended; a resume finishes it. A
+    directory holding another spec's results is refused (`check_same_spec`).
     """
     settings = spec.settings
     check_executor(settings.executor)
     runs = runs if runs is not None else spec.expand()
     check_runs(runs)
+    check_same_spec(Path(out_dir), spec)
     root = prepare_dir(out_dir)
     own = executor is None
     executor = executor or make_executor(settings.executor, settings.workers, settings.address)

@@ -51,11 +51,11 @@ from hptransfer.config import (
     from_table,
     read_toml,
 )
-from hptransfer.store import HEARTBEAT_S
+from hptransfer.locks import HEARTBEAT_S
 
 LR_KEY = "optimizer.lr"
 HEARTBEATS_PER_TIMEOUT = 3
-"""A lock timeout spans at least this many heartbeat periods (store.HEARTBEAT_S)."""
+"""A lock timeout spans at least this many heartbeat periods (locks.HEARTBEAT_S)."""
 _RANGE_KEYS = {"min", "max", "step"}
 
 

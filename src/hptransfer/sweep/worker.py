@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hptransfer import store
+from hptransfer import locks, store
 from hptransfer.config import from_dict
 
 DEFAULT_TRAIN = "hptransfer.train:train"
@@ -42,7 +42,7 @@ class RunTask:
     train_fn: str = DEFAULT_TRAIN
     threads: int = 1
     """torch threads of the run (sweep.threads_per_run), whatever else runs beside it."""
-    lock_timeout_s: float = store.LOCK_TIMEOUT_S
+    lock_timeout_s: float = locks.LOCK_TIMEOUT_S
     poll_s: float = 1.0
     """How often to look again at a run that another process holds."""
     rerun_failed: bool = False
@@ -111,7 +111,7 @@ def execute(task: RunTask) -> dict[str, Any]:
         while True:
             if _done(task):
                 return _outcome(task.run_id, _summary(directory), skipped=True)
-            if store.try_lock(directory, task.lock_timeout_s):
+            if locks.try_lock(directory, task.lock_timeout_s):
                 break
             time.sleep(task.poll_s)
         try:
@@ -119,7 +119,7 @@ def execute(task: RunTask) -> dict[str, Any]:
                 return _outcome(task.run_id, _summary(directory), skipped=True)
             return _outcome(task.run_id, _run(task, directory), skipped=False)
         finally:
-            store.unlock(directory)
+            locks.unlock(directory)
     except OSError as e:
         if e.errno in NO_SPACE:
             return no_space(task.run_id, e.filename or directory)
@@ -163,8 +163,8 @@ def _run(task: RunTask, directory: Path) -> dict[str, Any]:
 def _beat(directory: Path, timeout_s: float, stop: threading.Event) -> None:
     """Refresh the lock's heartbeat every HEARTBEAT_S (or a quarter of a shorter timeout) until
     ``stop`` is set; a failed refresh (a full disk, a lost lock) is tried again next time."""
-    while not stop.wait(min(store.HEARTBEAT_S, timeout_s / 4)):
+    while not stop.wait(min(locks.HEARTBEAT_S, timeout_s / 4)):
         try:
-            store.heartbeat(directory)
+            locks.heartbeat(directory)
         except OSError:
             pass
