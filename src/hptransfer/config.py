@@ -36,7 +36,7 @@ ParameterizationName = Literal["sp", "ntk", "mup", "mfp"]
 AlignmentPreset = Literal["full", "none"]
 AlignmentName = Literal[AlignmentPreset, "measured"]
 LrExponents = Literal["per_layer", "global"]
-Anchor = Literal["relative", "absolute"]
+Anchor = Literal["relative", "absolute", "model"]
 Form = Literal["multiplier", "folded"]
 EpsMode = Literal["constant", "small", "per_layer"]
 TieRule = Literal["error", "input", "output", "untie"]
@@ -143,7 +143,8 @@ class ParamConfig:
     """per_layer: c from the solver; global: c = 0 for every role (one LR per width)."""
     anchor: Anchor = "relative"
     """relative: a and b use width_mult (every parameterization equals SP at base_width);
-    absolute: a and b use the layer's n itself, as [E] does."""
+    absolute: a and b use the layer's n itself, as [E] does; model: the model's own init at
+    base_width, rescaled by width_mult^-b (microsoft/mup; see hptransfer.param.init)."""
     form: Form = "multiplier"
     """multiplier: forward multipliers n^-a; folded: no multipliers, init/LR/eps absorb them."""
     gamma_input: float = 1.0

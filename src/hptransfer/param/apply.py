@@ -14,8 +14,10 @@ in place of the group's and coupled weight decay divided by the factor, and the 
 so (`registry.OWN_FACTOR_KEY`): the table is the LR and epsilon that run)
 
 with n the layer's growing dimension, n0 its value at base width, m = n / n0 and b_sp the SP
-init exponent, so that with the relative anchor every parameterization is SP at m = 1.
-Vectors keep their constant init (norm gains 1, biases 0) and take the vector row's LR.
+init exponent, so that with the relative anchor every parameterization is SP at m = 1. The
+model anchor rescales the model's own init instead: std rms0 * m^-b, rms0 the parameter's own
+at base width (`hptransfer.param.init`, which also says what biases and other vectors start at).
+Vectors take the vector row's LR.
 
 form "folded" moves each multiplier into the init, the LR and epsilon (the symmetry
 (a, b, c) -> (a + t, b - t, c - k t)): std * mult, LR * mult^k, eps / mult (Sophia: / mult^2;
@@ -31,6 +33,7 @@ one hook per module however many names it has, and hooks are picklable objects (
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -41,6 +44,16 @@ from torch.utils.hooks import RemovableHandle
 from hptransfer.config import ANCHORS, EPS_MODES, FORMS
 from hptransfer.errors import ConfigError
 from hptransfer.optim import registry
+from hptransfer.param.init import (
+    KEEP,
+    ZERO,
+    InitOverride,
+    bias_weight,
+    check_init_overrides,
+    match,
+    rescale_factor,
+    rms,
+)
 from hptransfer.param.roles import RoleTable
 from hptransfer.param.rules import (
     SP_B,
@@ -66,7 +79,7 @@ class ParamSpec:
     fan_out: int
     width_mult: float
     init_std: float | None
-    """None: the module's own (constant) init is kept."""
+    """Std of a re-sampled init; None: not re-sampled (see init_gain)."""
     multiplier: float
     """Forward multiplier applied by a hook (1.0 in folded form)."""
     lr_factor: float
@@ -76,6 +89,9 @@ class ParamSpec:
     weight_decay: float
     own_factor: bool = False
     """Whether lr_factor (and eps, weight_decay) include the optimizer's own factor."""
+    init_gain: float | None = None
+    """The parameter starts at its own init at base width times this, its tensor rescaled, not
+    re-sampled (anchor model; biases); None with init_std None: its values are kept."""
 
 
 @dataclass
@@ -106,7 +122,7 @@ class Parameterization:
                     s.role,
                     str(s.fan_in),
                     str(s.fan_out),
-                    "keep" if s.init_std is None else f"{s.init_std:.4g}",
+                    _init_cell(s),
                     f"{s.multiplier:.4g}",
                     f"{s.lr_factor:.4g}",
                     "-" if s.eps is None else f"{s.eps:.3g}",
@@ -114,6 +130,12 @@ class Parameterization:
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _init_cell(s: ParamSpec) -> str:
+    if s.init_std is not None:
+        return f"{s.init_std:.4g}"
+    return "keep" if s.init_gain is None else f"own x {s.init_gain:.4g}"
 
 
 def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
@@ -135,8 +157,11 @@ def compute_specs(
     form: str = "multiplier",
     eps_mode: str = "constant",
     init_scale: dict[str, float] | None = None,
+    init_overrides: Mapping[str, InitOverride] | None = None,
 ) -> dict[str, ParamSpec]:
-    """The per-parameter table, without touching any model (used by `hptransfer rules`)."""
+    """The per-parameter table, without touching any model (used by `hptransfer rules`).
+    ``init_scale`` is the constant s per role, ``init_overrides`` per name pattern
+    (`hptransfer.param.init`)."""
     for key, value, choices in (
         ("anchor", anchor, ANCHORS),
         ("form", form, FORMS),
@@ -145,6 +170,7 @@ def compute_specs(
         if value not in choices:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(choices)}")
     init_scale = init_scale or {}
+    overrides = check_init_overrides(init_overrides)
     eps0 = base_eps(rule.optimizer, eps, eps_mode)
     own_factor = registry.get(rule.optimizer).own_factor
     specs = {}
@@ -154,14 +180,32 @@ def compute_specs(
         m = e.width_mult
         # every role but "fixed" has a row, and "fixed" reads none of its exponents
         r = cast(RoleRule, rule.roles.get(e.role))
+        wanted = match(e.name, overrides)
+        is_bias = bias_weight(e, roles, SCALED) is not None
+        if isinstance(wanted, (int, float)) and not (e.role in SCALED or is_bias):
+            raise ConfigError(
+                f"init_overrides: {e.name} ({e.role}) has no init rule to set a constant for; "
+                'use "keep" or "zero"'
+            )
+        std: float | None = None
+        gain: float | None = None
+        mult = 1.0
         if e.role in SCALED:
-            n, a, b = (m, r.a, r.b) if anchor == "relative" else (e.n, r.a, r.b)
-            mult = float(n) ** -float(a)
-            std = init_scale.get(e.role, 1.0) * float(n) ** -float(b)
-            if anchor == "relative":
-                std *= float(e.n_base) ** -float(SP_B[e.role])
-        else:
-            mult, std = 1.0, None
+            n = float(e.n) if anchor == "absolute" else m
+            mult = n ** -float(r.a)
+            s = float(wanted) if isinstance(wanted, (int, float)) else init_scale.get(e.role, 1.0)
+            if anchor == "model":
+                gain = s * n ** -float(r.b)
+            else:
+                std = s * n ** -float(r.b)
+                if anchor == "relative":
+                    std *= float(e.n_base) ** -float(SP_B[e.role])
+        elif is_bias:  # a bias keeps its base-width size
+            gain = float(wanted) if isinstance(wanted, (int, float)) else 1.0
+        if wanted == KEEP:
+            std, gain = None, None
+        elif wanted == ZERO:
+            std, gain = 0.0, None
         if e.role == "fixed":
             lr_factor, g = 1.0, 0.0
         else:
@@ -176,7 +220,8 @@ def compute_specs(
         p_eps = None if eps0 is None else eps0 * eps_factor(rule.optimizer, g, m, eps_mode)
         wd = weight_decay
         if form == "folded" and mult != 1.0:
-            std = std * mult
+            std = None if std is None else std * mult
+            gain = None if gain is None else gain * mult
             lr_factor *= mult**rule.k
             if p_eps is not None:
                 p_eps /= mult ** eps_power(rule.optimizer)
@@ -190,7 +235,18 @@ def compute_specs(
             if wd_mode == "coupled":  # coupled decay w *= 1 - lr * wd uses the group's LR
                 wd = wd / own.lr
         specs[e.name] = ParamSpec(
-            e.name, e.role, e.fan_in, e.fan_out, m, std, mult, lr_factor, p_eps, wd, own is not None
+            e.name,
+            e.role,
+            e.fan_in,
+            e.fan_out,
+            m,
+            std,
+            mult,
+            lr_factor,
+            p_eps,
+            wd,
+            own is not None,
+            gain,
         )
     return specs
 
@@ -266,6 +322,8 @@ def parameterize(
     form: str = "multiplier",
     eps_mode: str = "constant",
     init_scale: dict[str, float] | None = None,
+    init_overrides: Mapping[str, InitOverride] | None = None,
+    base_init: Mapping[str, float] | None = None,
     init: bool = True,
     generator: torch.Generator | None = None,
 ) -> Parameterization:
@@ -274,6 +332,9 @@ def parameterize(
     for any torch optimizer. ``lr`` is the base LR beta. Parameters are re-initialized in the
     roles table's order from ``generator``, so a seed fixes the init; ``init=False`` keeps the
     model's values (a trained or loaded model: only multipliers and param groups change).
+    ``anchor="model"`` rescales the model's own tensors instead (`hptransfer.param.init`); at a
+    width other than the base it needs ``base_init``, `measure_init` of the model built at base
+    width.
     """
     owners = _owners(model)
     missing = [e.name for e in roles if e.name not in owners]
@@ -295,6 +356,7 @@ def parameterize(
         form=form,
         eps_mode=eps_mode,
         init_scale=init_scale,
+        init_overrides=init_overrides,
     )
     handles = []
     hooked: set[tuple[int, str]] = set()
@@ -307,6 +369,12 @@ def parameterize(
                 p.zero_()
             else:
                 p.normal_(0.0, s.init_std, generator=generator)
+        elif init and s.init_gain is not None:
+            e = roles[name]
+            weight = bias_weight(e, roles, SCALED)
+            factor = rescale_factor(name, s.init_gain, rms(p), base_init, e, weight)
+            if factor != 1.0:
+                p.mul_(factor)
         if s.multiplier != 1.0:
             users = [name] + [e.name for e in roles if e.tied_to == name and e.name not in specs]
             for user in users:  # a tied tensor used by a second module needs the same hook
