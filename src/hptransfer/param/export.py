@@ -75,5 +75,7 @@ def export_folded(model: nn.Module) -> nn.Module:
                 f"{names} share one tensor with different multipliers; set param.tied = "
                 '"untie" (each name its own tensor) to export'
             )
-        users[0][1].weight.mul_(mults.pop())
+        weight = users[0][1].weight
+        assert isinstance(weight, torch.Tensor)
+        weight.mul_(mults.pop())
     return out
