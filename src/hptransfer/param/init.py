@@ -81,8 +81,9 @@ def match(name: str, overrides: Mapping[str, InitOverride]) -> InitOverride | No
 
 def bias_weight(e: ParamRole, roles: RoleTable, scaled: tuple[str, ...]) -> ParamRole | None:
     """The entry of the weight next to bias ``e`` when that weight has a scaled role, else None
-    (a ``bias`` of a module whose weight the rule does not scale, or not a bias at all)."""
-    if e.role != "vector" or not (e.name == "bias" or e.name.endswith(".bias")):
+    (a ``bias`` of a module whose weight the rule does not scale, or not a bias at all). The
+    bias is a vector, or fixed when it does not grow (a readout's)."""
+    if e.role not in ("vector", "fixed") or not (e.name == "bias" or e.name.endswith(".bias")):
         return None
     weight = e.name[: -len("bias")] + "weight"
     entry = roles.entries.get(weight)
