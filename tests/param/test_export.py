@@ -164,3 +164,61 @@ def test_export_refuses_what_no_single_weight_holds() -> None:
     tied.head._forward_hooks[next(iter(tied.head._forward_hooks))].mult = 0.25
     with pytest.raises(ConfigError, match=r"emb.weight \(x2\) and head.weight \(x0.25\) share"):
         export_folded(tied)
+
+
+class Tokens(nn.Module):
+    """A ViT-like embedding: a bare class token and position table (input role under muP:
+    multiplier m^1/2, read through `ScaleParam`), then a readout."""
+
+    def __init__(self, w: int) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, w))
+        self.pos_embed = nn.Parameter(torch.randn(1, 4, w))
+        self.head = nn.Linear(w, 3)
+
+    def forward(self, x_BxTxD: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(x_BxTxD).all():
+            raise ValueError("non-finite input")
+        cls = self.cls_token.expand(x_BxTxD.shape[0], -1, -1)
+        return self.head(torch.cat([cls, x_BxTxD + self.pos_embed], dim=1))
+
+
+def test_bare_parameters_take_multipliers_that_pickle_and_fold() -> None:
+    torch.manual_seed(0)
+    model = Tokens(64)
+    roles = roles_from_factory(
+        Tokens, 64, 16, overrides={"cls_token": "input", "pos_embed": "input"}
+    )
+    par = parameterize(model, roles, make_rule("mup", "adam"), lr=1e-2)
+    assert par.table["pos_embed"].multiplier == 2.0
+    x = torch.randn(2, 4, 64)
+    cls = (2.0 * model.cls_token).expand(2, -1, -1)
+    h = torch.cat([cls, x + 2.0 * model.pos_embed], dim=1)
+    by_hand = nn.functional.linear(0.5 * h, model.head.weight, model.head.bias)  # readout m^-1/2
+    torch.testing.assert_close(model(x), by_hand, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="non-finite"):
+        model(torch.full((2, 4, 64), float("nan")))
+    assert isinstance(model._parameters["pos_embed"], nn.Parameter)  # restored after a raise
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    loaded = torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+    assert torch.equal(loaded(x), model(x))
+    assert set(loaded.state_dict()) == {"cls_token", "pos_embed", "head.weight", "head.bias"}
+    plain = export_folded(model)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in plain.modules())
+    assert torch.equal(plain(x), model(x))  # powers of two
+
+
+def test_rnn_weights_need_the_folded_form() -> None:
+    class LM(nn.Module):
+        def __init__(self, w: int) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(8, w, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    roles = roles_from_factory(LM, 64, 16)
+    with pytest.raises(ConfigError, match=r"^rnn.weight_ih_l0: no forward multiplier for GRU"):
+        parameterize(LM(64), roles, make_rule("mup", "adam"), lr=1e-2)  # mup input: m^1/2
+    parameterize(LM(64), roles, make_rule("mup", "adam"), lr=1e-2, form="folded")

@@ -25,14 +25,14 @@ Shampoo's relative eps: unchanged; see rules.eps_power), coupled weight
 decay / mult^k. It needs no hooks, so it works for any module type.
 
 Multipliers are forward hooks on the owning module (nn.Linear, convolutions: the input is
-scaled, which also keeps biases unscaled; nn.Embedding: the output), never edits of the model:
+scaled, which also keeps biases unscaled; nn.Embedding: the output; any other parameter: it
+reads as mult times itself during its owner's forward, `ScaleParam`), never edits of the model:
 one hook per module however many names it has, and hooks are picklable objects (`ScaleInput`,
-`ScaleOutput`), so torch.save(model) and copy.deepcopy keep them.
+`ScaleOutput`, `ScaleParam`), so torch.save(model) and copy.deepcopy keep them.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -54,6 +54,7 @@ from hptransfer.param.init import (
     rescale_factor,
     rms,
 )
+from hptransfer.param.multipliers import install_multiplier, scale_branches
 from hptransfer.param.roles import RoleTable
 from hptransfer.param.rules import (
     SP_B,
@@ -251,51 +252,6 @@ def compute_specs(
     return specs
 
 
-class ScaleInput:
-    """Forward pre-hook: multiply a module's first input by ``mult``. A module-level class, not
-    a closure, so that a parameterized model pickles (torch.save, deepcopy) with its hooks."""
-
-    __slots__ = ("mult",)
-
-    def __init__(self, mult: float) -> None:
-        self.mult = mult
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (args[0] * self.mult, *args[1:])
-
-
-class ScaleOutput:
-    """Forward hook: multiply a module's output (or the first item of a tuple output, e.g.
-    transformers attention's (output, weights, ...)) by ``mult``; picklable like `ScaleInput`."""
-
-    __slots__ = ("mult",)
-
-    def __init__(self, mult: float) -> None:
-        self.mult = mult
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (output[0] * self.mult, *output[1:])
-        return output * self.mult
-
-
-def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float) -> RemovableHandle:
-    if isinstance(module, nn.Embedding) and pname == "weight":
-        return module.register_forward_hook(ScaleOutput(mult))
-    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
-        if (
-            getattr(module, "bias", None) is None
-            and isinstance(module, nn.Linear)
-            and (module.out_features <= module.in_features)
-        ):
-            return module.register_forward_hook(ScaleOutput(mult))  # the smaller tensor
-        return module.register_forward_pre_hook(ScaleInput(mult))
-    raise ConfigError(
-        f"{name}: no forward multiplier for {type(module).__name__}.{pname}; "
-        "use form='folded' (param.form = \"folded\"), which needs no hooks"
-    )
-
-
 def _untie_configs(model: nn.Module) -> None:
     """Set ``tie_word_embeddings`` False in every transformers config inside ``model`` (and its
     text config), so that a later ``tie_weights()`` (``from_pretrained`` calls it) does not tie
@@ -381,7 +337,7 @@ def parameterize(
                 umod, upname = owners[user]
                 if (id(umod), upname) not in hooked:  # a module under two names: one hook
                     hooked.add((id(umod), upname))
-                    handles.append(_install_multiplier(umod, upname, user, s.multiplier))
+                    handles += install_multiplier(umod, upname, user, s.multiplier)
         key = (s.role, s.lr_factor, s.eps, s.weight_decay, s.own_factor)
         if key not in groups:
             groups[key] = {
@@ -432,26 +388,3 @@ def scale_depth(
         for group in par.param_groups:
             if group["role"] == "hidden":
                 group["lr"] *= factor
-
-
-def scale_branches(model: nn.Module, patterns: list[str], mult: float) -> list[RemovableHandle]:
-    """Multiply the output of every module whose name matches one of the fnmatch ``patterns``
-    (the residual branches, e.g. ``blocks.*.attn``) by ``mult`` with forward hooks, so that
-    x + f(x) becomes x + mult * f(x) without editing the model. Returns the hook handles.
-    Raises ValueError when no module matches (a depth multiplier that silently did nothing).
-    """
-    patterns = [p.strip() for p in patterns if p.strip()]
-    names = [
-        name
-        for name, _ in model.named_modules()
-        if name and any(fnmatch.fnmatchcase(name, p) for p in patterns)
-    ]
-    if not names:
-        raise ValueError(
-            f"no module of {type(model).__name__} matches the residual-branch patterns "
-            f"{patterns}; set param.depth_branches"
-        )
-    # a match inside another match would be scaled twice: keep the outermost
-    names = [n for n in names if not any(n.startswith(o + ".") for o in names)]
-    modules = dict(model.named_modules())
-    return [modules[n].register_forward_hook(ScaleOutput(mult)) for n in names]
