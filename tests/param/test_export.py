@@ -28,9 +28,29 @@ def tokens(seed: int, B: int = 2) -> torch.Tensor:
 def _hf_factory(name: str):
     from hptransfer.models.hf import gpt2_config, llama_config, width_factory
 
-    make = gpt2_config if name == "gpt2" else llama_config
     shape = dict(depth=2, vocab_size=V, seq_len=T, head_dim=8)
+    if name == "qwen3":  # queries normalized after the projection (q_norm)
+        import transformers
+
+        def make(w: int, **kw: int) -> object:
+            config = llama_config(w, **kw).to_dict()
+            return transformers.Qwen3Config(**{k: config[k] for k in QWEN3_KEYS})
+    else:
+        make = gpt2_config if name == "gpt2" else llama_config
     return width_factory(lambda w: make(w, **shape), attn_scale="linear", wrap=False)
+
+
+QWEN3_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+)
 
 
 def _trained_hf(name: str, steps: int = 3):
@@ -50,7 +70,7 @@ def _trained_hf(name: str, steps: int = 3):
     return model, par
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen3"])
 def test_export_loads_in_stock_transformers_with_the_same_logits(name: str, tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
     from hptransfer.models.hf import export_pretrained

@@ -143,13 +143,26 @@ def export_pretrained(model: nn.Module) -> nn.Module:
 
 def _scale_queries(name: str, attn: nn.Module, factor: float) -> None:
     """Multiply the queries of attention module ``attn`` by ``factor`` through its weights:
-    ``q_norm``'s gain where the queries are normalized after the projection (Qwen3, OLMo2),
-    else ``q_proj`` / ``query`` (weight and bias), else GPT-2's fused ``c_attn`` (its first
+    ``q_norm``'s gain where the queries are normalized after the projection (Qwen3, OLMo2;
+    checked to scale them, refused otherwise), else ``q_proj`` / ``query`` (weight and bias), else GPT-2's fused ``c_attn`` (its first
     ``embed_dim`` outputs)."""
     q_norm = getattr(attn, "q_norm", None)
-    if q_norm is not None and getattr(q_norm, "weight", None) is not None:
-        q_norm.weight.mul_(factor)
-        return
+    if q_norm is not None:
+        weight = getattr(q_norm, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            gen = torch.Generator(weight.device).manual_seed(0)
+            x = torch.randn(4, weight.shape[-1], generator=gen, device=weight.device)
+            x = x.to(weight.dtype)
+            before = q_norm(x)
+            weight.mul_(factor)
+            if torch.allclose(q_norm(x), factor * before, rtol=1e-4, atol=0):
+                return
+            weight.div_(factor)  # a gain of another form, e.g. Gemma's (1 + weight)
+        raise ConfigError(
+            f"{name}: its attention scale was changed and its queries are normalized after the "
+            "projection by a norm whose gain does not scale them; export a model built with "
+            "model.attn_scale = sqrt"
+        )
     proj = getattr(attn, "q_proj", None) or getattr(attn, "query", None)
     rows = slice(None)
     if proj is None and hasattr(attn, "c_attn") and hasattr(attn, "embed_dim"):
