@@ -144,8 +144,8 @@ def export_pretrained(model: nn.Module) -> nn.Module:
 def _scale_queries(name: str, attn: nn.Module, factor: float) -> None:
     """Multiply the queries of attention module ``attn`` by ``factor`` through its weights:
     ``q_norm``'s gain where the queries are normalized after the projection (Qwen3, OLMo2;
-    checked to scale them, refused otherwise), else ``q_proj`` / ``query`` (weight and bias), else GPT-2's fused ``c_attn`` (its first
-    ``embed_dim`` outputs)."""
+    checked to scale them, refused otherwise), else ``q_proj`` / ``query`` (weight and bias),
+    else GPT-2's fused ``c_attn`` (its first ``embed_dim`` outputs)."""
     q_norm = getattr(attn, "q_norm", None)
     if q_norm is not None:
         weight = getattr(q_norm, "weight", None)
