@@ -133,3 +133,34 @@ def test_init_overrides_by_name_pattern() -> None:
         _custom(64, 64, init_overrides={"A_log": 1.0})
     with pytest.raises(ConfigError, match=r"init_overrides 'mid.\*' = 'big'"):
         _custom(64, 64, init_overrides={"mid.*": "big"})
+
+
+def test_a_recipe_with_the_model_anchor_measures_the_base_width_init_itself() -> None:
+    from hptransfer.assemble import build, model_factory
+    from hptransfer.config import RunConfig
+
+    cfg = RunConfig().replace(
+        **{
+            "model.name": "mlp",
+            "model.width": 64,
+            "model.depth": 2,
+            "param.base_width": 16,
+            "param.anchor": "model",
+            "train.seq_len": 8,
+        }
+    )
+    setup = build(cfg)
+    torch.manual_seed(cfg.seed)
+    own = model_factory(cfg, setup.corpus.vocab_size)(64)
+    bias = setup.parameterization.table["layers.1.bias"]
+    assert bias.init_gain == 1.0
+    # the model's own hidden init (fan-in: m^-1/2) is already muP's: kept up to sampling noise
+    got, want = rms(setup.model.layers[1].weight), rms(own.layers[1].weight)
+    assert got == pytest.approx(want, rel=0.1)
+    assert rms(setup.model.layers[1].bias) == pytest.approx(2 * rms(own.layers[1].bias), rel=0.2)
+    same = cfg.replace(**{"model.width": 16})  # at base width: the model itself, bit for bit
+    setup = build(same)
+    torch.manual_seed(cfg.seed)
+    own = model_factory(same, setup.corpus.vocab_size)(16)
+    for (name, p), q in zip(setup.model.named_parameters(), own.parameters()):
+        assert torch.equal(p, q), name

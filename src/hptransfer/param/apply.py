@@ -48,6 +48,7 @@ from hptransfer.param.init import (
     KEEP,
     ZERO,
     InitOverride,
+    at_base_width,
     bias_weight,
     check_init_overrides,
     match,
@@ -314,6 +315,8 @@ def parameterize(
         init_scale=init_scale,
         init_overrides=init_overrides,
     )
+    # at base width the model's own tensors are the base-width measurement
+    base = None if at_base_width(roles) else (base_init if base_init is not None else {})
     handles = []
     hooked: set[tuple[int, str]] = set()
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -326,9 +329,8 @@ def parameterize(
             else:
                 p.normal_(0.0, s.init_std, generator=generator)
         elif init and s.init_gain is not None:
-            e = roles[name]
-            weight = bias_weight(e, roles, SCALED)
-            factor = rescale_factor(name, s.init_gain, rms(p), base_init, e, weight)
+            weight = bias_weight(roles[name], roles, SCALED)
+            factor = rescale_factor(name, s.init_gain, rms(p), base, weight)
             if factor != 1.0:
                 p.mul_(factor)
         if s.multiplier != 1.0:

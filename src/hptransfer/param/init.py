@@ -103,21 +103,26 @@ def rescale_factor(
     gain: float,
     current: float,
     base: Mapping[str, float] | None,
-    e: ParamRole,
     bias_of: ParamRole | None,
 ) -> float:
     """The factor that takes parameter ``name`` from its rms ``current`` to ``gain`` times its
-    rms at base width: measured (``base``), the tensor itself when it has its base shape, or
-    for a bias without a measurement PyTorch's default (`default_bias_ratio`)."""
+    rms at base width, read from ``base`` (None: the model is at base width itself, so its own
+    tensors are the measurement), or for a bias without a measurement from PyTorch's default
+    (`default_bias_ratio`)."""
     if current == 0.0:
         return 1.0  # a zero init stays zero
-    if base is not None and name in base:
-        return gain * base[name] / current
-    if e.base_shape is None or e.shape == e.base_shape:
+    if base is None:
         return gain
+    if name in base:
+        return gain * base[name] / current
     if bias_of is not None:
         return gain * default_bias_ratio(bias_of)
     raise ConfigError(
         f"{name}: anchor model needs the model's own init at base width: pass "
         "base_init=measure_init(make_model(base_width)) to parameterize"
     )
+
+
+def at_base_width(roles: RoleTable) -> bool:
+    """Whether every parameter has its base-width shape (the model is built at base width)."""
+    return all(e.base_shape is None or e.shape == e.base_shape for e in roles)
