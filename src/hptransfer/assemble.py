@@ -107,6 +107,7 @@ def parameterize_run(
         form=p.form,
         eps_mode=p.eps_mode,
         init_scale={"input": p.init_input, "hidden": p.init_hidden, "output": p.init_output},
+        init_overrides=p.init_overrides,
         init=init,
         generator=generator,
         base_init=base_init,

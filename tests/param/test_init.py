@@ -164,3 +164,23 @@ def test_a_recipe_with_the_model_anchor_measures_the_base_width_init_itself() ->
     own = model_factory(same, setup.corpus.vocab_size)(16)
     for (name, p), q in zip(setup.model.named_parameters(), own.parameters()):
         assert torch.equal(p, q), name
+
+
+def test_init_overrides_from_a_recipe() -> None:
+    from hptransfer.assemble import build
+    from hptransfer.config import RunConfig
+
+    cfg = RunConfig().replace(
+        **{
+            "model.name": "mlp",
+            "model.width": 32,
+            "param.base_width": 16,
+            "train.seq_len": 8,
+            "param.init_overrides": {"head.weight": "zero", "layers.0.*": "keep"},
+        }
+    )
+    setup = build(cfg)
+    assert not setup.model.head.weight.any()
+    assert setup.parameterization.table["layers.0.weight"].init_std is None
+    with pytest.raises(ConfigError, match=r"^param.init_overrides 'head.\*' = -1: use"):
+        cfg.replace(**{"param.init_overrides": {"head.*": -1}})

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from hptransfer.config import ANCHORS, EPS_MODES, FORMS
+from hptransfer.config import ANCHORS, EPS_MODES, FORMS, check_init_overrides
 from hptransfer.errors import ConfigError
 from hptransfer.optim import registry
 from hptransfer.param.init import (
@@ -50,7 +50,6 @@ from hptransfer.param.init import (
     InitOverride,
     at_base_width,
     bias_weight,
-    check_init_overrides,
     match,
     rescale_factor,
     rms,

@@ -56,24 +56,6 @@ def rms(p: torch.Tensor) -> float:
     return float(p.detach().double().pow(2).mean().sqrt()) if p.numel() else 0.0
 
 
-def check_init_overrides(overrides: Mapping[str, InitOverride] | None) -> dict[str, InitOverride]:
-    """The overrides as a dict, each value "keep", "zero" or a finite number >= 0."""
-    out = dict(overrides or {})
-    for pattern, value in out.items():
-        ok = value in (KEEP, ZERO) or (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value >= 0
-        )
-        if not ok:
-            raise ConfigError(
-                f'init_overrides {pattern!r} = {value!r}: use "keep", "zero" or a number >= 0 '
-                "(the init constant s of the matching parameters)"
-            )
-    return out
-
-
 def match(name: str, overrides: Mapping[str, InitOverride]) -> InitOverride | None:
     """The first override whose pattern matches ``name``."""
     return next((v for pat, v in overrides.items() if fnmatch.fnmatchcase(name, pat)), None)
