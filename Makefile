@@ -18,12 +18,15 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench bench-quick lint typecheck format clean golden
 
-# one stamp per set of extras; "none" is the package alone (what the demo needs)
+# one stamp per set of extras; "none" is the package alone (what the demo needs). The dev extra
+# also gets microsoft/mup (tests/param/test_mup_compare.py) without its dependencies, which
+# would pull torchvision and with it another torch build; it needs only torch and pyyaml
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || \
 		scripts/install_torch.sh $(PY) "$(TORCH_SPEC)" "$(TORCH_INDEX)"
 	$(PY) -m pip install -e "$(if $(filter none,$*),.,.[$*])"
+	$(if $(findstring dev,$*),$(PY) -m pip install --no-deps "mup==1.0.0" pyyaml)
 	touch $@
 
 setup: $(VENV)/.installed-$(or $(EXTRAS),none)

@@ -22,6 +22,7 @@ from hptransfer.config import ConfigError, RunConfig, load_callable
 from hptransfer.models import build_model, hidden_depth
 from hptransfer.optim import build_optimizer
 from hptransfer.param.apply import Parameterization, parameterize, scale_depth
+from hptransfer.param.init import measure_init
 from hptransfer.param.roles import RoleTable, roles_from_factory
 from hptransfer.param.rules import K_SWITCHES, make_rule, measured_alignment
 
@@ -133,6 +134,7 @@ def parameterize_run(
     *,
     init: bool = True,
     generator: torch.Generator | None = None,
+    base_init: dict[str, float] | None = None,
 ) -> Parameterization:
     """``cfg``'s rule applied to ``model``: init (unless ``init=False``), forward multipliers,
     param groups at base LR optimizer.lr, and the residual-branch depth multipliers."""
@@ -164,8 +166,10 @@ def parameterize_run(
         form=p.form,
         eps_mode=p.eps_mode,
         init_scale={"input": p.init_input, "hidden": p.init_hidden, "output": p.init_output},
+        init_overrides=p.init_overrides,
         init=init,
         generator=generator,
+        base_init=base_init,
     )
     if p.depth_exponent:  # residual-branch multipliers (depth_base / depth)^p
         d = (cfg.model.depth, p.depth_base, p.depth_exponent)
@@ -181,7 +185,12 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
     factory = model_factory(cfg, corpus.vocab_size)
     model = factory(cfg.model.width).to(DTYPES[cfg.train.dtype])
     roles = run_roles(cfg, factory)
-    par = parameterize_run(cfg, model, roles, generator=torch.Generator().manual_seed(cfg.seed))
+    base_init = None
+    if cfg.param.anchor == "model":  # the model's own init at base width (param.init)
+        with torch.random.fork_rng(devices=[]):
+            base_init = measure_init(factory(cfg.param.base_width))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    par = parameterize_run(cfg, model, roles, generator=gen, base_init=base_init)
     o = cfg.optimizer
     optimizer = build_optimizer(o.name, par.param_groups, **o.hparams())
     batches, eval_set = run_batches(cfg, corpus)

@@ -24,6 +24,7 @@ import sys
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ ParameterizationName = Literal["sp", "ntk", "mup", "mfp"]
 AlignmentPreset = Literal["full", "none"]
 AlignmentName = Literal[AlignmentPreset, "measured"]
 LrExponents = Literal["per_layer", "global"]
-Anchor = Literal["relative", "absolute"]
+Anchor = Literal["relative", "absolute", "model"]
 Form = Literal["multiplier", "folded"]
 EpsMode = Literal["constant", "small", "per_layer"]
 TieRule = Literal["error", "input", "output", "untie"]
@@ -243,7 +244,8 @@ class ParamConfig:
     """per_layer: c from the solver; global: c = 0 for every role (one LR per width)."""
     anchor: Anchor = "relative"
     """relative: a and b use width_mult (every parameterization equals SP at base_width);
-    absolute: a and b use the layer's n itself, as [E] does."""
+    absolute: a and b use the layer's n itself, as [E] does; model: the model's own init at
+    base_width, rescaled by width_mult^-b (microsoft/mup; see hptransfer.param.init)."""
     form: Form = "multiplier"
     """multiplier: forward multipliers n^-a; folded: no multipliers, init/LR/eps absorb them."""
     gamma_input: float = 1.0
@@ -280,10 +282,14 @@ class ParamConfig:
     """What to do with tied input/output weights: error, input, output, untie."""
     overrides: dict[str, Role] = field(default_factory=dict)
     """Name pattern (fnmatch) -> role, applied before automatic role inference."""
+    init_overrides: dict[str, Any] = field(default_factory=dict)
+    """Name pattern (fnmatch) -> "keep" (values kept), "zero", or a number: the init constant
+    of the matching parameters in place of their role's init_* (hptransfer.param.init)."""
 
     def __post_init__(self) -> None:
         check_fields(self, "param.")
         _check_alignment_values(self.alignment, self.alignment_values)
+        check_init_overrides(self.init_overrides, "param.init_overrides")
         for role in ("input", "hidden", "output", "vector"):
             _check_min(f"param.gamma_{role}", getattr(self, f"gamma_{role}"), 0, strict=True)
         for role in ("input", "hidden", "output"):
@@ -301,6 +307,22 @@ class ParamConfig:
             raise ConfigError("param.depth_exponent > 0 needs param.depth_base (L0) >= 1")
         _check_min("param.base_width", self.base_width, 1)
         _check_min("param.depth_base", self.depth_base, 0)
+
+
+def check_init_overrides(
+    overrides: Mapping[str, Any] | None, key: str = "init_overrides"
+) -> dict[str, str | float]:
+    """Init overrides (name pattern -> "keep", "zero" or a finite number >= 0) as a dict; a
+    bad value is a ConfigError naming ``key`` and the pattern."""
+    out = dict(overrides or {})
+    for pattern, value in out.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (value in ("keep", "zero") or (number and math.isfinite(value) and value >= 0)):
+            raise ConfigError(
+                f'{key} {pattern!r} = {value!r}: use "keep", "zero" or a number >= 0 (the init '
+                "constant of the matching parameters)"
+            )
+    return out
 
 
 def _check_alignment_values(alignment: str, values: dict[str, Any]) -> None:
@@ -737,7 +759,12 @@ def _defaults() -> dict[str, Any]:
     return flatten(RunConfig().to_dict())
 
 
-_DICT_FIELDS = {"param.overrides", "param.alignment_values", "optimizer.options"}
+_DICT_FIELDS = {
+    "param.overrides",
+    "param.init_overrides",
+    "param.alignment_values",
+    "optimizer.options",
+}
 
 
 def parse_value(text: str) -> Any:

@@ -228,13 +228,16 @@ class Custom(nn.Module):
         return x @ self.w.T
 
 
-def test_unknown_module_needs_an_override_and_the_folded_form():
+def test_unknown_module_needs_an_override_then_takes_either_form():
     with pytest.raises(ConfigError, match=r'^w: role unknown: .*param.overrides, e.g. "w" ='):
         roles_from_factory(Custom, 64, 16)
     roles = roles_from_factory(Custom, 64, 16, overrides={"w": "input"})
     rule = make_rule("mup", "adam")
-    with pytest.raises(ValueError, match="form='folded'"):
-        parameterize(Custom(64), roles, rule, lr=1e-3)
+    model = Custom(64)
+    p = parameterize(model, roles, rule, lr=1e-3)
+    assert p.table["w"].multiplier == 2.0  # mup input: m^1/2, read by the owner's forward
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(model(x), x @ (2.0 * model.w).T, rtol=0, atol=0)
     p = parameterize(Custom(64), roles, rule, lr=1e-3, form="folded")
     assert p.table["w"].multiplier == 1.0
     assert math.isclose(p.table["w"].init_std, 1.0)  # mup input folded: (0, 0)

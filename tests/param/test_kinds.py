@@ -140,8 +140,21 @@ def test_fused_experts_without_a_trace_are_refused_then_read_with_overrides() ->
     assert got["experts.down"] == (128, 64, 4.0)
     model = MoE(64)
     rule = make_rule("mup", "adam", "full")
-    with pytest.raises(ConfigError, match=r"experts\.\w+: no forward multiplier.*folded"):
-        parameterize(model, roles, make_rule("mfp", "adam"), lr=1e-3)  # mfp: hidden n^-1/2
+    # mfp's hidden multiplier m^-1/2 on the bare 3-D tensors: their owner's forward reads them
+    # scaled (`ScaleParam`), the parameters themselves stay what they were
+    plain = copy.deepcopy(model)
+    par = parameterize(model, roles, make_rule("mfp", "adam"), lr=1e-3, init=False)
+    assert {par.table[n].multiplier for n in ("experts.gate_up", "experts.down")} == {0.5}
+    with torch.no_grad():
+        plain.experts.gate_up.mul_(0.5)
+        plain.experts.down.mul_(0.5)
+        plain.out.weight.mul_(0.25)  # mfp's readout: m^-1
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(model(x), plain(x), rtol=1e-6, atol=1e-7)
+    assert isinstance(model.experts.gate_up, nn.Parameter) and not torch.equal(
+        model.experts.gate_up, plain.experts.gate_up
+    )
+    par.remove()
     p = parameterize(model, roles, rule, lr=1e-3, form="folded")
     assert p.table["experts.gate_up"].init_std == pytest.approx(64**-0.5)  # 1 / sqrt(fan_in)
     assert model.experts.gate_up.std().item() == pytest.approx(64**-0.5, rel=0.05)

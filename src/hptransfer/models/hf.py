@@ -110,6 +110,73 @@ def set_attention_scale(model: nn.Module, attn_scale: str) -> int:
     return count
 
 
+@torch.no_grad()
+def export_pretrained(model: nn.Module) -> nn.Module:
+    """A stock transformers model computing what the parameterized ``model`` (a transformers
+    model or a `CausalLM`) computes, for ``save_pretrained`` and a plain ``from_pretrained``:
+    multipliers folded into weights (`hptransfer.param.export.export_folded`), an attention
+    scale set by `set_attention_scale` folded into the query projection (scores are linear in
+    the queries; the module's ``scaling`` goes back to what its config builds) and GPT-2's
+    ``Conv1D`` layers restored from `linearize_conv1d`. ``model`` is not changed.
+    Raises ConfigError naming a module whose scale has no query projection to go into."""
+    from transformers.pytorch_utils import Conv1D
+
+    from hptransfer.param.export import export_folded
+
+    out = export_folded(model.hf if isinstance(model, CausalLM) else model)
+    with torch.device("meta"):
+        stock = dict(type(out)(out.config).named_modules())
+    for name, module in list(out.named_modules()):
+        ref = stock.get(name)
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, float) and scaling != getattr(ref, "scaling", scaling):
+            _scale_queries(name, module, scaling / ref.scaling)  # type: ignore[union-attr]
+            module.scaling = ref.scaling  # type: ignore[union-attr,assignment]
+        if isinstance(ref, Conv1D) and isinstance(module, nn.Linear):
+            conv = Conv1D(module.out_features, module.in_features)
+            conv.weight.data = module.weight.detach().t().contiguous()
+            conv.bias.data = module.bias.detach().clone()
+            parent, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent), child, conv)
+    return out
+
+
+def _scale_queries(name: str, attn: nn.Module, factor: float) -> None:
+    """Multiply the queries of attention module ``attn`` by ``factor`` through its weights:
+    ``q_norm``'s gain where the queries are normalized after the projection (Qwen3, OLMo2;
+    checked to scale them, refused otherwise), else ``q_proj`` / ``query`` (weight and bias),
+    else GPT-2's fused ``c_attn`` (its first ``embed_dim`` outputs)."""
+    q_norm = getattr(attn, "q_norm", None)
+    if q_norm is not None:
+        weight = getattr(q_norm, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            gen = torch.Generator(weight.device).manual_seed(0)
+            x = torch.randn(4, weight.shape[-1], generator=gen, device=weight.device)
+            x = x.to(weight.dtype)
+            before = q_norm(x)
+            weight.mul_(factor)
+            if torch.allclose(q_norm(x), factor * before, rtol=1e-4, atol=0):
+                return
+            weight.div_(factor)  # a gain of another form, e.g. Gemma's (1 + weight)
+        raise ConfigError(
+            f"{name}: its attention scale was changed and its queries are normalized after the "
+            "projection by a norm whose gain does not scale them; export a model built with "
+            "model.attn_scale = sqrt"
+        )
+    proj = getattr(attn, "q_proj", None) or getattr(attn, "query", None)
+    rows = slice(None)
+    if proj is None and hasattr(attn, "c_attn") and hasattr(attn, "embed_dim"):
+        proj, rows = attn.c_attn, slice(0, attn.embed_dim)
+    if not isinstance(proj, nn.Linear):
+        raise ConfigError(
+            f"{name}: its attention scale was changed and it has no query projection (q_proj, "
+            "query, c_attn) to fold it into; export a model built with model.attn_scale = sqrt"
+        )
+    proj.weight[rows].mul_(factor)
+    if proj.bias is not None:
+        proj.bias[rows].mul_(factor)
+
+
 def width_factory(
     make_config: Callable[[int], Any],
     *,

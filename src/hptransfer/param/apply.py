@@ -14,8 +14,10 @@ in place of the group's and coupled weight decay divided by the factor, and the 
 so (`registry.OWN_FACTOR_KEY`): the table is the LR and epsilon that run)
 
 with n the layer's growing dimension, n0 its value at base width, m = n / n0 and b_sp the SP
-init exponent, so that with the relative anchor every parameterization is SP at m = 1.
-Vectors keep their constant init (norm gains 1, biases 0) and take the vector row's LR.
+init exponent, so that with the relative anchor every parameterization is SP at m = 1. The
+model anchor rescales the model's own init instead: std rms0 * m^-b, rms0 the parameter's own
+at base width (`hptransfer.param.init`, which also says what biases and other vectors start at).
+Vectors take the vector row's LR.
 
 form "folded" moves each multiplier into the init, the LR and epsilon (the symmetry
 (a, b, c) -> (a + t, b - t, c - k t)): std * mult, LR * mult^k, eps / mult (Sophia: / mult^2;
@@ -23,15 +25,17 @@ Shampoo's relative eps: unchanged; see rules.eps_power), coupled weight
 decay / mult^k. It needs no hooks, so it works for any module type.
 
 Multipliers are forward hooks on the owning module (nn.Linear, convolutions: the input is
-scaled, which also keeps biases unscaled; nn.Embedding: the output), never edits of the model:
+scaled, which also keeps biases unscaled; nn.Embedding: the output; any other parameter: it
+reads as mult times itself during its owner's forward, `ScaleParam`), never edits of the model:
 one hook per module however many names it has, and hooks are picklable objects (`ScaleInput`,
-`ScaleOutput`), so torch.save(model) and copy.deepcopy keep them.
+`ScaleOutput`, `ScaleParam`), so torch.save(model) and copy.deepcopy keep them.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -39,9 +43,20 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from hptransfer.config import ANCHORS, EPS_MODES, FORMS
+from hptransfer.config import ANCHORS, EPS_MODES, FORMS, check_init_overrides
 from hptransfer.errors import ConfigError
 from hptransfer.optim import registry
+from hptransfer.param.init import (
+    KEEP,
+    ZERO,
+    InitOverride,
+    at_base_width,
+    bias_weight,
+    match,
+    rescale_factor,
+    rms,
+)
+from hptransfer.param.multipliers import install_multiplier, scale_branches
 from hptransfer.param.roles import RoleTable
 from hptransfer.param.rules import (
     SP_B,
@@ -67,7 +82,7 @@ class ParamSpec:
     fan_out: int
     width_mult: float
     init_std: float | None
-    """None: the module's own (constant) init is kept."""
+    """Std of a re-sampled init; None: not re-sampled (see init_gain)."""
     multiplier: float
     """Forward multiplier applied by a hook (1.0 in folded form)."""
     lr_factor: float
@@ -77,6 +92,9 @@ class ParamSpec:
     weight_decay: float
     own_factor: bool = False
     """Whether lr_factor (and eps, weight_decay) include the optimizer's own factor."""
+    init_gain: float | None = None
+    """The parameter starts at its own init at base width times this, its tensor rescaled, not
+    re-sampled (anchor model; biases); None with init_std None: its values are kept."""
 
 
 @dataclass
@@ -121,7 +139,7 @@ class Parameterization:
                     s.role,
                     str(s.fan_in),
                     str(s.fan_out),
-                    "keep" if s.init_std is None else f"{s.init_std:.4g}",
+                    _init_cell(s),
                     f"{s.multiplier:.4g}",
                     f"{s.lr_factor:.4g}",
                     "-" if s.eps is None else f"{s.eps:.3g}",
@@ -129,6 +147,12 @@ class Parameterization:
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _init_cell(s: ParamSpec) -> str:
+    if s.init_std is not None:
+        return f"{s.init_std:.4g}"
+    return "keep" if s.init_gain is None else f"own x {s.init_gain:.4g}"
 
 
 def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
@@ -150,8 +174,11 @@ def compute_specs(
     form: str = "multiplier",
     eps_mode: str = "constant",
     init_scale: dict[str, float] | None = None,
+    init_overrides: Mapping[str, InitOverride] | None = None,
 ) -> dict[str, ParamSpec]:
-    """The per-parameter table, without touching any model (used by `hptransfer rules`)."""
+    """The per-parameter table, without touching any model (used by `hptransfer rules`).
+    ``init_scale`` is the constant s per role, ``init_overrides`` per name pattern
+    (`hptransfer.param.init`)."""
     for key, value, choices in (
         ("anchor", anchor, ANCHORS),
         ("form", form, FORMS),
@@ -160,6 +187,7 @@ def compute_specs(
         if value not in choices:
             raise ConfigError(f"{key}={value!r}; choose one of {', '.join(choices)}")
     init_scale = init_scale or {}
+    overrides = check_init_overrides(init_overrides)
     eps0 = base_eps(rule.optimizer, eps, eps_mode)
     own_factor = registry.get(rule.optimizer).own_factor
     specs = {}
@@ -169,14 +197,32 @@ def compute_specs(
         m = e.width_mult
         # every role but "fixed" has a row, and "fixed" reads none of its exponents
         r = cast(RoleRule, rule.roles.get(e.role))
+        wanted = match(e.name, overrides)
+        is_bias = bias_weight(e, roles, SCALED) is not None
+        if isinstance(wanted, (int, float)) and not (e.role in SCALED or is_bias):
+            raise ConfigError(
+                f"init_overrides: {e.name} ({e.role}) has no init rule to set a constant for; "
+                'use "keep" or "zero"'
+            )
+        std: float | None = None
+        gain: float | None = None
+        mult = 1.0
         if e.role in SCALED:
-            n, a, b = (m, r.a, r.b) if anchor == "relative" else (e.n, r.a, r.b)
-            mult = float(n) ** -float(a)
-            std = init_scale.get(e.role, 1.0) * float(n) ** -float(b)
-            if anchor == "relative":
-                std *= float(e.n_base) ** -float(SP_B[e.role])
-        else:
-            mult, std = 1.0, None
+            n = float(e.n) if anchor == "absolute" else m
+            mult = n ** -float(r.a)
+            s = float(wanted) if isinstance(wanted, (int, float)) else init_scale.get(e.role, 1.0)
+            if anchor == "model":
+                gain = s * n ** -float(r.b)
+            else:
+                std = s * n ** -float(r.b)
+                if anchor == "relative":
+                    std *= float(e.n_base) ** -float(SP_B[e.role])
+        elif is_bias:  # a bias keeps its base-width size
+            gain = float(wanted) if isinstance(wanted, (int, float)) else 1.0
+        if wanted == KEEP:
+            std, gain = None, None
+        elif wanted == ZERO:
+            std, gain = 0.0, None
         if e.role == "fixed":
             lr_factor, g = 1.0, 0.0
         else:
@@ -191,7 +237,8 @@ def compute_specs(
         p_eps = None if eps0 is None else eps0 * eps_factor(rule.optimizer, g, m, eps_mode)
         wd = weight_decay
         if form == "folded" and mult != 1.0:
-            std = std * mult
+            std = None if std is None else std * mult
+            gain = None if gain is None else gain * mult
             lr_factor *= mult**rule.k
             if p_eps is not None:
                 p_eps /= mult ** eps_power(rule.optimizer)
@@ -205,54 +252,20 @@ def compute_specs(
             if wd_mode == "coupled":  # coupled decay w *= 1 - lr * wd uses the group's LR
                 wd = wd / own.lr
         specs[e.name] = ParamSpec(
-            e.name, e.role, e.fan_in, e.fan_out, m, std, mult, lr_factor, p_eps, wd, own is not None
+            e.name,
+            e.role,
+            e.fan_in,
+            e.fan_out,
+            m,
+            std,
+            mult,
+            lr_factor,
+            p_eps,
+            wd,
+            own is not None,
+            gain,
         )
     return specs
-
-
-class ScaleInput:
-    """Forward pre-hook: multiply a module's first input by ``mult``. A module-level class, not
-    a closure, so that a parameterized model pickles (torch.save, deepcopy) with its hooks."""
-
-    __slots__ = ("mult",)
-
-    def __init__(self, mult: float) -> None:
-        self.mult = mult
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (args[0] * self.mult, *args[1:])
-
-
-class ScaleOutput:
-    """Forward hook: multiply a module's output (or the first item of a tuple output, e.g.
-    transformers attention's (output, weights, ...)) by ``mult``; picklable like `ScaleInput`."""
-
-    __slots__ = ("mult",)
-
-    def __init__(self, mult: float) -> None:
-        self.mult = mult
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (output[0] * self.mult, *output[1:])
-        return output * self.mult
-
-
-def _install_multiplier(module: nn.Module, pname: str, name: str, mult: float) -> RemovableHandle:
-    if isinstance(module, nn.Embedding) and pname == "weight":
-        return module.register_forward_hook(ScaleOutput(mult))
-    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and pname == "weight":
-        if (
-            getattr(module, "bias", None) is None
-            and isinstance(module, nn.Linear)
-            and (module.out_features <= module.in_features)
-        ):
-            return module.register_forward_hook(ScaleOutput(mult))  # the smaller tensor
-        return module.register_forward_pre_hook(ScaleInput(mult))
-    raise ConfigError(
-        f"{name}: no forward multiplier for {type(module).__name__}.{pname}; "
-        "use form='folded' (param.form = \"folded\"), which needs no hooks"
-    )
 
 
 def _untie_configs(model: nn.Module) -> None:
@@ -281,6 +294,8 @@ def parameterize(
     form: str = "multiplier",
     eps_mode: str = "constant",
     init_scale: dict[str, float] | None = None,
+    init_overrides: Mapping[str, InitOverride] | None = None,
+    base_init: Mapping[str, float] | None = None,
     init: bool = True,
     generator: torch.Generator | None = None,
 ) -> Parameterization:
@@ -289,6 +304,9 @@ def parameterize(
     for any torch optimizer. ``lr`` is the base LR beta. Parameters are re-initialized in the
     roles table's order from ``generator``, so a seed fixes the init; ``init=False`` keeps the
     model's values (a trained or loaded model: only multipliers and param groups change).
+    ``anchor="model"`` rescales the model's own tensors instead (`hptransfer.param.init`); at a
+    width other than the base it needs ``base_init``, `measure_init` of the model built at base
+    width.
     """
     owners = _owners(model)
     missing = [e.name for e in roles if e.name not in owners]
@@ -310,7 +328,10 @@ def parameterize(
         form=form,
         eps_mode=eps_mode,
         init_scale=init_scale,
+        init_overrides=init_overrides,
     )
+    # at base width the model's own tensors are the base-width measurement
+    base = None if at_base_width(roles) else (base_init if base_init is not None else {})
     handles = []
     hooked: set[tuple[int, str]] = set()
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -322,13 +343,18 @@ def parameterize(
                 p.zero_()
             else:
                 p.normal_(0.0, s.init_std, generator=generator)
+        elif init and s.init_gain is not None:
+            weight = bias_weight(roles[name], roles, SCALED)
+            factor = rescale_factor(name, s.init_gain, rms(p), base, weight)
+            if factor != 1.0:
+                p.mul_(factor)
         if s.multiplier != 1.0:
             users = [name] + [e.name for e in roles if e.tied_to == name and e.name not in specs]
             for user in users:  # a tied tensor used by a second module needs the same hook
                 umod, upname = owners[user]
                 if (id(umod), upname) not in hooked:  # a module under two names: one hook
                     hooked.add((id(umod), upname))
-                    handles.append(_install_multiplier(umod, upname, user, s.multiplier))
+                    handles += install_multiplier(umod, upname, user, s.multiplier)
         key = (s.role, s.lr_factor, s.eps, s.weight_decay, s.own_factor)
         if key not in groups:
             groups[key] = {
@@ -379,26 +405,3 @@ def scale_depth(
         for group in par.param_groups:
             if group["role"] == "hidden":
                 group["lr"] *= factor
-
-
-def scale_branches(model: nn.Module, patterns: list[str], mult: float) -> list[RemovableHandle]:
-    """Multiply the output of every module whose name matches one of the fnmatch ``patterns``
-    (the residual branches, e.g. ``blocks.*.attn``) by ``mult`` with forward hooks, so that
-    x + f(x) becomes x + mult * f(x) without editing the model. Returns the hook handles.
-    Raises ValueError when no module matches (a depth multiplier that silently did nothing).
-    """
-    patterns = [p.strip() for p in patterns if p.strip()]
-    names = [
-        name
-        for name, _ in model.named_modules()
-        if name and any(fnmatch.fnmatchcase(name, p) for p in patterns)
-    ]
-    if not names:
-        raise ValueError(
-            f"no module of {type(model).__name__} matches the residual-branch patterns "
-            f"{patterns}; set param.depth_branches"
-        )
-    # a match inside another match would be scaled twice: keep the outermost
-    names = [n for n in names if not any(n.startswith(o + ".") for o in names)]
-    modules = dict(model.named_modules())
-    return [modules[n].register_forward_hook(ScaleOutput(mult)) for n in names]
