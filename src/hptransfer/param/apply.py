@@ -33,7 +33,6 @@ one hook per module however many names it has, and hooks are picklable objects (
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
