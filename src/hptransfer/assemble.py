@@ -22,6 +22,7 @@ from hptransfer.config import ConfigError, RunConfig, load_callable
 from hptransfer.models import build_model, hidden_depth
 from hptransfer.optim import build_optimizer
 from hptransfer.param.apply import Parameterization, parameterize, scale_depth
+from hptransfer.param.detect import Scaling, check_stacking, detect_scaling
 from hptransfer.param.init import measure_init
 from hptransfer.param.roles import RoleTable, roles_from_factory
 from hptransfer.param.rules import K_SWITCHES, make_rule, measured_alignment
@@ -106,14 +107,34 @@ def run_roles(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> RoleTable:
     from how one batch is used (`trace.trace_uses`): model.batch's first training inputs, else a
     sequence of token ids."""
     p = cfg.param
+    return roles_from_factory(
+        factory,
+        cfg.model.width,
+        p.base_width,
+        overrides=p.overrides,
+        tied=p.tied,
+        example=example_input(cfg),
+    )
+
+
+def example_input(cfg: RunConfig) -> Any:
+    """One input of ``cfg``'s model for set-up measurements: model.batch's first training
+    inputs, else a sequence of token ids."""
     if cfg.model.batch:
         batch_fn = load_callable(cfg.model.batch, "model.batch")
-        example = HookBatches(batch_fn, cfg.train.batch_size, cfg.seed).get(0)[0]
-    else:
-        example = torch.zeros((1, cfg.train.seq_len), dtype=torch.long)
-    return roles_from_factory(
-        factory, cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied, example=example
-    )
+        return HookBatches(batch_fn, cfg.train.batch_size, cfg.seed).get(0)[0]
+    return torch.zeros((1, cfg.train.seq_len), dtype=torch.long)
+
+
+def model_scaling(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> list[Scaling]:
+    """The width-dependent constants model.factory's model applies itself (`detect_scaling` at
+    param.base_width and model.width, under a forked RNG); none for the built-in models, which
+    apply only what the config asks for."""
+    if not cfg.model.factory or cfg.model.width == cfg.param.base_width:
+        return []
+    x = example_input(cfg)
+    widths = (cfg.param.base_width, cfg.model.width)
+    return detect_scaling(factory, lambda m: m(x), widths, seed=cfg.seed)
 
 
 def solver_depth(cfg: RunConfig, roles: RoleTable | None = None) -> int:
@@ -191,6 +212,7 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
             base_init = measure_init(factory(cfg.param.base_width))
     gen = torch.Generator().manual_seed(cfg.seed)
     par = parameterize_run(cfg, model, roles, generator=gen, base_init=base_init)
+    check_stacking(model_scaling(cfg, factory), roles, par.rule)  # warns where the rule stacks
     o = cfg.optimizer
     optimizer = build_optimizer(o.name, par.param_groups, **o.hparams())
     batches, eval_set = run_batches(cfg, corpus)

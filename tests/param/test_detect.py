@@ -65,3 +65,41 @@ def test_mup_stacking_on_t5s_scaling_warns_or_is_refused() -> None:
     assert check_stacking(found, roles, make_rule("sp", "adam")) == []  # SP: a = 0
     with pytest.raises(ConfigError, match=r"^lm_head.weight: mup's output multiplier"):
         check_stacking(found, roles, make_rule("mup", "adam"), strict=True)
+
+
+SCALED_LM = '''
+import torch
+from torch import nn
+
+
+class ScaledLM(nn.Module):
+    """A causal LM that multiplies its readout's input by width^-1/2 itself (as stock T5)."""
+
+    def __init__(self, width, vocab_size=64):
+        super().__init__()
+        self.width = width
+        self.emb = nn.Embedding(vocab_size, width)
+        self.fc = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab_size, bias=False)
+
+    def forward(self, ids):
+        return self.head(self.fc(self.emb(ids)) * self.width**-0.5)
+
+
+def make(width, vocab_size=64):
+    return ScaledLM(width, vocab_size)
+'''
+
+
+def test_rules_model_reports_a_factory_models_own_scaling_and_the_stacking(tmp_path, capsys):
+    from hptransfer.cli import main
+
+    path = tmp_path / "scaled_lm.py"
+    path.write_text(SCALED_LM)
+    argv = ["rules", "--model", f"{path}:make", "--width", "128", "--base-width", "32"]
+    with pytest.warns(UserWarning, match=r"head\.weight: mup's output multiplier"):
+        assert main([*argv, "--param", "mup"]) == 0
+    out = capsys.readouterr().out
+    assert "the model scales by width itself" in out
+    assert "head (input): x0.1768 -> x0.08839, ~ width^-0.50" in out
+    assert "warning: head.weight: mup's output multiplier" in out

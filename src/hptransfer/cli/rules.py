@@ -214,10 +214,12 @@ def _config(args: argparse.Namespace, options: dict) -> RunConfig:
 
 
 def _rules_for_model(cfg: RunConfig, rule, fmt: str) -> int:
-    from hptransfer.assemble import model_factory, run_roles
+    from hptransfer.assemble import model_factory, model_scaling, run_roles
     from hptransfer.param.apply import compute_specs
+    from hptransfer.param.detect import check_stacking
 
-    roles = run_roles(cfg, model_factory(cfg))
+    factory = model_factory(cfg)
+    roles = run_roles(cfg, factory)
     specs = compute_specs(roles, rule)
     if fmt == "json":
         params = [vars(s) | {"evidence": roles[s.name].evidence} for s in specs.values()]
@@ -230,4 +232,10 @@ def _rules_for_model(cfg: RunConfig, rule, fmt: str) -> int:
     evidence = ["evidence"] + [roles[name].evidence for name in specs]
     width = max(map(len, lines))
     print("\n".join(f"{line.ljust(width)}  {e}".rstrip() for line, e in zip(lines, evidence)))
+    found = model_scaling(cfg, factory)
+    if found:  # the model's own width-dependent constants, and where the rule stacks on them
+        print("\nthe model scales by width itself (measured at base width and width):")
+        print("\n".join(f"  {s.format()}" for s in found))
+        for message in check_stacking(found, roles, rule):
+            print(f"  warning: {message}")
     return 0
