@@ -7,7 +7,10 @@ each (width, setting) owns an :class:`LRSearch`; when all of a search's runs (ev
 every LR proposed so far) are finished, its seed-averaged losses are recorded and the next LRs
 are queued; a seed that diverged makes its LR count as diverged, and a failed run stops its
 search (a failure says nothing about the LR). Because proposals depend only on results, a
-resumed sweep re-creates the same runs and skips the finished ones.
+resumed sweep re-creates the same runs and skips the finished ones. With ``[halving]`` each run
+is told the runs before it in its group (search and seed, in the order they were queued), which
+its worker compares it with at each rung (halving.py); a stopped LR counts as no better than the
+best, and a stopped run stays stopped on resume.
 
 The disk is the truth. A worker that died is charged to the one run it held, unless that run's
 summary shows it finished before the death; a run recorded as failed here is one whose failed
@@ -106,6 +109,8 @@ class SweepRunner:
         self.attempts: Counter[str] = Counter()
         self.searches: dict[tuple, _Search] = {}
         self.search_of: dict[str, tuple] = {}
+        self.groups: dict[tuple, list[str]] = {}
+        """Halving groups: (setting, seed) -> run ids in the order they were queued."""
         self.counts = Counts()
         self.train_fn = train_function()
         self._written = 0.0
@@ -115,6 +120,7 @@ class SweepRunner:
             return
         self.runs[run.run_id] = run
         self.status[run.run_id] = "pending"
+        self.groups.setdefault(self._group(run), []).append(run.run_id)
         self._push(run)
         self.counts.pending += 1
         if key is not None:
@@ -140,16 +146,25 @@ class SweepRunner:
                     self.searches[key].templates.append(run)
             self.add(run, key)
 
+    def _group(self, run: Run) -> tuple:
+        """A run's halving group: its LR search's setting and its seed."""
+        return self.spec.settings_key(run), run.config.seed
+
     def _push(self, run: Run) -> None:
         heapq.heappush(self.queue, (-run_cost(run), self._queued, run))
         self._queued += 1
 
     def task(self, run: Run) -> RunTask:
+        halving = siblings = None
+        if self.spec.halving is not None:
+            halving = asdict(self.spec.halving)
+            group = self.groups[self._group(run)]
+            siblings = tuple(group[: group.index(run.run_id)])
         return RunTask(
             root=str(self.root), run_id=run.run_id, config=run.config.to_dict(),
             train_fn=self.train_fn, threads=self.spec.settings.threads_per_run,
             lock_timeout_s=self.spec.settings.lock_timeout_s,
-            rerun_failed=run.run_id in self.rerun,
+            rerun_failed=run.run_id in self.rerun, halving=halving, siblings=siblings or (),
         )  # fmt: skip
 
     def skips(self, run_id: str) -> bool:
@@ -228,7 +243,9 @@ class SweepRunner:
             self.counts.skipped += 1
         elif isinstance(outcome.get("wall_time_s"), (int, float)):
             self.counts.run_seconds.append(float(outcome["wall_time_s"]))
-        counter = {"ok": "done", "diverged": "diverged"}.get(str(status), "failed")
+        counter = {"ok": "done", "diverged": "diverged", "stopped": "stopped"}.get(
+            str(status), "failed"
+        )
         setattr(self.counts, counter, getattr(self.counts, counter) + 1)
         key = self.search_of.get(run.run_id)
         if key is not None:
