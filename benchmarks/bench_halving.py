@@ -1,19 +1,43 @@
-"""Successive halving vs dense grids, replayed from the dense grids' learning curves.
+"""Successive halving vs dense grids, replayed from the dense grids' stored learning curves.
 
-Draft: grid definitions and generation.
+Runs are deterministic and halving only stops them, so an adaptive sweep with ``[halving]`` can
+be replayed exactly from a dense grid over the same LRs (same configs, so the same run ids): the
+real sweep runner, search, worker and halving hook run with a train function (`replay_train`)
+that replays the dense run's metrics.jsonl records instead of training. Per validation sweep:
+
+1. ``dense``: the dense 2^(1/4) grid, trained for real (the CPU cost; ``--out`` keeps it).
+2. ``replay``: the adaptive search alone, and with halving at each margin of ``--margins``:
+   training steps as a fraction of the dense grid's, and each (width, setting) optimum's gap
+   in octaves to the dense grid's (``moved``: gaps above 1/4 octave).
+3. ``--real NAME``: the same adaptive halving sweep trained for real; it must equal the replay
+   (statuses and steps of every run).
+
+Sweeps: the demo (widths 32 and 64 here), an SP sweep with one global LR (Adam), a Muon
+sweep, and a muP sweep whose large LRs plateau (grad clipping, no divergence test).
+Usage: python benchmarks/bench_halving.py --out DIR [--margins 0.05,0.1] [--real muon]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import math
+import os
+import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from hptransfer.experiments.demo import RECIPE
+from hptransfer.store import RunDir, Summary, load_runs, read_json, read_metrics, run_dir
 from hptransfer.sweep import parse_spec, run_sweep
+from hptransfer.sweep.executors import Executor, Outcome
+from hptransfer.sweep.worker import RunTask, execute
 
 DENSE_STEP = "2^(1/4)"
+REPLAY_FROM = "HPTRANSFER_REPLAY_FROM"
 
 
 def _demo() -> dict[str, Any]:
@@ -61,7 +85,131 @@ def dense_table(name: str) -> dict[str, Any]:
     return table
 
 
-def dense(name: str, root: Path) -> Path:
+def halving_table(name: str, margin: float | None) -> dict[str, Any]:
+    """The adaptive sweep, with ``[halving]`` at ``margin`` (None: without halving)."""
+    table = copy.deepcopy(GRIDS[name]())
+    table["sweep"]["lr_refine"] = "2^(1/4)"  # refined as finely as the dense grid
+    if margin is not None:
+        table["halving"] = {"margin": margin}
+    return table
+
+
+def replay_train(cfg: Any, out_dir: str | Path | None = None, progress: Any = None) -> dict:
+    """A train function that replays the dense grid's run of the same id (REPLAY_FROM names
+    the dense directory): its records go to ``progress`` and ``out_dir`` as train logs them."""
+    source = run_dir(os.environ[REPLAY_FROM], cfg.run_id())
+    if not (source / "summary.json").exists():
+        raise RuntimeError(f"LR {cfg.optimizer.lr} is outside the dense grid")
+    run = RunDir(out_dir) if out_dir is not None else None
+    for record in read_metrics(source):
+        if run is not None:
+            run.log(record)
+        if progress is not None:
+            progress(record)
+    summary = read_json(source / "summary.json")
+    if run is not None:
+        run.finish(Summary(**summary))
+    return summary
+
+
+class InlineExecutor(Executor):
+    """Runs each task in this process when submitted (one at a time: a replay is instant)."""
+
+    workers = 1
+
+    def __init__(self) -> None:
+        self._done: list[Outcome] = []
+
+    def submit(self, task: RunTask) -> None:
+        self._done.append((task, execute(task)))
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+def _optima(directory: Path) -> dict[str, float]:
+    df = load_runs(directory, errors="ignore")
+    keys = ["parameterization", "width"]
+    ok = df[(df["status"] == "ok") & df["final_eval_loss"].notna()]
+    best = ok.loc[ok.groupby(keys)["final_eval_loss"].idxmin()]
+    return {f"{r.parameterization}/{int(r.width)}": float(r.lr) for r in best.itertuples()}
+
+
+def _steps(directory: Path) -> int:
+    return int(load_runs(directory, errors="ignore")["steps"].fillna(0).sum())
+
+
+def replay(name: str, root: Path, margin: float | None) -> dict[str, Any]:
+    """The adaptive (halving) sweep replayed from ``root/name/dense``; steps and optimum gaps."""
+    dense_dir = root / name / "dense"
+    out = root / name / ("replay-adaptive" if margin is None else f"replay-m{margin:g}")
+    os.environ[REPLAY_FROM] = str(dense_dir)
+    os.environ["HPTRANSFER_TRAIN_FN"] = f"{__name__}:replay_train"
+    try:
+        run_sweep(parse_spec(halving_table(name, margin)), out, quiet=True,
+                  executor=InlineExecutor())  # fmt: skip
+    finally:
+        del os.environ["HPTRANSFER_TRAIN_FN"]
+    df = load_runs(out, errors="ignore")
+    dense, found = _optima(dense_dir), _optima(out)
+    gaps = {k: round(abs(math.log2(found[k] / lr)), 3) if k in found else None
+            for k, lr in dense.items()}  # fmt: skip
+    return {
+        "runs": len(df),
+        "stopped": int((df["status"] == "stopped").sum()),
+        "failed": int((df["status"] == "failed").sum()),
+        "step_ratio": round(_steps(out) / _steps(dense_dir), 3),
+        "gaps_octaves": gaps,
+        "moved": [k for k, g in gaps.items() if g is None or g > 0.25 + 1e-9],
+    }
+
+
+def dense(name: str, root: Path) -> dict[str, Any]:
+    """Train (or resume) the dense grid of ``name``; its runs, steps and wall time."""
     out = root / name / "dense"
+    start = time.perf_counter()
     run_sweep(parse_spec(dense_table(name)), out, quiet=True)
-    return out
+    df = load_runs(out)
+    return {"runs": len(df), "steps": _steps(out), "run_seconds": round(df["wall_time_s"].sum()),
+            "wall_s_here": round(time.perf_counter() - start)}  # fmt: skip
+
+
+def real(name: str, root: Path, margin: float) -> dict[str, Any]:
+    """The adaptive halving sweep trained for real; compared run by run with its replay."""
+    out = root / name / f"real-m{margin:g}"
+    start = time.perf_counter()
+    run_sweep(parse_spec(halving_table(name, margin)), out, quiet=True)
+    wall = time.perf_counter() - start
+    replayed = root / name / f"replay-m{margin:g}"
+    a, b = (load_runs(d).set_index("run_id")[["status", "steps"]] for d in (out, replayed))
+    same = a.sort_index().equals(b.sort_index())
+    return {"runs": len(a), "steps": int(a["steps"].sum()), "wall_s": round(wall),
+            "equals_replay": same}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="dense grids and replays live here")
+    parser.add_argument("--grids", default=",".join(GRIDS))
+    parser.add_argument("--margins", default="0.02,0.05,0.1,0.2")
+    parser.add_argument("--real", default="", help="grid to also sweep for real with halving")
+    args = parser.parse_args(argv)
+    root = Path(args.out)
+    margins = [float(m) for m in args.margins.split(",")]
+    result: dict[str, Any] = {}
+    for name in args.grids.split(","):
+        result[name] = {"dense": dense(name, root), "adaptive": replay(name, root, None)}
+        for m in margins:
+            result[name][f"halving_m{m:g}"] = replay(name, root, m)
+        if name == args.real:
+            result[name]["real"] = real(name, root, margins[0])
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))  # workers import replay_train by name
+    print(json.dumps(main(), indent=1))

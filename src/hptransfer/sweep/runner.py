@@ -342,7 +342,10 @@ def run_sweep(
     check_runs(runs)
     root = prepare_dir(out_dir)
     own = executor is None
-    executor = executor or make_executor(settings.executor, settings.workers, settings.address)
+    executor = executor or make_executor(
+        settings.executor, settings.workers, settings.address, settings.devices,
+        settings.runs_per_device,
+    )  # fmt: skip
     try:
         progress = Progress(executor.workers, quiet, stream)
         runner = SweepRunner(spec, root, executor, progress, runs, retry_failed)

@@ -112,8 +112,15 @@ class SweepSettings:
             raise ConfigError(f"sweep.retries must be >= 0, got {self.retries}")
         if self.runs_per_device < 1:
             raise ConfigError(f"sweep.runs_per_device must be >= 1, got {self.runs_per_device}")
-        if any(not d.strip() for d in self.devices.split(",")) and self.devices:
-            raise ConfigError(f"sweep.devices: expected names like cuda:0,cuda:1, got {self.devices!r}")
+        if self.devices and not all(d.strip() for d in self.devices.split(",")):
+            raise ConfigError(f"sweep.devices: expected e.g. cuda:0,cuda:1, got {self.devices!r}")
+
+    @property
+    def concurrent_runs(self) -> int:
+        """Runs at once: runs_per_device on each of ``devices``, else ``workers``."""
+        if self.devices:
+            return len(self.devices.split(",")) * self.runs_per_device
+        return self.workers
         if parse_step(self.lr_refine) > 2**0.5 + 1e-12:
             raise ConfigError(f"sweep.lr_refine must be 2^(1/4) or 2^(1/2), got {self.lr_refine!r}")
 
