@@ -30,6 +30,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from hptransfer.config import from_dict
 from hptransfer.experiments.demo import RECIPE
 from hptransfer.store import RunDir, Summary, load_runs, read_json, read_metrics, run_dir
 from hptransfer.sweep import parse_spec, run_sweep
@@ -44,7 +45,6 @@ def _demo() -> dict[str, Any]:
     table = tomllib.loads(RECIPE.read_text())
     table["base"]["train"].update({"eval_every": 10})
     table["grid"]["model"]["width"] = [32, 64]
-    table["grid"]["optimizer"]["lr"] = {"min": 2**-10, "max": 2**-2, "step": "2^2"}
     return table
 
 
@@ -70,11 +70,17 @@ def _small(
 
 GRIDS = {
     "demo": _demo,
-    "sp_global": lambda: _small({"param": {"name": "sp", "lr_exponents": "global"}},
-                                (2**-12, 2**-2), steps=90, batch=16, widths=(32, 128)),  # fmt: skip
+    "sp_global": lambda: _small(
+        {"param": {"name": "sp", "lr_exponents": "global"}},
+        (2**-12, 2**-2),
+        steps=90,
+        batch=16,
+        widths=(32, 128),
+    ),  # fmt: skip
     "muon": lambda: _small({"param": {"name": "mup"}}, (2**-10, 2**-2), optimizer__name="muon"),
-    "plateau": lambda: _small({"param": {"name": "mup"}}, (2**-10, 2**0),
-                              train__diverge_factor=1e6, train__grad_clip=1.0),  # fmt: skip
+    "plateau": lambda: _small(
+        {"param": {"name": "mup"}}, (2**-10, 2**0), train__diverge_factor=1e6, train__grad_clip=1.0
+    ),  # fmt: skip
 }
 
 
@@ -94,19 +100,46 @@ def halving_table(name: str, margin: float | None) -> dict[str, Any]:
     return table
 
 
+def _lattice_key(cfg: Any) -> str:
+    """A config with its LR as a whole number of quarter octaves: the search's LRs and the
+    dense grid's agree on the lattice, not always in the 12th digit (and so the run id)."""
+    table = cfg.to_dict()
+    table["optimizer"]["lr"] = round(4 * math.log2(cfg.optimizer.lr))
+    return json.dumps(table, sort_keys=True)
+
+
+_DENSE: dict[str, dict[str, Path]] = {}
+
+
+def _dense_run(cfg: Any) -> Path | None:
+    """The dense grid's run directory of ``cfg``'s config (REPLAY_FROM names the grid)."""
+    root = os.environ[REPLAY_FROM]
+    if root not in _DENSE:
+        runs = Path(root) / "runs"
+        _DENSE[root] = {
+            _lattice_key(from_dict(read_json(d / "config.json"))): d for d in runs.iterdir()
+        }
+    return _DENSE[root].get(_lattice_key(cfg))
+
+
 def replay_train(cfg: Any, out_dir: str | Path | None = None, progress: Any = None) -> dict:
-    """A train function that replays the dense grid's run of the same id (REPLAY_FROM names
-    the dense directory): its records go to ``progress`` and ``out_dir`` as train logs them."""
-    source = run_dir(os.environ[REPLAY_FROM], cfg.run_id())
-    if not (source / "summary.json").exists():
-        raise RuntimeError(f"LR {cfg.optimizer.lr} is outside the dense grid")
+    """A train function that replays the dense grid's run of the same config: its records go to
+    ``progress`` and ``out_dir`` as train logs them. An LR outside the dense grid counts as
+    diverged and is charged a whole run (REPLAY_OUTSIDE counts them)."""
+    source = _dense_run(cfg)
     run = RunDir(out_dir) if out_dir is not None else None
+    if source is None:
+        summary = Summary(cfg.run_id(), "diverged", steps=cfg.train.steps).to_dict()
+        summary["outside"] = True
+        if run is not None:
+            run.finish(Summary(cfg.run_id(), "diverged", steps=cfg.train.steps))
+        return summary
     for record in read_metrics(source):
         if run is not None:
             run.log(record)
         if progress is not None:
             progress(record)
-    summary = read_json(source / "summary.json")
+    summary = {**read_json(source / "summary.json"), "run_id": cfg.run_id()}
     if run is not None:
         run.finish(Summary(**summary))
     return summary
@@ -158,8 +191,11 @@ def replay(name: str, root: Path, margin: float | None) -> dict[str, Any]:
     dense, found = _optima(dense_dir), _optima(out)
     gaps = {k: round(abs(math.log2(found[k] / lr)), 3) if k in found else None
             for k, lr in dense.items()}  # fmt: skip
+    outside = [r for r in df.itertuples() if _dense_run(from_dict(read_json(
+        run_dir(out, r.run_id) / "config.json"))) is None]  # fmt: skip
     return {
         "runs": len(df),
+        "outside_dense": len(outside),
         "stopped": int((df["status"] == "stopped").sum()),
         "failed": int((df["status"] == "failed").sum()),
         "step_ratio": round(_steps(out) / _steps(dense_dir), 3),

@@ -127,9 +127,7 @@ def test_a_sweep_stops_the_hopeless_point_and_a_resume_keeps_it_stopped(
     assert "stopped" in screen.splitlines()[2]  # the table's header has a stopped column
 
 
-def test_adaptive_search_with_halving_finds_the_same_optimum(
-    tmp_path: Path, curves: None
-) -> None:
+def test_adaptive_search_with_halving_finds_the_same_optimum(tmp_path: Path, curves: None) -> None:
     spec = {**SPEC, "grid": {"lr": [2**-10, 2**-8]}, "sweep": {"workers": 2, "adaptive": True}}
     plain = {k: v for k, v in spec.items() if k != "halving"}
     run_sweep(parse_spec(plain), tmp_path / "plain", quiet=True)

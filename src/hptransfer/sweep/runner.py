@@ -27,7 +27,7 @@ import math
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -87,6 +87,24 @@ class _Search:
     run_ids: list[str] = field(default_factory=list)
 
 
+def halving_order(runs: list[Run], group_of: Callable[[Run], Hashable]) -> list[Run]:
+    """Runs ordered for successive halving: in each group, the middle of its LR range (in
+    log2) first, then outward, the larger LR first at equal distance. Halving compares a run
+    with the ones before it, so the likeliest optima (the middle of the grid, a guess) should
+    go first, and at equal distance the large LR, which learns faster early: the small LRs
+    that are hopeless are then behind at the first rung and stopped there."""
+    logs: dict[Hashable, list[float]] = {}
+    for run in runs:
+        logs.setdefault(group_of(run), []).append(math.log2(run.config.optimizer.lr))
+    middle = {g: (min(v) + max(v)) / 2 for g, v in logs.items()}
+
+    def place(run: Run) -> tuple[float, float]:
+        log_lr = math.log2(run.config.optimizer.lr)
+        return round(abs(log_lr - middle[group_of(run)]), 6), -log_lr
+
+    return sorted(runs, key=place)
+
+
 class SweepRunner:
     """The scheduling loop of one sweep (see the module docstring)."""
 
@@ -128,7 +146,10 @@ class SweepRunner:
             self.searches[key].run_ids.append(run.run_id)
 
     def plan(self) -> None:
-        """Queue the expanded grid; with adaptive search, group it into searches."""
+        """Queue the expanded grid; with adaptive search, group it into searches. Under halving
+        each group's LRs go middle-out (`halving_order`)."""
+        if self.spec.halving is not None:
+            self.initial = halving_order(self.initial, self._group)
         starts: dict[tuple, list[float]] = {}  # each search starts from its own LR list
         if self.spec.settings.adaptive:
             for run in self.initial:
