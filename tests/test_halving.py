@@ -141,3 +141,12 @@ def test_adaptive_search_with_halving_finds_the_same_optimum(tmp_path: Path, cur
     halved = store.load_runs(tmp_path / "halving")
     assert (halved["status"] == "stopped").any()
     assert halved["steps"].sum() < store.load_runs(tmp_path / "plain")["steps"].sum()
+
+
+def test_groups_queue_middle_out_the_larger_lr_first() -> None:
+    from hptransfer.sweep.runner import halving_order
+
+    spec = parse_spec({"grid": {"lr": [2.0**k for k in range(-12, -1, 2)], "seed": [0, 1]}})
+    order = halving_order(spec.expand(), lambda run: run.config.seed)
+    seed0 = [round(math.log2(r.config.optimizer.lr)) for r in order if r.config.seed == 0]
+    assert seed0 == [-6, -8, -4, -10, -2, -12]
