@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -150,3 +151,21 @@ def test_groups_queue_middle_out_the_larger_lr_first() -> None:
     order = halving_order(spec.expand(), lambda run: run.config.seed)
     seed0 = [round(math.log2(r.config.optimizer.lr)) for r in order if r.config.seed == 0]
     assert seed0 == [-6, -8, -4, -10, -2, -12]
+
+
+def test_the_report_counts_a_stopped_run_and_never_uses_its_loss(tmp_path: Path) -> None:
+    from test_report import synthetic_config, write_run, write_synthetic_sweep
+
+    from hptransfer.report.build import build_report
+
+    root = write_synthetic_sweep(tmp_path / "sweep")
+    # stopped at a far-off LR with a loss below every optimum: were it read, the sp optimum moved
+    stopped = {"status": "stopped", "final_eval_loss": None, "best_eval_loss": 0.5,
+               "last_eval_loss": 0.5, "steps": 3}  # fmt: skip
+    write_run(root, "stopped0", synthetic_config("sp", 512, 2.0**-12), stopped)
+    html_path, summary_path = build_report(root, reference="sp")
+    summary = json.loads(summary_path.read_text())
+    assert summary["counts"]["stopped"] == 1
+    head = {h["parameterization"]: h for h in summary["headline"]}
+    assert head["sp"]["lr_at_width_max"] == pytest.approx(2.0**-9, rel=0.05)
+    assert "1 stopped early" in html_path.read_text()
