@@ -1,6 +1,6 @@
 """Sweep specs: a TOML file -> a validated :class:`SweepSpec` -> a deterministic run list.
 
-A spec has three tables, and optionally a list of cases::
+A spec has three tables, optionally a list of cases and a [halving] table::
 
     [base]                    # a run config: nested tables as in a recipe, or
     recipe = "quickstart.toml"    # a recipe path (relative to the spec) plus overrides
