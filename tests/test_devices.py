@@ -64,3 +64,15 @@ def test_placement_prefers_the_emptiest_then_the_freest_device() -> None:
     assert executor._device() == "cuda:1"  # both idle: the one with more free memory
     free["cuda:0"] = 16 << 30
     assert executor._device() == "cuda:0"
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [({"runs_per_device": 0}, "sweep.runs_per_device must be >= 1"),
+     ({"devices": "cuda:0,,cuda:1"}, "sweep.devices: expected")],
+)  # fmt: skip
+def test_bad_device_settings_are_refused_by_name(sweep: dict, message: str) -> None:
+    from hptransfer.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_spec({"grid": {"lr": [0.001]}, "sweep": sweep})

@@ -114,6 +114,8 @@ class SweepSettings:
             raise ConfigError(f"sweep.runs_per_device must be >= 1, got {self.runs_per_device}")
         if self.devices and not all(d.strip() for d in self.devices.split(",")):
             raise ConfigError(f"sweep.devices: expected e.g. cuda:0,cuda:1, got {self.devices!r}")
+        if parse_step(self.lr_refine) > 2**0.5 + 1e-12:
+            raise ConfigError(f"sweep.lr_refine must be 2^(1/4) or 2^(1/2), got {self.lr_refine!r}")
 
     @property
     def concurrent_runs(self) -> int:
@@ -121,8 +123,6 @@ class SweepSettings:
         if self.devices:
             return len(self.devices.split(",")) * self.runs_per_device
         return self.workers
-        if parse_step(self.lr_refine) > 2**0.5 + 1e-12:
-            raise ConfigError(f"sweep.lr_refine must be 2^(1/4) or 2^(1/2), got {self.lr_refine!r}")
 
 
 @dataclass(frozen=True)
