@@ -118,7 +118,7 @@ def test_ls_prints_one_screen_status(tmp_path, fake, monkeypatch, capsys):
     run_sweep(load_spec(write_spec(tmp_path, text)), out, quiet=True)
     assert main(["ls", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith("12 runs: 4 ok, 2 diverged, 6 failed, 0 running, 0 pending")
+    assert lines[0].endswith("12 runs: 4 ok, 2 diverged, 0 stopped, 6 failed, 0 running, 0 pending")
     rows = [line.split() for line in lines]
     mup32 = next(r for r in rows if r[:3] == ["mup", "adam", "32"])
     assert mup32[3:8] == ["2", "1", "0", "0", "0"] and mup32[-1] == "2^-7.97"

@@ -84,3 +84,47 @@ def gamma_train(cfg: RunConfig, out_dir: str | Path | None = None, progress=None
     if out_dir is not None:
         write_json(Path(out_dir) / "summary.json", summary)
     return summary
+
+
+def curve_train(cfg: RunConfig, out_dir: str | Path | None = None, progress=None) -> dict:
+    """A learning curve without torch: the eval loss every eval_every steps falls linearly from
+    synthetic_loss + 0.5 to synthetic_loss at the last step, logged and passed to ``progress``
+    as train does, so successive halving (sweep/halving.py) can stop it. Each step sleeps
+    FAKE_STEP_S (default 0); FAKE_TRAIN_LOG gets start/done lines with HPTRANSFER_DEVICE."""
+    from hptransfer.store import RunDir, Summary
+
+    log = os.environ.get("FAKE_TRAIN_LOG")
+    device = os.environ.get("HPTRANSFER_DEVICE", "")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"event": "start", "run_id": cfg.run_id(), "device": device,
+                                "t": time.time()}) + "\n")  # fmt: skip
+    final = synthetic_loss(cfg.optimizer.lr, cfg.model.width)
+    t = cfg.train
+    run = RunDir(out_dir) if out_dir is not None else None
+    status, evals, losses = "ok", [], []
+    for step in range(t.steps):
+        time.sleep(float(os.environ.get("FAKE_STEP_S", "0")))
+        if not math.isfinite(final):
+            status = "diverged"
+            break
+        record = {"step": step, "loss": final + 0.5 * (1 - step / t.steps)}
+        losses.append(record["loss"])
+        if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
+            record["eval_loss"] = final + 0.5 * (1 - (step + 1) / t.steps)
+            evals.append(record["eval_loss"])
+        if run is not None:
+            run.log(record)
+        if progress is not None:
+            progress(record)
+    summary = Summary(
+        cfg.run_id(), status, final_eval_loss=evals[-1] if status == "ok" else None,
+        best_eval_loss=min(evals, default=None), steps=len(losses), losses=losses,
+    )  # fmt: skip
+    if run is not None:
+        run.finish(summary)
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"event": "done", "run_id": cfg.run_id(), "device": device,
+                                "t": time.time()}) + "\n")  # fmt: skip
+    return summary.to_dict()

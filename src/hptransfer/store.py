@@ -44,7 +44,7 @@ from hptransfer.locks import LOCK_TIMEOUT_S, lock_state
 if TYPE_CHECKING:
     import pandas as pd
 
-Status = Literal["ok", "diverged", "failed"]
+Status = Literal["ok", "diverged", "failed", "stopped"]
 FINISHED: tuple[Status, ...] = get_args(Status)
 """Statuses of a finished run (summary.json written); a resumed sweep skips these."""
 
@@ -65,7 +65,7 @@ def run_dir(root: str | Path, run_id: str) -> Path:
 
 
 def finished_status(root: str | Path, run_id: str) -> str | None:
-    """The run's status if it is finished (ok / diverged / failed), else None."""
+    """The run's status if it is finished (ok / diverged / failed / stopped), else None."""
     try:
         status = read_json(run_dir(root, run_id) / SUMMARY).get("status")
     except (OSError, ValueError, AttributeError):
@@ -96,7 +96,9 @@ class Summary:
     losses: list[float] = field(default_factory=list)
     """Train loss of every step taken."""
     error: str | None = None
-    """Why a failed run failed (the traceback); None otherwise."""
+    """Why a failed run failed (the traceback), or where a stopped run stopped; else None."""
+    last_eval_loss: float | None = None
+    """A stopped run's eval loss when successive halving stopped it (sweep/halving.py)."""
 
     def __post_init__(self) -> None:
         if self.status not in FINISHED:

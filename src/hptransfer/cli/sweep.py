@@ -31,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--workers", type=int, help="concurrent runs (overrides sweep.workers)")
     parser.add_argument("--address", help="Ray cluster address, e.g. auto or head:6379")
     parser.add_argument(
+        "--devices", help="place runs on these devices, e.g. cuda:0,cuda:1 (sweep.devices)"
+    )
+    parser.add_argument(
+        "--runs-per-device", type=int, help="runs at once per device (sweep.runs_per_device)"
+    )
+    parser.add_argument(
         "--retry-failed", action="store_true", help="run the runs recorded as failed once more"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = {
         key: getattr(args, key)
-        for key in ("executor", "workers", "address")
+        for key in ("executor", "workers", "address", "devices", "runs_per_device")
         if getattr(args, key) is not None
     }
     spec = load_spec(args.spec, settings)
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         s = spec.settings
         threads = s.threads_per_run
         cost = estimate(
-            runs, lambda cfgs: measure(cfgs, threads), s.workers, threads,
+            runs, lambda cfgs: measure(cfgs, threads), s.concurrent_runs, threads,
             search_of=spec.settings_key if s.adaptive else None, fine=parse_step(s.lr_refine),
         )  # fmt: skip
         for line in cost.lines():
@@ -67,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out) if args.out else DEFAULT_ROOT / Path(args.spec).stem
     counts = run_sweep(spec, out, quiet=args.quiet, retry_failed=args.retry_failed)
-    print(f"{out}: {counts.line(spec.settings.workers)}")
+    print(f"{out}: {counts.line(spec.settings.concurrent_runs)}")
     return 1 if counts.failed else 0

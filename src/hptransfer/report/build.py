@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import matplotlib.figure
     import pandas as pd
 
-STATUSES = ("ok", "diverged", "failed", "running", "pending")
+STATUSES = ("ok", "diverged", "stopped", "failed", "running", "pending")
 """Run statuses counted in summary.json's ``counts``, which also has ``unreadable`` (run
 directories whose config.json is missing or corrupt) and ``total``."""
 

@@ -9,7 +9,12 @@ step), on ``sweep.threads_per_run`` threads as a sweep's workers do, and times
 - build_s: loading the corpus and building model, roles, parameterization and optimizer,
 - step_s:  one training step (forward, backward, optimizer step), the mean of ``steps``
   steps after ``warmup`` untimed ones,
-- eval_s:  one evaluation batch (a forward pass without gradients).
+- eval_s:  one evaluation batch (a forward pass without gradients), after an untimed one.
+
+Before the first timed config, one untimed build and step warm the process up (imports, the
+corpus read and tokenized, the allocator): a sweep's worker pays that once, not once per run,
+and charging it to every run of the first timing key made the estimate of a small sweep 5x the
+time measured (muon grid of benchmarks/bench_halving.py: 24 s of the first build, per run).
 
 A run of S steps with eval_every E and B eval batches then costs
 
@@ -217,6 +222,8 @@ def time_configs(
     import torch
 
     torch.set_num_threads(threads)
+    if tables:  # warm the process up: imports, corpus, allocator (module docstring)
+        time_config(from_dict(tables[0]), warmup=1, steps=0)
     return [time_config(from_dict(table), warmup, steps) for table in tables]
 
 
@@ -252,9 +259,11 @@ def time_config(cfg: RunConfig, warmup: int = WARMUP_STEPS, steps: int = TIMED_S
     for i in range(warmup, warmup + steps):
         step(i)
     sync()
-    step_s = (time.perf_counter() - start) / steps
+    step_s = (time.perf_counter() - start) / max(1, steps)
     x, y = (b.to(device) for b in batches.get(0))
     with torch.no_grad():
+        loss_fn(s.model, x, y, autocast)
+        sync()
         start = time.perf_counter()
         s.loss(s.model, x, y)
         sync()

@@ -3,9 +3,16 @@
 One small interface, two implementations:
 
 - ``local``: ``workers`` long-lived worker processes started with "spawn" (no forked torch
-  state), each fed one task at a time over its own pipe by a small supervisor here.
+  state), each fed one task at a time over its own pipe by a small supervisor here. With
+  ``devices`` (``sweep.devices``, ``--devices cuda:0,cuda:1``) there are ``runs_per_device``
+  workers per device instead, each bound to its device for life: HPTRANSFER_DEVICE names it, and
+  a CUDA device is the worker's only visible one (CUDA_VISIBLE_DEVICES), so a run's
+  ``train.device = "cuda"`` (and its run id) stays as it is wherever it is placed. A run goes to
+  the device with the fewest runs in flight, ties to the one reporting the most free memory
+  (nvidia-smi; devices that report none tie), then in the order given.
 - ``ray``: Ray core tasks, on an existing cluster (``address``) or a local instance started
-  here (``pip install "hptransfer[ray]"``); each reserves ``task.threads`` CPUs.
+  here (``pip install "hptransfer[ray]"``); each reserves ``task.threads`` CPUs, and a CUDA run
+  1/``runs_per_device`` of a GPU, so Ray packs that many runs on each GPU.
 
 Torch threads per run come from the task (``sweep.threads_per_run``), never from the number
 of workers, so a run computes the same losses however many runs go beside it.
@@ -19,7 +26,11 @@ the run or records it as failed.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
 from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Sequence
 from multiprocessing import connection
 from typing import Any
 
@@ -49,9 +60,34 @@ class Executor(ABC):
     def close(self) -> None: ...
 
 
-def serve(conn: connection.Connection) -> None:
+def device_env(device: str) -> dict[str, str]:
+    """The environment of a worker placed on ``device`` (see the module docstring)."""
+    env = {"HPTRANSFER_DEVICE": device}
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = index or "0"
+    return env
+
+
+def free_memory(device: str) -> int | None:
+    """Free bytes that a CUDA device reports (nvidia-smi), or None (not CUDA, no report)."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return None
+    query = ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run([*query, "-i", index or "0"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout  # fmt: skip
+        return int(out.split()[0]) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def serve(conn: connection.Connection, device: str = "") -> None:
     """A worker process's loop: receive a task, send back its outcome, until told to stop (None)
-    or the supervisor is gone."""
+    or the supervisor is gone. A worker placed on a device sees only that one."""
+    if device:
+        os.environ.update(device_env(device))
     while True:
         try:
             task = conn.recv()
@@ -69,9 +105,10 @@ def serve(conn: connection.Connection) -> None:
 class _Worker:
     """One worker process, its end of the pipe, and the task it holds (None when idle)."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, device: str = "") -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve, args=(child,), name="hptransfer-worker")
+        self.device = device
+        self.process = ctx.Process(target=serve, args=(child, device), name="hptransfer-worker")
         self.process.start()
         child.close()
         self.task: RunTask | None = None
@@ -89,22 +126,49 @@ class _Worker:
 
 
 class LocalExecutor(Executor):
-    """Worker processes on this machine, supervised one by one: a death costs one run."""
+    """Worker processes on this machine, supervised one by one: a death costs one run. With
+    ``devices``, ``runs_per_device`` workers on each (``workers`` is then their number)."""
 
-    def __init__(self, workers: int = 1) -> None:
-        self.workers = workers
+    def __init__(
+        self, workers: int = 1, devices: Sequence[str] = (), runs_per_device: int = 1,
+        memory: Callable[[str], int | None] = free_memory,
+    ) -> None:  # fmt: skip
+        self.devices = list(devices)
+        self.runs_per_device = runs_per_device
+        self.workers = len(self.devices) * runs_per_device if self.devices else workers
+        self._memory = memory
         self._ctx = multiprocessing.get_context("spawn")
         self._pool: list[_Worker] = []
+        self.placed: dict[str, str] = {}
+        """run id -> the device it was placed on (with devices)."""
+        self.peak: Counter[str] = Counter()
+        """The most runs each device held at once."""
+
+    def _busy(self) -> Counter[str]:
+        return Counter(w.device for w in self._pool if w.task is not None)
+
+    def _device(self) -> str:
+        """The device for the next run: fewest in flight, then most free memory, then order."""
+        busy = self._busy()
+        free = [d for d in self.devices if busy[d] < self.runs_per_device]
+        if not free:
+            raise RuntimeError(f"all {self.workers} device slots are busy")
+        memory = {d: self._memory(d) for d in free} if len(free) > 1 else {}
+        return min(free, key=lambda d: (busy[d], -(memory.get(d) or 0), self.devices.index(d)))
 
     def submit(self, task: RunTask) -> None:
-        idle = next((w for w in self._pool if w.task is None), None)
-        if idle is None:
+        device = self._device() if self.devices else ""
+        idle = next((w for w in self._pool if w.task is None and w.device == device), None)
+        if idle is None:  # a device never has more than runs_per_device workers
             if len(self._pool) >= self.workers:
                 raise RuntimeError(f"all {self.workers} workers are busy")
-            idle = _Worker(self._ctx)
+            idle = _Worker(self._ctx, device)
             self._pool.append(idle)
         idle.conn.send(task)
         idle.task = task
+        if device:
+            self.placed[task.run_id] = device
+            self.peak[device] = max(self.peak[device], self._busy()[device])
 
     def wait(self, timeout: float) -> list[Outcome]:
         busy = [w for w in self._pool if w.task is not None]
@@ -139,7 +203,7 @@ class LocalExecutor(Executor):
 class RayExecutor(Executor):
     """Ray core tasks; ``address`` connects to a running cluster, empty starts a local one."""
 
-    def __init__(self, workers: int = 1, address: str = "") -> None:
+    def __init__(self, workers: int = 1, address: str = "", runs_per_device: int = 1) -> None:
         import ray
 
         self._ray = ray
@@ -149,13 +213,16 @@ class RayExecutor(Executor):
             ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
                      **kwargs)  # fmt: skip
         self.workers = workers
+        self._gpu_share = 1.0 / runs_per_device
         self._cpus = int(ray.cluster_resources().get("CPU", workers))
         self._remote = ray.remote(max_retries=0)(execute)
         self._refs: dict[Any, RunTask] = {}
 
     def submit(self, task: RunTask) -> None:
         cpus = min(task.threads, self._cpus)
-        self._refs[self._remote.options(num_cpus=cpus).remote(task)] = task
+        gpus = self._gpu_share if task.config.get("train", {}).get("device") == "cuda" else 0
+        options = self._remote.options(num_cpus=cpus, num_gpus=gpus)
+        self._refs[options.remote(task)] = task
 
     def wait(self, timeout: float) -> list[Outcome]:
         if not self._refs:
@@ -188,8 +255,12 @@ def check_executor(name: str) -> None:
             ) from None
 
 
-def make_executor(name: str, workers: int = 1, address: str = "") -> Executor:
+def make_executor(
+    name: str, workers: int = 1, address: str = "", devices: str = "", runs_per_device: int = 1
+) -> Executor:
+    """The executor ``name``; ``devices`` is sweep.devices (comma-separated, local only)."""
     check_executor(name)
     if name == "ray":
-        return RayExecutor(workers, address)
-    return LocalExecutor(workers)
+        return RayExecutor(workers, address, runs_per_device)
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    return LocalExecutor(workers, names, runs_per_device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-STATUS_ORDER = ("ok", "diverged", "failed", "running", "pending")
+STATUS_ORDER = ("ok", "diverged", "stopped", "failed", "running", "pending")
 MAX_ROWS = 24
 MAX_LISTED = 5
 

@@ -15,6 +15,8 @@ class Counts:
     done: int = 0
     diverged: int = 0
     failed: int = 0
+    stopped: int = 0
+    """Stopped early by successive halving (sweep/halving.py)."""
     skipped: int = 0
     running: int = 0
     pending: int = 0
@@ -23,12 +25,14 @@ class Counts:
 
     @property
     def finished(self) -> int:
-        return self.done + self.diverged + self.failed
+        return self.done + self.diverged + self.failed + self.stopped
 
     def line(self, workers: int) -> str:
         parts = [f"{self.finished}/{self.finished + self.running + self.pending} runs",
                  f"{self.done} ok", f"{self.diverged} diverged", f"{self.failed} failed",
                  f"{self.running} running"]  # fmt: skip
+        if self.stopped:
+            parts.insert(3, f"{self.stopped} stopped")
         if self.skipped:
             parts.append(f"{self.skipped} skipped (finished before)")
         if self.run_seconds and (self.pending or self.running):

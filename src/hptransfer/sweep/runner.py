@@ -7,7 +7,10 @@ each (width, setting) owns an :class:`LRSearch`; when all of a search's runs (ev
 every LR proposed so far) are finished, its seed-averaged losses are recorded and the next LRs
 are queued; a seed that diverged makes its LR count as diverged, and a failed run stops its
 search (a failure says nothing about the LR). Because proposals depend only on results, a
-resumed sweep re-creates the same runs and skips the finished ones.
+resumed sweep re-creates the same runs and skips the finished ones. With ``[halving]`` each run
+is told the runs before it in its group (search and seed, in the order they were queued), which
+its worker compares it with at each rung (halving.py); a stopped LR counts as no better than the
+best, and a stopped run stays stopped on resume.
 
 The disk is the truth. A worker that died is charged to the one run it held, unless that run's
 summary shows it finished before the death; a run recorded as failed here is one whose failed
@@ -25,7 +28,7 @@ import tempfile
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -117,6 +120,24 @@ class _Search:
     run_ids: list[str] = field(default_factory=list)
 
 
+def halving_order(runs: list[Run], group_of: Callable[[Run], Hashable]) -> list[Run]:
+    """Runs ordered for successive halving: in each group, the middle of its LR range (in
+    log2) first, then outward, the larger LR first at equal distance. Halving compares a run
+    with the ones before it, so the likeliest optima (the middle of the grid, a guess) should
+    go first, and at equal distance the large LR, which learns faster early: the small LRs
+    that are hopeless are then behind at the first rung and stopped there."""
+    logs: dict[Hashable, list[float]] = {}
+    for run in runs:
+        logs.setdefault(group_of(run), []).append(math.log2(run.config.optimizer.lr))
+    middle = {g: (min(v) + max(v)) / 2 for g, v in logs.items()}
+
+    def place(run: Run) -> tuple[float, float]:
+        log_lr = math.log2(run.config.optimizer.lr)
+        return round(abs(log_lr - middle[group_of(run)]), 6), -log_lr
+
+    return sorted(runs, key=place)
+
+
 class SweepRunner:
     """The scheduling loop of one sweep (see the module docstring)."""
 
@@ -139,6 +160,8 @@ class SweepRunner:
         self.attempts: Counter[str] = Counter()
         self.searches: dict[tuple, _Search] = {}
         self.search_of: dict[str, tuple] = {}
+        self.groups: dict[tuple, list[str]] = {}
+        """Halving groups: (setting, seed) -> run ids in the order they were queued."""
         self.counts = Counts()
         self.train_fn = train_function()
         self._written = 0.0
@@ -148,6 +171,7 @@ class SweepRunner:
             return
         self.runs[run.run_id] = run
         self.status[run.run_id] = "pending"
+        self.groups.setdefault(self._group(run), []).append(run.run_id)
         self._push(run)
         self.counts.pending += 1
         if key is not None:
@@ -155,7 +179,10 @@ class SweepRunner:
             self.searches[key].run_ids.append(run.run_id)
 
     def plan(self) -> None:
-        """Queue the expanded grid; with adaptive search, group it into searches."""
+        """Queue the expanded grid; with adaptive search, group it into searches. Under halving
+        each group's LRs go middle-out (`halving_order`)."""
+        if self.spec.halving is not None:
+            self.initial = halving_order(self.initial, self._group)
         starts: dict[tuple, list[float]] = {}  # each search starts from its own LR list
         if self.spec.settings.adaptive:
             for run in self.initial:
@@ -173,16 +200,25 @@ class SweepRunner:
                     self.searches[key].templates.append(run)
             self.add(run, key)
 
+    def _group(self, run: Run) -> tuple:
+        """A run's halving group: its LR search's setting and its seed."""
+        return self.spec.settings_key(run), run.config.seed
+
     def _push(self, run: Run) -> None:
         heapq.heappush(self.queue, (-run_cost(run), self._queued, run))
         self._queued += 1
 
     def task(self, run: Run) -> RunTask:
+        halving = siblings = None
+        if self.spec.halving is not None:
+            halving = asdict(self.spec.halving)
+            group = self.groups[self._group(run)]
+            siblings = tuple(group[: group.index(run.run_id)])
         return RunTask(
             root=str(self.root), run_id=run.run_id, config=run.config.to_dict(),
             train_fn=self.train_fn, threads=self.spec.settings.threads_per_run,
             lock_timeout_s=self.spec.settings.lock_timeout_s,
-            rerun_failed=run.run_id in self.rerun,
+            rerun_failed=run.run_id in self.rerun, halving=halving, siblings=siblings or (),
         )  # fmt: skip
 
     def skips(self, run_id: str) -> bool:
@@ -261,7 +297,9 @@ class SweepRunner:
             self.counts.skipped += 1
         elif isinstance(outcome.get("wall_time_s"), (int, float)):
             self.counts.run_seconds.append(float(outcome["wall_time_s"]))
-        counter = {"ok": "done", "diverged": "diverged"}.get(str(status), "failed")
+        counter = {"ok": "done", "diverged": "diverged", "stopped": "stopped"}.get(
+            str(status), "failed"
+        )
         setattr(self.counts, counter, getattr(self.counts, counter) + 1)
         key = self.search_of.get(run.run_id)
         if key is not None:
@@ -360,7 +398,10 @@ def run_sweep(
     check_same_spec(Path(out_dir), spec)
     root = prepare_dir(out_dir)
     own = executor is None
-    executor = executor or make_executor(settings.executor, settings.workers, settings.address)
+    executor = executor or make_executor(
+        settings.executor, settings.workers, settings.address, settings.devices,
+        settings.runs_per_device,
+    )  # fmt: skip
     try:
         progress = Progress(executor.workers, quiet, stream)
         runner = SweepRunner(spec, root, executor, progress, runs, retry_failed)

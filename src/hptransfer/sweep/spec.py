@@ -1,6 +1,6 @@
 """Sweep specs: a TOML file -> a validated :class:`SweepSpec` -> a deterministic run list.
 
-A spec has three tables, and optionally a list of cases::
+A spec has three tables, optionally a list of cases and a [halving] table::
 
     [base]                    # a run config: nested tables as in a recipe, or
     recipe = "quickstart.toml"    # a recipe path (relative to the spec) plus overrides
@@ -16,6 +16,9 @@ A spec has three tables, and optionally a list of cases::
     workers = 2
     adaptive = true
     tokens_per_param = 20
+
+    [halving]                 # optional: stop hopeless LR points early (see halving.py)
+    margin = 0.1
 
     [[cases]]                 # zipped settings: each case is crossed with the grid
     param.name = "sp"
@@ -52,6 +55,7 @@ from hptransfer.config import (
     read_toml,
 )
 from hptransfer.locks import HEARTBEAT_S
+from hptransfer.sweep.halving import Halving
 
 LR_KEY = "optimizer.lr"
 HEARTBEATS_PER_TIMEOUT = 3
@@ -83,6 +87,12 @@ class SweepSettings:
     """A run lock whose heartbeat is older than this is taken over."""
     retries: int = 1
     """Times a run whose worker process died is resubmitted before it is recorded as failed."""
+    devices: str = ""
+    """Devices the local executor places runs on, comma-separated ("cuda:0,cuda:1"); each run's
+    train.device is replaced by the device it is given. Empty: every run on its own device."""
+    runs_per_device: int = 1
+    """Runs at once on each device of ``devices`` (fewer where a device reports too little free
+    memory); the Ray executor requests 1/runs_per_device of a GPU per run."""
 
     def __post_init__(self) -> None:
         check_fields(self, "sweep.")
@@ -100,8 +110,19 @@ class SweepSettings:
             )
         if self.retries < 0:
             raise ConfigError(f"sweep.retries must be >= 0, got {self.retries}")
+        if self.runs_per_device < 1:
+            raise ConfigError(f"sweep.runs_per_device must be >= 1, got {self.runs_per_device}")
+        if self.devices and not all(d.strip() for d in self.devices.split(",")):
+            raise ConfigError(f"sweep.devices: expected e.g. cuda:0,cuda:1, got {self.devices!r}")
         if parse_step(self.lr_refine) > 2**0.5 + 1e-12:
             raise ConfigError(f"sweep.lr_refine must be 2^(1/4) or 2^(1/2), got {self.lr_refine!r}")
+
+    @property
+    def concurrent_runs(self) -> int:
+        """Runs at once: runs_per_device on each of ``devices``, else ``workers``."""
+        if self.devices:
+            return len(self.devices.split(",")) * self.runs_per_device
+        return self.workers
 
 
 @dataclass(frozen=True)
@@ -131,6 +152,8 @@ class SweepSpec:
     cases: tuple[dict[str, Any], ...] = ({},)
     """Zipped settings (``[[cases]]``), each crossed with the grid; its LR list replaces the
     grid's."""
+    halving: Halving | None = None
+    """Successive halving (``[halving]``), or None: every run goes to its last step."""
 
     def settings_key(self, run: Run) -> tuple[tuple[str, Any], ...]:
         """What identifies an LR search: every swept value except the LR and the seed."""
@@ -296,6 +319,19 @@ def parse_settings(table: dict[str, Any]) -> SweepSettings:
     return from_table(SweepSettings, table, "sweep.")
 
 
+def parse_halving(table: Any) -> Halving | None:
+    """The ``[halving]`` table (absent: None), checked by name, type and range."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError("[halving] must be a table")
+    known = [f.name for f in fields(Halving)]
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"unknown halving setting {key!r}; known: {', '.join(known)}")
+    return from_table(Halving, table, "halving.")
+
+
 def parse_base(table: dict[str, Any], relative_to: Path | None) -> RunConfig:
     """``[base]``: nested config tables, optionally on top of ``recipe = "path"``."""
     table = dict(table)
@@ -314,11 +350,11 @@ def parse_base(table: dict[str, Any], relative_to: Path | None) -> RunConfig:
 
 def parse_spec(table: dict[str, Any], relative_to: Path | None = None, text: str = "") -> SweepSpec:
     """A validated spec from the parsed TOML tables; expands it once to check every run."""
-    unknown = set(table) - {"base", "grid", "sweep", "cases"}
+    unknown = set(table) - {"base", "grid", "sweep", "cases", "halving"}
     if unknown:
         raise ConfigError(
             f"unknown sweep spec table(s) {', '.join(sorted(unknown))}; "
-            "use base, grid, sweep, cases"
+            "use base, grid, sweep, cases, halving"
         )
     for name in ("base", "grid", "sweep"):
         if not isinstance(table.get(name, {}), dict):
@@ -330,6 +366,7 @@ def parse_spec(table: dict[str, Any], relative_to: Path | None = None, text: str
         settings=parse_settings(table.get("sweep", {})),
         text=text,
         cases=parse_cases(table.get("cases"), grid),
+        halving=parse_halving(table.get("halving")),
     )
     check_keys([*spec.grid, *(key for case in spec.cases for key in case)])
     if spec.settings.adaptive and not all(LR_KEY in spec.grid or LR_KEY in c for c in spec.cases):

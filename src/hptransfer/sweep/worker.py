@@ -27,6 +27,7 @@ from typing import Any
 
 from hptransfer import locks, store
 from hptransfer.config import from_dict
+from hptransfer.sweep.halving import Halving, Hook, Stopped
 
 DEFAULT_TRAIN = "hptransfer.train:train"
 _THREADS: list[int] = []
@@ -47,6 +48,10 @@ class RunTask:
     """How often to look again at a run that another process holds."""
     rerun_failed: bool = False
     """Run it again if its summary says failed (sweep --retry-failed)."""
+    halving: dict[str, Any] | None = None
+    """The spec's [halving] table (sweep/halving.py), or None: run to the last step."""
+    siblings: tuple[str, ...] = ()
+    """Under halving: the runs before this one in its group, compared with at each rung."""
 
 
 def train_function() -> str:
@@ -99,6 +104,24 @@ def record_failure(directory: Path, run_id: str, message: str, wall_time_s: floa
     return summary.to_dict()
 
 
+def record_stop(
+    directory: Path, run_id: str, stop: Stopped, wall_time_s: float, step_tokens: int
+) -> dict:
+    """Write a "stopped" summary: the train losses logged so far and the last eval loss."""
+    records = store.read_metrics(directory)
+    losses = [float(r["loss"]) for r in records]
+    evals = [float(r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
+    summary = store.Summary(
+        run_id, "stopped", best_eval_loss=min(evals, default=None),
+        final_train_loss=losses[-1] if losses else None, steps=len(losses),
+        tokens=len(losses) * step_tokens,
+        wall_time_s=round(wall_time_s, 3), losses=losses, error=str(stop),
+        last_eval_loss=stop.loss,
+    )  # fmt: skip
+    store.RunDir(directory).finish(summary)
+    return summary.to_dict()
+
+
 def execute(task: RunTask) -> dict[str, Any]:
     """Run ``task`` unless it is finished; wait while another live process holds it.
 
@@ -147,7 +170,17 @@ def _run(task: RunTask, directory: Path) -> dict[str, Any]:
         cfg = from_dict(task.config)
         if cfg.run_id() != task.run_id:
             raise RuntimeError(f"config hashes to {cfg.run_id()}, expected {task.run_id}")
-        summary = train(cfg, out_dir=directory)
+        if task.halving is None:
+            summary = train(cfg, out_dir=directory)
+        else:
+            rule = Halving(**task.halving)
+            rungs = rule.rung_steps(cfg.train.steps, cfg.train.eval_every)
+            hook = Hook(rule, rungs, Path(task.root), list(task.siblings), task.lock_timeout_s)
+            summary = train(cfg, out_dir=directory, progress=hook)
+    except Stopped as e:
+        t = cfg.train
+        elapsed = time.perf_counter() - start
+        summary = record_stop(directory, task.run_id, e, elapsed, t.batch_size * t.seq_len)
     except Exception as e:
         if isinstance(e, OSError) and e.errno in NO_SPACE:
             raise
