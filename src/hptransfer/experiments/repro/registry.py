@@ -98,7 +98,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             paper="S",
             claim="residual-branch multipliers (L0/L)^p let the optimal LR transfer across "
             "depth for AdamW and Muon",
-            specs=("s_depth.toml",),
+            specs=("s_depth.toml", "s_depth-muon.toml"),
             by=("optimizer", "param.depth_exponent"),
             analyse=analyse_transfer,
             label=_depth_label,

@@ -86,17 +86,48 @@ def smoke_table(table: dict[str, Any]) -> dict[str, Any]:
     return {**table, "base": base, "grid": grid, "sweep": sweep}  # [[cases]] kept
 
 
+def device_table(table: dict[str, Any], device: str, where: Path) -> dict[str, Any]:
+    """A spec's TOML tables for ``device``: without its ``[gpu]`` table on the CPU; on cuda
+    that table laid over the spec (its base, grid and sweep keys replace the spec's, its
+    ``[[gpu.cases]]`` replace the cases) and ``train.device = "cuda"``. ConfigError naming the
+    spec when a cuda run asks for a spec that has no [gpu] table."""
+    gpu = table.get("gpu")
+    out = {k: v for k, v in table.items() if k != "gpu"}
+    if device == "cpu":
+        return out
+    if not isinstance(gpu, dict):
+        raise ConfigError(f"{where}: no [gpu] table, so no --device {device} version")
+    for name in ("base", "grid", "sweep"):
+        out[name] = _merged(out.get(name, {}), gpu.get(name, {}))
+    out["base"] = _merged(out["base"], {"train": {"device": device}})
+    if "cases" in gpu:
+        out["cases"] = gpu["cases"]
+    return out
+
+
+def _merged(table: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested TOML tables ``table`` with ``over``'s values laid on top, key by key (an LR
+    range {min, max, step} is replaced whole)."""
+    out = dict(table)
+    for key, value in over.items():
+        old = out.get(key)
+        nested = isinstance(value, dict) and isinstance(old, dict) and "min" not in value
+        out[key] = _merged(old, value) if nested else value
+    return out
+
+
 def load_specs(
     repro: Reproduction, recipes: Path = RECIPES, smoke: bool = False,
-    workers: int | None = None,
+    workers: int | None = None, device: str = "cpu",
 ) -> list:  # fmt: skip
-    """The parsed SweepSpecs of ``repro`` (shrunk with ``smoke``; ``workers`` overrides)."""
+    """The parsed SweepSpecs of ``repro`` (for ``device``: see :func:`device_table`; shrunk
+    with ``smoke``; ``workers`` overrides the spec's)."""
     from hptransfer.config import read_toml
     from hptransfer.sweep.spec import parse_spec
 
     specs = []
     for path in spec_paths(repro, recipes):
-        table = read_toml(path)
+        table = device_table(read_toml(path), device, path)
         if smoke:
             table = smoke_table(table)
         if workers is not None:
@@ -139,10 +170,12 @@ def run_reproduction(
     quiet: bool = False,
     stream: TextIO | None = None,
     analyse_only: bool = False,
+    device: str = "cpu",
 ) -> Record:
     """Run (or resume) every spec of reproduction ``name`` into one directory, analyse it and
     print the numbers as Markdown; return them. The specs share one executor (one pool).
-    ``analyse_only`` skips the runs and analyses what the directory holds."""
+    ``analyse_only`` skips the runs and analyses what the directory holds; ``device="cuda"``
+    runs each spec's [gpu] version (see :func:`device_table`)."""
     from hptransfer.sweep.executors import make_executor
     from hptransfer.sweep.runner import run_sweep
 
@@ -153,7 +186,7 @@ def run_reproduction(
         if not (root / "runs").is_dir():
             raise ConfigError(f"--analyse-only: no runs in {root}")
     else:
-        specs = load_specs(repro, recipes, smoke, workers)
+        specs = load_specs(repro, recipes, smoke, workers, device)
         settings = specs[0].settings
         executor: Executor = (
             InlineExecutor()

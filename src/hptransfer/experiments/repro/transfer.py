@@ -5,7 +5,8 @@ per setting as one record: the setting's label and by-values, the x values, the 
 (interpolated, log2) and the loss there per x, which optima are unbracketed, the optimum's
 move in log2 per doubling of x, the penalty (percent of the best loss) of reusing the smallest
 x's optimum at the largest, and [K]'s E, kappa and R_inf (relative to the lowest L_inf among
-the settings given).
+the settings given); with several seeds each of these has its interval over seeds
+(``<metric>_lo``, ``<metric>_hi``: min and max of the per-seed values; None with one seed).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hptransfer.analysis.transfer import LOSS, finished_runs, plain, transfer_verdict
+from hptransfer.analysis.transfer import (
+    LOSS,
+    SEED_METRICS,
+    finished_runs,
+    plain,
+    transfer_verdict,
+)
 from hptransfer.experiments.repro.reproduction import Record, Reproduction
 
 if TYPE_CHECKING:
@@ -53,6 +60,8 @@ def transfer_table(
                 "E": _round(fit["E"]),
                 "kappa": _round(fit["kappa"]),
                 "R_inf": _round(fit["R_inf"]),
+                **{f"{m}_{end}": _round(fit.get(f"{m}_{end}", math.nan))
+                   for m in SEED_METRICS for end in ("lo", "hi")},  # fmt: skip
             }
         )
     transfer.fits["setting"] = [r["setting"] for r in records]
