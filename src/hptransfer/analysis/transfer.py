@@ -139,7 +139,7 @@ class Transfer:
         differences (paired by seed; NaN without several seeds or without an optimum)."""
 
         keys = [{c: key[c] for c in self.by} for key in (a, b)]
-        mean = (_losses(self.optima, keys[0], width) - _losses(self.optima, keys[1], width))
+        mean = _losses(self.optima, keys[0], width) - _losses(self.optima, keys[1], width)
         point = float(mean.iloc[0]) if len(mean) else math.nan
         if self.seed_optima is None:
             return point, math.nan, math.nan

@@ -1,7 +1,8 @@
 """[K] SP -> muP switches: E, kappa, R_inf and the transfer penalty per switch combination.
 
 The [K] specs sweep one global base LR per width (SP's convention); the penalties are given
-both as swept and in muP's convention (see :func:`mup_relabelled`).
+both as swept and in muP's convention (see :func:`mup_relabelled`). k_weight_decay uses the
+same analysis (its settings differ in weight decay instead of switches).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import TYPE_CHECKING
 from hptransfer.experiments.repro.reproduction import Record, Reproduction
 from hptransfer.experiments.repro.transfer import (
     finish,
-    fmt,
     optima_panels,
     save,
+    spread,
     sweep_figure,
     transfer_lines,
     transfer_table,
@@ -23,12 +24,33 @@ from hptransfer.experiments.repro.transfer import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from hptransfer.analysis.transfer import Transfer
+    from hptransfer.experiments.repro.verdict import Finding
+
 
 def label(key: Record) -> str:
     from hptransfer.param.rules import switch_name
 
     code = str(key["param.k_switches"])
     return f"{switch_name(code)} ({code})"
+
+
+def claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
+    """[K]: the embedding switch does most of muP's work under AdamW. Adding it to SP lowers
+    the loss and the law's fit error E; removing it from muP raises both (largest width)."""
+    from hptransfer.experiments.repro import verdict as v
+
+    sp, embd = v.find(records, param__k_switches="0000"), v.find(records, param__k_switches="1000")
+    mup, no_embd = (v.find(records, param__k_switches=c) for c in ("1111", "0111"))
+    top = max(sp["width"])
+    return [
+        v.lower_loss(transfer, embd, sp, top),
+        v.lower_loss(transfer, mup, no_embd, top),
+        v.smaller(f"E of {embd['setting']} below E of {sp['setting']}", (embd["E"], sp["E"]),
+                  v.paired(transfer, embd, sp, "E"), digits=3),
+        v.smaller(f"E of {mup['setting']} below E of {no_embd['setting']}",
+                  (mup["E"], no_embd["E"]), v.paired(transfer, mup, no_embd, "E"), digits=3),
+    ]  # fmt: skip
 
 
 def mup_relabelled(df: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -62,8 +84,9 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     transfer, records = transfer_table(df, repro.by, repro.label)
     relabelled = transfer_table(mup_relabelled(df, root), repro.by, repro.label)[1]
     for rec, mu in zip(records, relabelled):
-        rec["drift_per_doubling_mup_lr"] = mu["drift_per_doubling"]
-        rec["transfer_penalty_pct_mup_lr"] = mu["transfer_penalty_pct"]
+        for key in ("drift_per_doubling", "transfer_penalty_pct"):
+            for end in ("", "_lo", "_hi"):
+                rec[f"{key}_mup_lr{end}"] = mu[f"{key}{end}"]
     metrics = ("E", "kappa", "R_inf", "extrap_penalty_pct")
     fig = plt.figure(figsize=(14, 6.6), layout="constrained")
     (top,), (bottom,) = fig.subfigures(2, 1, squeeze=False, height_ratios=[1.0, 1.1])
@@ -79,10 +102,11 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
         " muP's LR | transfer penalty %, muP's LR |",
         "|---|---|---|---|---|---|---|",
         *(
-            f"| {r['setting']} | {fmt(r['E'], 3)} | {fmt(r['kappa'])} | {fmt(r['R_inf'], 3)} | "
-            f"{fmt(r['extrap_penalty_pct'])} | {fmt(r['drift_per_doubling_mup_lr'])} | "
-            f"{fmt(r['transfer_penalty_pct_mup_lr'])} |"
+            f"| {r['setting']} | {spread(r, 'E', 3)} | {spread(r, 'kappa')} | "
+            f"{spread(r, 'R_inf', 3)} | {spread(r, 'extrap_penalty_pct')} | "
+            f"{spread(r, 'drift_per_doubling_mup_lr')} | "
+            f"{spread(r, 'transfer_penalty_pct_mup_lr')} |"
             for r in records
         ),
     ]
-    return finish(repro, root, records, figures, table)
+    return finish(repro, root, records, figures, table, transfer)

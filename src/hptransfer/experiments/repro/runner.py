@@ -8,8 +8,8 @@ Markdown table). Specs of one reproduction sweep the same keys, so ``hptransfer 
 reads the merged directory too. Re-running resumes (finished runs are skipped) and redoes the
 analysis.
 
-``smoke`` runs every spec at a reduced size (widths 16 and 32, depths 1 and 2, the lowest and
-highest LR of the grid, a few steps, no adaptive search), in this process, so that the whole
+``smoke`` runs every spec at a reduced size (one seed, widths 16 and 32, depths 1 and 2, the
+lowest and highest LR of each grid, a few steps, no adaptive search), in this process, so that the whole
 pipeline is exercised in seconds; its numbers mean nothing. The full-size numbers, the papers'
 claims and the commands are in docs/reproductions.md.
 """
@@ -64,12 +64,12 @@ def spec_paths(repro: Reproduction, recipes: Path = RECIPES) -> list[Path]:
 
 
 def smoke_table(table: dict[str, Any]) -> dict[str, Any]:
-    """A spec's TOML tables shrunk to a smoke run (other tables, e.g. [[cases]], kept as
-    they are): SMOKE_BASE on top of its base, the swept
-    widths and depths replaced by SMOKE_GRID, its LR grid cut to its lowest and highest LR,
+    """A spec's TOML tables shrunk to a smoke run: SMOKE_BASE on top of its base, one seed,
+    the swept widths and depths replaced by SMOKE_GRID (in the grid, or in the first cases
+    that set them: one case per smoke value), every LR grid cut to its lowest and highest LR,
     alignment probes every 2 steps if on, no adaptive search, fixed steps."""
     from hptransfer.config import flatten
-    from hptransfer.sweep.spec import LR_KEY, parse_grid
+    from hptransfer.sweep.spec import LR_KEY, parse_cases, parse_grid
 
     base = {**flatten(table.get("base", {})), **SMOKE_BASE}
     if base.get("train.align_every"):
@@ -80,10 +80,22 @@ def smoke_table(table: dict[str, Any]) -> dict[str, Any]:
     for key, values in SMOKE_GRID.items():
         if key in grid:
             grid[key] = list(values)
+    if "seed" in grid:
+        grid["seed"] = grid["seed"][:1]
     if LR_KEY in grid:
         grid[LR_KEY] = sorted({min(grid[LR_KEY]), max(grid[LR_KEY])})
+    out = {**table, "base": base, "grid": grid}
+    if "cases" in table:
+        cases = [dict(c) for c in parse_cases(table["cases"], grid)]
+        for key, values in SMOKE_GRID.items():
+            if any(key in c for c in cases):
+                cases = [{**c, key: v} for c, v in zip([c for c in cases if key in c], values)]
+        for case in cases:
+            if LR_KEY in case:
+                case[LR_KEY] = sorted({min(case[LR_KEY]), max(case[LR_KEY])})
+        out["cases"] = cases
     sweep = {**table.get("sweep", {}), "adaptive": False, "workers": 1, "tokens_per_param": 0}
-    return {**table, "base": base, "grid": grid, "sweep": sweep}  # [[cases]] kept
+    return {**out, "sweep": sweep}
 
 
 def device_table(table: dict[str, Any], device: str, where: Path) -> dict[str, Any]:

@@ -22,9 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hptransfer.analysis.transfer import MAX_DRIFT, MAX_PENALTY_PCT
 from hptransfer.experiments.repro.reproduction import Record
+
+if TYPE_CHECKING:
+    from hptransfer.analysis.transfer import Transfer
 
 REPRODUCED = "reproduced"
 PARTLY = "partly reproduced"
@@ -99,30 +103,67 @@ def _numbers(rec: Record) -> str:
     )
 
 
-def lower_loss(
-    a: str, b: str, width: int, gap: tuple[float, float, float], digits: int = 3
-) -> Finding:
-    """Setting ``a`` reaches a lower loss than ``b`` at ``width``: ``gap`` = (a - b at the
-    seed-mean optima, min and max over seeds of the paired per-seed gaps) all below 0."""
-    point, lo, hi = gap
+def lower_loss(transfer: Transfer, a: Record, b: Record, width: int) -> Finding:
+    """Setting ``a`` reaches a lower loss than ``b`` at ``width``: the gap a - b at the
+    optima (:meth:`Transfer.loss_gap`, paired by seed) below 0 for every seed."""
+    point, lo, hi = transfer.loss_gap(a, b, width)
     holds = _side(lo, hi, -math.inf, 0.0)
     if holds is True and hi == 0.0:
         holds = None
-    return Finding(f"{a} has a lower loss than {b} at {width}", holds,
-                   f"gap (nats) {interval(point, lo, hi, digits)}")  # fmt: skip
+    return Finding(f"{a['setting']} has a lower loss than {b['setting']} at {width}", holds,
+                   f"gap (nats) {interval(point, lo, hi, 3)}")  # fmt: skip
 
 
-def less_drift(a: Record, b: Record, per_seed: Sequence[tuple[float, float]]) -> Finding:
-    """Setting ``a``'s optimum moves less than ``b``'s: |drift_a| < |drift_b| for every seed
-    (``per_seed``: (drift_a, drift_b) of each seed); fails when it is larger for every seed."""
-    diffs = [abs(da) - abs(db) for da, db in per_seed if math.isfinite(da) and math.isfinite(db)]
+def smaller(
+    what: str, point: tuple[float, float], pairs: Sequence[tuple[float, float]],
+    absolute: bool = False, digits: int = 2,
+) -> Finding:  # fmt: skip
+    """``what``: a number of one setting is below the same number of another, for every seed.
+    ``point``: (a, b) from the seed-mean fits; ``pairs``: (a, b) of each seed (see
+    :func:`paired`); ``absolute`` compares |a| and |b| (a drift that is smaller either way).
+    Fails when a is above b for every seed; one seed gives no interval (unresolved)."""
+    size = abs if absolute else (lambda v: v)
+    diffs = [size(a) - size(b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
     holds: bool | None = None
+    lo = hi = None
     if len(diffs) > 1:
-        holds = True if max(diffs) < 0 else False if min(diffs) > 0 else None
-    point = abs(a["drift_per_doubling"]) - abs(b["drift_per_doubling"])
-    lo, hi = (min(diffs), max(diffs)) if len(diffs) > 1 else (None, None)
-    return Finding(f"{a['setting']} drifts less than {b['setting']}", holds,
-                   f"|drift| difference {interval(point, lo, hi)}")  # fmt: skip
+        lo, hi = min(diffs), max(diffs)
+        holds = True if hi < 0 else False if lo > 0 else None
+    a, b = point
+    gap = size(a) - size(b) if a is not None and b is not None else None
+    name = "abs(a) - abs(b)" if absolute else "a - b"
+    return Finding(what, holds, f"{name} {interval(gap, lo, hi, digits)}")
+
+
+def paired(transfer: Transfer, a: Record, b: Record, metric: str) -> list[tuple[float, float]]:
+    """(``metric`` of setting a, of setting b) for each seed, from the verdict's per-seed
+    fits (empty with one seed)."""
+    from hptransfer.analysis.transfer import setting_rows
+
+    if transfer.per_seed is None:
+        return []
+    rows = [setting_rows(transfer.per_seed, {c: rec[c] for c in transfer.by})
+            .set_index("seed")[metric] for rec in (a, b)]  # fmt: skip
+    both = rows[0].to_frame("a").join(rows[1].to_frame("b"), how="inner")
+    return [(float(x), float(y)) for x, y in zip(both["a"], both["b"])]
+
+
+def less_drift(transfer: Transfer, a: Record, b: Record) -> Finding:
+    """Setting a's optimum moves less than b's: |drift_a| < |drift_b| for every seed."""
+    return smaller(
+        f"{a['setting']} drifts less than {b['setting']}",
+        (a["drift_per_doubling"], b["drift_per_doubling"]),
+        paired(transfer, a, b, "drift_per_doubling"), absolute=True,
+    )  # fmt: skip
+
+
+def find(records: Sequence[Record], **values: object) -> Record:
+    """The record whose by-values include ``values`` (keys with dots spelt with __)."""
+    want = {k.replace("__", "."): v for k, v in values.items()}
+    for rec in records:
+        if all(rec.get(k) == v for k, v in want.items()):
+            return rec
+    raise KeyError(f"no setting with {want}")
 
 
 def word(findings: Sequence[Finding]) -> str:
