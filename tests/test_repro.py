@@ -18,17 +18,17 @@ import pytest
 from hptransfer.cli import main
 from hptransfer.config import RunConfig, read_toml
 from hptransfer.errors import ConfigError
-from hptransfer.experiments.repro import verdict
 from hptransfer.experiments.repro import (
     RECIPES,
     REPRODUCTIONS,
     load_specs,
     run_reproduction,
     smoke_table,
+    verdict,
 )
-from hptransfer.experiments.repro.runner import device_table
 from hptransfer.experiments.repro.e_epsilon import underflow_by_role
 from hptransfer.experiments.repro.k_switches import mup_relabelled
+from hptransfer.experiments.repro.runner import device_table
 from hptransfer.experiments.repro.transfer import transfer_table
 from hptransfer.sweep.spec import LR_KEY
 

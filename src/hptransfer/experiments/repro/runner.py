@@ -9,9 +9,10 @@ reads the merged directory too. Re-running resumes (finished runs are skipped) a
 analysis.
 
 ``smoke`` runs every spec at a reduced size (one seed, widths 16 and 32, depths 1 and 2, the
-lowest and highest LR of each grid, a few steps, no adaptive search), in this process, so that the whole
-pipeline is exercised in seconds; its numbers mean nothing. The full-size numbers, the papers'
-claims and the commands are in docs/reproductions.md.
+lowest and highest LR of each grid, a few steps, no adaptive search), in this process, so
+that the whole pipeline is exercised in seconds; its numbers mean nothing. ``device="cuda"``
+runs each spec's ``[gpu]`` version (larger widths, adaptive LR windows). The full-size
+numbers, the papers' claims and the commands are in docs/reproductions.md.
 """
 
 from __future__ import annotations
