@@ -38,18 +38,19 @@ def _e_exponents_style(rec: Record) -> Record:
 def _e_exponents_claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
     """[E]: one global LR drifts for every parameterization; full-alignment per-layer
     exponents transfer for every one; SP per-layer ends below muP per-layer (largest width)."""
-    found = []
-    for name in ("sp", "mup", "mfp"):
-        found.append(v.drifts(v.find(records, parameterization=name,
-                                     param__lr_exponents="global")))  # fmt: skip
+    names = sorted({str(r["parameterization"]) for r in records})
+    found = [v.drifts(v.find(records, parameterization=name, param__lr_exponents="global"))
+             for name in names]  # fmt: skip
     per_layer = {
         name: v.find(records, parameterization=name, param__lr_exponents="per_layer",
                      param__alignment="full")
-        for name in ("sp", "mup", "mfp")
+        for name in names
     }  # fmt: skip
     found += [v.transfers(rec) for rec in per_layer.values()]
-    top = max(per_layer["sp"]["width"])
-    return [*found, v.lower_loss(transfer, per_layer["sp"], per_layer["mup"], top)]
+    if {"sp", "mup"} <= set(names):
+        top = max(per_layer["sp"]["width"])
+        found.append(v.lower_loss(transfer, per_layer["sp"], per_layer["mup"], top))
+    return found
 
 
 def _optimizer_label(key: Record) -> str:
