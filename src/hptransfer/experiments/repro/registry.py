@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hptransfer.errors import ConfigError
-from hptransfer.experiments.repro import alignment, e_epsilon, k_switches
+from hptransfer.experiments.repro import alignment, e_constants, e_epsilon, k_switches
 from hptransfer.experiments.repro import verdict as v
 from hptransfer.experiments.repro.reproduction import Record, Reproduction
 from hptransfer.experiments.repro.transfer import analyse_transfer
@@ -148,6 +148,18 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             by=("parameterization", "optimizer"),
             analyse=alignment.analyse,
             label=alignment.label,
+        ),
+        Reproduction(
+            name="e_constants",
+            paper="E",
+            claim="per-role LR constants tuned at the base width keep their benefit at every "
+            "width with the per-layer exponents",
+            specs=("e_constants.toml",),
+            by=("param.gamma_input", "param.gamma_hidden", "param.gamma_output"),
+            analyse=analyse_transfer,
+            label=e_constants.label,
+            claims=e_constants.claims,
+            prepare=e_constants.prepare,
         ),
         Reproduction(
             name="s_optimizers",

@@ -45,6 +45,10 @@ class Reproduction:
     """(the transfer verdict, the settings' records) -> the claim's parts, checked on their
     seed intervals (experiments.repro.verdict); None: the reproduction has no verdict yet."""
 
+    prepare: Callable[[dict[str, Any], Path | None, bool], dict[str, Any]] | None = None
+    """(a spec's TOML tables, the results dir or None, smoke) -> the tables to run: a step
+    before the sweep (e_constants tunes its constants here); None: the spec as it is."""
+
     style: Callable[[Record], Record] | None = None
     """A setting's record -> matplotlib line keywords in the summary figure (None: cycle)."""
 

@@ -131,10 +131,11 @@ def _merged(table: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def load_specs(
     repro: Reproduction, recipes: Path = RECIPES, smoke: bool = False,
-    workers: int | None = None, device: str = "cpu",
+    workers: int | None = None, device: str = "cpu", root: Path | None = None,
 ) -> list:  # fmt: skip
     """The parsed SweepSpecs of ``repro`` (for ``device``: see :func:`device_table`; shrunk
-    with ``smoke``; ``workers`` overrides the spec's)."""
+    with ``smoke``; ``workers`` overrides the spec's; then the reproduction's ``prepare``
+    step, given the results directory ``root``, e.g. e_constants' tuning)."""
     from hptransfer.config import read_toml
     from hptransfer.sweep.spec import parse_spec
 
@@ -145,6 +146,8 @@ def load_specs(
             table = smoke_table(table)
         if workers is not None:
             table = {**table, "sweep": {**table.get("sweep", {}), "workers": workers}}
+        if repro.prepare is not None:
+            table = repro.prepare(table, root, smoke)
         specs.append(parse_spec(table, relative_to=path.parent, text=path.read_text()))
     return specs
 
@@ -199,7 +202,7 @@ def run_reproduction(
         if not (root / "runs").is_dir():
             raise ConfigError(f"--analyse-only: no runs in {root}")
     else:
-        specs = load_specs(repro, recipes, smoke, workers, device)
+        specs = load_specs(repro, recipes, smoke, workers, device, root)
         settings = specs[0].settings
         executor: Executor = (
             InlineExecutor()
