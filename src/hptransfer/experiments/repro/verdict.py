@@ -22,10 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hptransfer.analysis.transfer import MAX_DRIFT, MAX_PENALTY_PCT
-from hptransfer.experiments.repro.reproduction import Record
+
+Setting = dict[str, Any]
+"""A setting's record of numbers (experiments.repro.transfer's records)."""
 
 if TYPE_CHECKING:
     from hptransfer.analysis.transfer import Transfer
@@ -71,11 +73,11 @@ def _side(lo: float | None, hi: float | None, low: float, high: float) -> bool |
     return None
 
 
-def _get(rec: Record, key: str) -> tuple[float | None, float | None, float | None]:
+def _get(rec: Setting, key: str) -> tuple[float | None, float | None, float | None]:
     return rec.get(key), rec.get(f"{key}_lo"), rec.get(f"{key}_hi")
 
 
-def transfers(rec: Record) -> Finding:
+def transfers(rec: Setting) -> Finding:
     """The setting's optimum transfers: every seed's |drift| <= MAX_DRIFT and every seed's
     transfer penalty <= MAX_PENALTY_PCT; fails when every seed's drift or every seed's penalty
     is beyond its threshold."""
@@ -89,21 +91,21 @@ def transfers(rec: Record) -> Finding:
     return Finding(f"{rec['setting']} transfers", holds, _numbers(rec))
 
 
-def drifts(rec: Record) -> Finding:
+def drifts(rec: Setting) -> Finding:
     """The setting's optimum does not transfer (the negation of :func:`transfers`)."""
     found = transfers(rec)
     holds = None if found.holds is None else not found.holds
     return Finding(f"{rec['setting']} drifts", holds, found.numbers)
 
 
-def _numbers(rec: Record) -> str:
+def _numbers(rec: Setting) -> str:
     return (
         f"drift {interval(*_get(rec, 'drift_per_doubling'))}, "
         f"penalty % {interval(*_get(rec, 'transfer_penalty_pct'))}"
     )
 
 
-def lower_loss(transfer: Transfer, a: Record, b: Record, width: int) -> Finding:
+def lower_loss(transfer: Transfer, a: Setting, b: Setting, width: int) -> Finding:
     """Setting ``a`` reaches a lower loss than ``b`` at ``width``: the gap a - b at the
     optima (:meth:`Transfer.loss_gap`, paired by seed) below 0 for every seed."""
     point, lo, hi = transfer.loss_gap(a, b, width)
@@ -135,7 +137,7 @@ def smaller(
     return Finding(what, holds, f"{name} {interval(gap, lo, hi, digits)}")
 
 
-def paired(transfer: Transfer, a: Record, b: Record, metric: str) -> list[tuple[float, float]]:
+def paired(transfer: Transfer, a: Setting, b: Setting, metric: str) -> list[tuple[float, float]]:
     """(``metric`` of setting a, of setting b) for each seed, from the verdict's per-seed
     fits (empty with one seed)."""
     from hptransfer.analysis.transfer import setting_rows
@@ -148,7 +150,7 @@ def paired(transfer: Transfer, a: Record, b: Record, metric: str) -> list[tuple[
     return [(float(x), float(y)) for x, y in zip(both["a"], both["b"])]
 
 
-def less_drift(transfer: Transfer, a: Record, b: Record) -> Finding:
+def less_drift(transfer: Transfer, a: Setting, b: Setting) -> Finding:
     """Setting a's optimum moves less than b's: |drift_a| < |drift_b| for every seed."""
     return smaller(
         f"{a['setting']} drifts less than {b['setting']}",
@@ -157,7 +159,7 @@ def less_drift(transfer: Transfer, a: Record, b: Record) -> Finding:
     )  # fmt: skip
 
 
-def find(records: Sequence[Record], **values: object) -> Record:
+def find(records: Sequence[Setting], **values: object) -> Setting:
     """The record whose by-values include ``values`` (keys with dots spelt with __)."""
     want = {k.replace("__", "."): v for k, v in values.items()}
     for rec in records:
