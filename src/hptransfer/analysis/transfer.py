@@ -8,6 +8,11 @@ and the reproductions print, so the three agree on every number:
   -beta of eta*(N) = C N^-beta (log2 of the factor the optimum moves by when N doubles), and the
   transfer penalty: the loss at the largest width with the smallest width's optimum, in
   percent of the best loss there;
+- with several seeds, the same optima and fits for each seed alone (:attr:`Transfer.per_seed`,
+  :attr:`Transfer.seed_optima`) and, in ``fits``, each SEED_METRICS column's interval over
+  seeds, ``<metric>_lo`` / ``<metric>_hi`` (min and max of the per-seed values; the point
+  value stays the fit on the seed-mean curves), and :meth:`Transfer.loss_gap`, the loss
+  difference of two settings at one width with the same interval, paired by seed;
 - the verdict: *transfers* when |drift| <= MAX_DRIFT and the penalty is at most
   MAX_PENALTY_PCT (or cannot be computed); *drifts* otherwise; *unclear* with optima at fewer
   than two widths or when the smallest or largest width's optimum is not bracketed by the grid.
@@ -44,6 +49,10 @@ loss at the largest width (when that penalty can be computed)."""
 
 N_BOOT = 200
 """Bootstrap resamples over seeds for the optimum's interval, when a sweep has several seeds."""
+
+SEED_METRICS = ("drift_per_doubling", "transfer_penalty_pct", "extrap_penalty_pct", "E",
+                "kappa", "R_inf")  # fmt: skip
+"""Fit columns that get a seed interval (``_lo``, ``_hi``) when a sweep has several seeds."""
 
 VERDICT_COLUMNS = (
     "width_min",
@@ -113,15 +122,46 @@ class Transfer:
     """fit_transfer: one row per setting, plus its ``verdict``."""
     verdicts: pd.DataFrame
     """One row per setting (in the order of ``fits``): by..., then VERDICT_COLUMNS."""
+    per_seed: pd.DataFrame | None = None
+    """fit_transfer of each seed's runs alone: by..., seed, the fit columns (None: one seed)."""
+    seed_optima: pd.DataFrame | None = None
+    """find_optima of each seed's runs alone, with a seed column (None: one seed)."""
 
     def optima_of(self, key: Mapping[str, Any]) -> pd.DataFrame:
         """The optima of one setting at the widths that have one, sorted by width."""
         return _optima_of(self.optima, {c: key[c] for c in self.by})
 
+    def loss_gap(
+        self, a: Mapping[str, Any], b: Mapping[str, Any], width: int
+    ) -> tuple[float, float, float]:
+        """Loss at the optimum of setting ``a`` minus that of ``b`` at ``width`` (nats): the
+        seed-mean curves' difference, and the min and max over seeds of the per-seed
+        differences (paired by seed; NaN without several seeds or without an optimum)."""
+
+        keys = [{c: key[c] for c in self.by} for key in (a, b)]
+        mean = _losses(self.optima, keys[0], width) - _losses(self.optima, keys[1], width)
+        point = float(mean.iloc[0]) if len(mean) else math.nan
+        if self.seed_optima is None:
+            return point, math.nan, math.nan
+        diff = _losses(self.seed_optima, keys[0], width) - _losses(self.seed_optima, keys[1], width)
+        diff = diff.dropna()
+        if diff.empty:
+            return point, math.nan, math.nan
+        return point, float(diff.min()), float(diff.max())
+
 
 def _optima_of(optima: pd.DataFrame, key: Mapping[str, Any]) -> pd.DataFrame:
     mine = setting_rows(optima, key)
     return mine[mine["lr_interp"].notna()].sort_values("width")
+
+
+def _losses(optima: pd.DataFrame, key: Mapping[str, Any], width: int) -> pd.Series:
+    """Loss at the optimum of one setting at ``width``, indexed by seed (0 without a seed
+    column)."""
+    mine = _optima_of(optima, key)
+    mine = mine[mine["width"] == width]
+    seeds = mine["seed"].to_numpy() if "seed" in mine.columns else np.zeros(len(mine), int)
+    return pd.Series(mine["loss_interp"].to_numpy(dtype=float), index=seeds)
 
 
 def _finite(x: Any) -> bool:
@@ -164,6 +204,13 @@ def transfer_verdict(
     several_seeds = "seed" in runs.columns and runs["seed"].nunique() > 1
     optima = find_optima(runs, list(by), loss, n_boot=N_BOOT if several_seeds else 0)
     fits = fit_transfer(optima, runs, list(by), reference=reference, loss=loss)
+    per_seed = seed_optima = None
+    if several_seeds:
+        per_seed, seed_optima = _per_seed(runs, by, loss, reference)
+        for metric in SEED_METRICS:
+            spread = [_seed_values(per_seed, by, fit, metric) for fit in fits.to_dict("records")]
+            fits[f"{metric}_lo"] = [min(v) if v else math.nan for v in spread]
+            fits[f"{metric}_hi"] = [max(v) if v else math.nan for v in spread]
     rows = []
     for fit in fits.to_dict("records"):
         mine = _optima_of(optima, {c: fit[c] for c in by})
@@ -185,4 +232,26 @@ def transfer_verdict(
         )
     verdicts = pd.DataFrame(rows, columns=[*by, *VERDICT_COLUMNS], dtype=object)
     fits = fits.assign(verdict=verdicts["verdict"].to_numpy())
-    return Transfer(by, optima, fits, verdicts)
+    return Transfer(by, optima, fits, verdicts, per_seed, seed_optima)
+
+
+def _per_seed(
+    runs: pd.DataFrame, by: tuple[str, ...], loss: str,
+    reference: str | Mapping[str, object] | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """find_optima and fit_transfer of each seed's runs alone, each with a seed column."""
+    fits, optima = [], []
+    for seed, mine in runs.groupby("seed", sort=True):
+        opt = find_optima(mine, list(by), loss, n_boot=0)
+        fits.append(fit_transfer(opt, mine, list(by), reference=reference, loss=loss)
+                    .assign(seed=seed))  # fmt: skip
+        optima.append(opt.assign(seed=seed))
+    return pd.concat(fits, ignore_index=True), pd.concat(optima, ignore_index=True)
+
+
+def _seed_values(
+    per_seed: pd.DataFrame, by: tuple[str, ...], fit: Mapping[str, Any], metric: str
+) -> list[float]:
+    """The finite values of ``metric`` over the seeds of the setting of ``fit``."""
+    values = setting_rows(per_seed, {c: fit[c] for c in by})[metric].to_numpy(dtype=float)
+    return [float(v) for v in values if math.isfinite(v)]

@@ -10,7 +10,8 @@ from hptransfer.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``repro NAME [--out DIR] [--smoke] [--workers N] [--recipes DIR]``."""
+    """Register ``repro NAME [--out DIR] [--smoke] [--device cpu|cuda] [--workers N]
+    [--recipes DIR]``."""
     p = subparsers.add_parser(
         "repro",
         help="reproduce a paper finding at small scale (sweep + figure + numbers)",
@@ -26,6 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--analyse-only", action="store_true", help="no runs: analyse what DIR already holds"
     )
     p.add_argument("--workers", type=int, help="concurrent runs (default: the spec's)")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu",
+        help="cuda: each spec's [gpu] version (widths to 2048, adaptive LR windows)",
+    )  # fmt: skip
     p.add_argument(
         "--recipes", type=Path, help="directory of the specs (default: the packaged ones)"
     )
@@ -48,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
     where = {"recipes": args.recipes} if args.recipes else {}  # else the library's default
     run_reproduction(
         args.name, args.out, smoke=args.smoke, workers=args.workers, quiet=args.quiet,
-        analyse_only=args.analyse_only, **where,
+        analyse_only=args.analyse_only, device=args.device, **where,
     )  # fmt: skip
     return 0

@@ -1,7 +1,7 @@
 """[E] alignment over training: alpha, omega and u per role, measured on stored runs.
 
-Per run (one LR, one width): the alignment exponents of the hidden and output roles at every
-probe step, and their means over the second half of training.
+Per setting and width (one LR): the alignment exponents of the hidden and output roles at every
+probe step, and their means over the second half of training (mean [min, max] over seeds).
 """
 
 from __future__ import annotations
@@ -18,6 +18,18 @@ if TYPE_CHECKING:
 
 def label(key: Record) -> str:
     return f"{key['parameterization']} + {key['optimizer']}"
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    """Mean, min and max over seeds, rounded to 3 digits."""
+    return {"mean": round(sum(values) / len(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)}  # fmt: skip
+
+
+def _shown(v: dict[str, float]) -> str:
+    if v["min"] == v["max"]:
+        return f"{v['mean']:.3f}"
+    return f"{v['mean']:.3f} [{v['min']:.3f}, {v['max']:.3f}]"
 
 
 def alignment_curves(run_dir: Path) -> tuple[dict[str, list[Record]], dict[str, Record]]:
@@ -40,9 +52,10 @@ def alignment_curves(run_dir: Path) -> tuple[dict[str, list[Record]], dict[str, 
 
 
 def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
-    """Per run (one LR, one width): alpha, omega and u of the hidden and output roles over
-    training, and their means over the second half; figure: one row per setting, one panel
-    per exponent, colour = width, line style = role."""
+    """Per setting and width (one LR): alpha, omega and u of the hidden and output roles over
+    training, and their means over the second half, as mean [min, max] over seeds; figure
+    (first seed): one row per setting, one panel per exponent, colour = width, line style =
+    role."""
     import matplotlib.pyplot as plt
 
     from hptransfer.plots import plot_alignment
@@ -56,17 +69,23 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     for row, (key, group) in zip(grid, settings):
         name = repro.label(dict(zip(repro.by, key if isinstance(key, tuple) else (key,))))
         measured = []
-        for _, run in group.iterrows():
-            width = int(run["width"])
-            curves, late = alignment_curves(root / "runs" / str(run["run_id"]))
-            measured.append((width, curves))
+        for width, runs_at in group.groupby("width", sort=True):
+            late_by_seed = []
+            for i, (_, run) in enumerate(runs_at.iterrows()):
+                curves, late = alignment_curves(root / "runs" / str(run["run_id"]))
+                if i == 0:
+                    measured.append((int(width), curves))
+                late_by_seed.append(late)
             for role in ("hidden", "output"):
-                if role in late:
-                    values = {e: round(late[role][e], 3) for e in EXPONENTS}
-                    records.append({"setting": name, "width": width, "role": role,
-                                    "lr": float(run["lr"]), **values})  # fmt: skip
-                    shown = " | ".join(f"{values[e]:.3f}" for e in EXPONENTS)
-                    lines.append(f"| {name} | {width} | {role} | {shown} |")
+                seeds = [late[role] for late in late_by_seed if role in late]
+                if not seeds:
+                    continue
+                values = {e: _spread([s[e] for s in seeds]) for e in EXPONENTS}
+                records.append({"setting": name, "width": int(width), "role": role,
+                                "lr": float(runs_at["lr"].iloc[0]), "n_seeds": len(seeds),
+                                **values})  # fmt: skip
+                shown = " | ".join(_shown(values[e]) for e in EXPONENTS)
+                lines.append(f"| {name} | {int(width)} | {role} | {shown} |")
         for ax, e in zip(row, EXPONENTS):
             plot_alignment(measured, e, ax=ax, title=f"{name}: {e}")
         row[-1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -74,7 +93,7 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
         "| setting | width | role | alpha | omega | u |",
         "|---|---|---|---|---|---|",
         *lines,
-        "(means over the second half of training and over the role's layers; "
-        "full alignment = (1, 1/2, 1), none = (1/2, 1/2, 1/2))",
+        "(means over the second half of training and over the role's layers, [min, max] over "
+        "seeds; full alignment = (1, 1/2, 1), none = (1/2, 1/2, 1/2))",
     ]
     return finish(repro, root, records, [save(fig, root / f"{repro.name}.png")], table)

@@ -24,11 +24,27 @@ from hptransfer.experiments.repro.transfer import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from hptransfer.analysis.transfer import Transfer
+    from hptransfer.experiments.repro.verdict import Finding
+
 
 def label(key: Record) -> str:
     if key["optimizer"] == "adam_atan2":
         return "adam-atan2 (no epsilon)"
     return f"adam, {key['param.eps_mode'].replace('_', '-')} epsilon"
+
+
+def claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
+    """[E]: a constant epsilon breaks transfer once it underflows; per-layer epsilon and
+    Adam-atan2 transfer, and Adam-atan2 loses nothing against Adam at the largest width."""
+    from hptransfer.experiments.repro import verdict as v
+
+    const = v.find(records, optimizer="adam", param__eps_mode="constant")
+    layer = v.find(records, optimizer="adam", param__eps_mode="per_layer")
+    atan2 = v.find(records, optimizer="adam_atan2")
+    top = max(const["width"])
+    return [v.drifts(const), v.transfers(layer), v.transfers(atan2),
+            v.lower_loss(transfer, atan2, const, top)]  # fmt: skip
 
 
 def underflow_by_role(run_dir: Path) -> dict[str, float]:
@@ -104,4 +120,4 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
         "|---|---|---|",
         *lines,
     ]
-    return finish(repro, root, records, figures, table)
+    return finish(repro, root, records, figures, table, transfer)

@@ -1,7 +1,8 @@
 """[K] SP -> muP switches: E, kappa, R_inf and the transfer penalty per switch combination.
 
 The [K] specs sweep one global base LR per width (SP's convention); the penalties are given
-both as swept and in muP's convention (see :func:`mup_relabelled`).
+both as swept and in muP's convention (see :func:`mup_relabelled`). k_weight_decay uses the
+same analysis (its settings differ in weight decay instead of switches).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import TYPE_CHECKING
 from hptransfer.experiments.repro.reproduction import Record, Reproduction
 from hptransfer.experiments.repro.transfer import (
     finish,
-    fmt,
     optima_panels,
     save,
+    spread,
     sweep_figure,
     transfer_lines,
     transfer_table,
@@ -23,12 +24,33 @@ from hptransfer.experiments.repro.transfer import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from hptransfer.analysis.transfer import Transfer
+    from hptransfer.experiments.repro.verdict import Finding
+
 
 def label(key: Record) -> str:
     from hptransfer.param.rules import switch_name
 
     code = str(key["param.k_switches"])
     return f"{switch_name(code)} ({code})"
+
+
+def claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
+    """[K]: the embedding switch does most of muP's work under AdamW. Adding it to SP lowers
+    the loss at the largest width and the law's fit error E; removing it from muP raises both
+    (for the pairs of switch sets present in the runs)."""
+    from hptransfer.experiments.repro import verdict as v
+
+    by_code = {str(r["param.k_switches"]): r for r in records}
+    found = []
+    for better, worse in (("1000", "0000"), ("1111", "0111")):  # with and without Embd
+        if better not in by_code or worse not in by_code:
+            continue
+        a, b = by_code[better], by_code[worse]
+        found.append(v.lower_loss(transfer, a, b, max(a["width"])))
+        what = f"E of {a['setting']} below E of {b['setting']}"
+        found.append(v.smaller(what, (a["E"], b["E"]), v.paired(transfer, a, b, "E"), digits=3))
+    return found
 
 
 def mup_relabelled(df: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -62,8 +84,9 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     transfer, records = transfer_table(df, repro.by, repro.label)
     relabelled = transfer_table(mup_relabelled(df, root), repro.by, repro.label)[1]
     for rec, mu in zip(records, relabelled):
-        rec["drift_per_doubling_mup_lr"] = mu["drift_per_doubling"]
-        rec["transfer_penalty_pct_mup_lr"] = mu["transfer_penalty_pct"]
+        for key in ("drift_per_doubling", "transfer_penalty_pct"):
+            for end in ("", "_lo", "_hi"):
+                rec[f"{key}_mup_lr{end}"] = mu[f"{key}{end}"]
     metrics = ("E", "kappa", "R_inf", "extrap_penalty_pct")
     fig = plt.figure(figsize=(14, 6.6), layout="constrained")
     (top,), (bottom,) = fig.subfigures(2, 1, squeeze=False, height_ratios=[1.0, 1.1])
@@ -79,10 +102,11 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
         " muP's LR | transfer penalty %, muP's LR |",
         "|---|---|---|---|---|---|---|",
         *(
-            f"| {r['setting']} | {fmt(r['E'], 3)} | {fmt(r['kappa'])} | {fmt(r['R_inf'], 3)} | "
-            f"{fmt(r['extrap_penalty_pct'])} | {fmt(r['drift_per_doubling_mup_lr'])} | "
-            f"{fmt(r['transfer_penalty_pct_mup_lr'])} |"
+            f"| {r['setting']} | {spread(r, 'E', 3)} | {spread(r, 'kappa')} | "
+            f"{spread(r, 'R_inf', 3)} | {spread(r, 'extrap_penalty_pct')} | "
+            f"{spread(r, 'drift_per_doubling_mup_lr')} | "
+            f"{spread(r, 'transfer_penalty_pct_mup_lr')} |"
             for r in records
         ),
     ]
-    return finish(repro, root, records, figures, table)
+    return finish(repro, root, records, figures, table, transfer)

@@ -6,10 +6,17 @@ s_depth) keep their labels here; the others have a module of their own.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hptransfer.errors import ConfigError
-from hptransfer.experiments.repro import alignment, e_epsilon, k_switches
+from hptransfer.experiments.repro import alignment, e_constants, e_epsilon, k_switches
+from hptransfer.experiments.repro import verdict as v
 from hptransfer.experiments.repro.reproduction import Record, Reproduction
 from hptransfer.experiments.repro.transfer import analyse_transfer
+
+if TYPE_CHECKING:
+    from hptransfer.analysis.transfer import Transfer
+    from hptransfer.experiments.repro.verdict import Finding
 
 
 def _e_exponents_label(key: Record) -> str:
@@ -28,8 +35,44 @@ def _e_exponents_style(rec: Record) -> Record:
             "ms": 4}  # fmt: skip
 
 
+def _e_exponents_claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
+    """[E]: one global LR drifts for every parameterization; full-alignment per-layer
+    exponents transfer for every one; SP per-layer ends below muP per-layer (largest width)."""
+    names = sorted({str(r["parameterization"]) for r in records})
+    found = [v.drifts(v.find(records, parameterization=name, param__lr_exponents="global"))
+             for name in names]  # fmt: skip
+    per_layer = {
+        name: v.find(records, parameterization=name, param__lr_exponents="per_layer",
+                     param__alignment="full")
+        for name in names
+    }  # fmt: skip
+    found += [v.transfers(rec) for rec in per_layer.values()]
+    if {"sp", "mup"} <= set(names):
+        top = max(per_layer["sp"]["width"])
+        found.append(v.lower_loss(transfer, per_layer["sp"], per_layer["mup"], top))
+    return found
+
+
 def _optimizer_label(key: Record) -> str:
+    if key.get("param.lr_exponents") == "global":
+        return f"{key['optimizer']}, one global LR (control)"
     return str(key["optimizer"])
+
+
+def _optimizer_claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
+    """[S]: each optimizer's spectral muP rule transfers, and beats its control (the same
+    optimizer with one global LR) where the two differ."""
+    found = []
+    for rec in records:
+        if rec.get("param.lr_exponents") == "global":
+            continue
+        found.append(v.transfers(rec))
+        try:
+            control = v.find(records, optimizer=rec["optimizer"], param__lr_exponents="global")
+        except KeyError:
+            continue
+        found.append(v.less_drift(transfer, rec, control))
+    return found
 
 
 def _depth_label(key: Record) -> str:
@@ -37,6 +80,37 @@ def _depth_label(key: Record) -> str:
     if p == 0:
         return f"{key['optimizer']}, no depth multiplier"
     return f"{key['optimizer']}, branch x (L0/L)^{p:g}"
+
+
+def _depth_claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
+    """[S]: with each multiplier, each optimizer's optimum moves less with depth than without
+    one (the control, p = 0), and CompleteP (p = 1) transfers."""
+    found = []
+    for opt in sorted({str(r["optimizer"]) for r in records}):
+        control = v.find(records, optimizer=opt, param__depth_exponent=0.0)
+        for p in (0.5, 1.0):
+            rec = v.find(records, optimizer=opt, param__depth_exponent=p)
+            found.append(v.less_drift(transfer, rec, control))
+        found.append(v.transfers(v.find(records, optimizer=opt, param__depth_exponent=1.0)))
+    return found
+
+
+def _decay_label(key: Record) -> str:
+    wd = float(key["optimizer.weight_decay"])
+    return "adamw, no weight decay" if wd == 0 else f"adamw, weight decay {wd:g}"
+
+
+def _decay_claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
+    """[K]: weight decay improves the optimal-LR law's fit E and worsens kappa (the growth
+    of the sensitivity to LR errors with width), in the tokens-per-parameter setting."""
+    none = v.find(records, optimizer__weight_decay=0.0)
+    decay = next(r for r in records if r is not none)
+    return [
+        v.smaller(f"E of {decay['setting']} below E of {none['setting']}",
+                  (decay["E"], none["E"]), v.paired(transfer, decay, none, "E"), digits=3),
+        v.smaller(f"kappa of {none['setting']} below kappa of {decay['setting']}",
+                  (none["kappa"], decay["kappa"]), v.paired(transfer, none, decay, "kappa")),
+    ]  # fmt: skip
 
 
 REPRODUCTIONS: dict[str, Reproduction] = {
@@ -51,6 +125,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             by=("parameterization", "param.lr_exponents", "param.alignment"),
             analyse=analyse_transfer,
             label=_e_exponents_label,
+            claims=_e_exponents_claims,
             style=_e_exponents_style,
         ),
         Reproduction(
@@ -62,6 +137,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             by=("optimizer", "param.eps_mode"),
             analyse=e_epsilon.analyse,
             label=e_epsilon.label,
+            claims=e_epsilon.claims,
         ),
         Reproduction(
             name="e_alignment",
@@ -74,14 +150,27 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             label=alignment.label,
         ),
         Reproduction(
+            name="e_constants",
+            paper="E",
+            claim="per-role LR constants tuned at the base width keep their benefit at every "
+            "width with the per-layer exponents",
+            specs=("e_constants.toml",),
+            by=("param.gamma_input", "param.gamma_hidden", "param.gamma_output"),
+            analyse=analyse_transfer,
+            label=e_constants.label,
+            claims=e_constants.claims,
+            prepare=e_constants.prepare,
+        ),
+        Reproduction(
             name="s_optimizers",
             paper="S",
             claim="with each optimizer's spectral muP rule the optimal LR transfers across width "
             "for AdamW, ADOPT, LAMB, Sophia, Shampoo and Muon",
             specs=("s_optimizers.toml", "s_optimizers-sophia.toml", "s_optimizers-shampoo.toml"),
-            by=("optimizer",),
+            by=("optimizer", "param.lr_exponents"),
             analyse=analyse_transfer,
             label=_optimizer_label,
+            claims=_optimizer_claims,
         ),
         Reproduction(
             name="k_switches",
@@ -92,16 +181,29 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             by=("param.k_switches",),
             analyse=k_switches.analyse,
             label=k_switches.label,
+            claims=k_switches.claims,
+        ),
+        Reproduction(
+            name="k_weight_decay",
+            paper="K",
+            claim="weight decay improves the optimal-LR law's fit E but worsens kappa (LR "
+            "sensitivity growing with width) at a fixed number of tokens per parameter",
+            specs=("k_weight_decay.toml",),
+            by=("optimizer.weight_decay",),
+            analyse=k_switches.analyse,
+            label=_decay_label,
+            claims=_decay_claims,
         ),
         Reproduction(
             name="s_depth",
             paper="S",
             claim="residual-branch multipliers (L0/L)^p let the optimal LR transfer across "
             "depth for AdamW and Muon",
-            specs=("s_depth.toml",),
+            specs=("s_depth.toml", "s_depth-muon.toml"),
             by=("optimizer", "param.depth_exponent"),
             analyse=analyse_transfer,
             label=_depth_label,
+            claims=_depth_claims,
             x="model.depth",
         ),
     )

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from hptransfer.analysis.transfer import Transfer
     from hptransfer.config import RunConfig
+    from hptransfer.experiments.repro.verdict import Finding
     from hptransfer.param.roles import RoleTable
 
 Record = dict[str, Any]
@@ -38,6 +40,14 @@ class Reproduction:
     """A setting's by-values -> its name in tables and legends."""
     x: str = "width"
     """The scaled dimension: width, or model.depth for depth transfer."""
+
+    claims: Callable[[Transfer, list[Record]], list[Finding]] | None = None
+    """(the transfer verdict, the settings' records) -> the claim's parts, checked on their
+    seed intervals (experiments.repro.verdict); None: the reproduction has no verdict yet."""
+
+    prepare: Callable[[dict[str, Any], Path | None, bool], dict[str, Any]] | None = None
+    """(a spec's TOML tables, the results dir or None, smoke) -> the tables to run: a step
+    before the sweep (e_constants tunes its constants here); None: the spec as it is."""
 
     style: Callable[[Record], Record] | None = None
     """A setting's record -> matplotlib line keywords in the summary figure (None: cycle)."""

@@ -8,10 +8,11 @@ Markdown table). Specs of one reproduction sweep the same keys, so ``hptransfer 
 reads the merged directory too. Re-running resumes (finished runs are skipped) and redoes the
 analysis.
 
-``smoke`` runs every spec at a reduced size (widths 16 and 32, depths 1 and 2, the lowest and
-highest LR of the grid, a few steps, no adaptive search), in this process, so that the whole
-pipeline is exercised in seconds; its numbers mean nothing. The full-size numbers, the papers'
-claims and the commands are in docs/reproductions.md.
+``smoke`` runs every spec at a reduced size (one seed, widths 16 and 32, depths 1 and 2, the
+lowest and highest LR of each grid, a few steps, no adaptive search), in this process, so
+that the whole pipeline is exercised in seconds; its numbers mean nothing. ``device="cuda"``
+runs each spec's ``[gpu]`` version (larger widths, adaptive LR windows). The full-size
+numbers, the papers' claims and the commands are in docs/reproductions.md.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ def spec_paths(repro: Reproduction, recipes: Path = RECIPES) -> list[Path]:
 
 
 def smoke_table(table: dict[str, Any]) -> dict[str, Any]:
-    """A spec's TOML tables shrunk to a smoke run (other tables, e.g. [[cases]], kept as
-    they are): SMOKE_BASE on top of its base, the swept
-    widths and depths replaced by SMOKE_GRID, its LR grid cut to its lowest and highest LR,
+    """A spec's TOML tables shrunk to a smoke run: SMOKE_BASE on top of its base, one seed,
+    the swept widths and depths replaced by SMOKE_GRID (in the grid, or in the first cases
+    that set them: one case per smoke value), every LR grid cut to its lowest and highest LR,
     alignment probes every 2 steps if on, no adaptive search, fixed steps."""
     from hptransfer.config import flatten
-    from hptransfer.sweep.spec import LR_KEY, parse_grid
+    from hptransfer.sweep.spec import LR_KEY, parse_cases, parse_grid
 
     base = {**flatten(table.get("base", {})), **SMOKE_BASE}
     if base.get("train.align_every"):
@@ -80,27 +81,73 @@ def smoke_table(table: dict[str, Any]) -> dict[str, Any]:
     for key, values in SMOKE_GRID.items():
         if key in grid:
             grid[key] = list(values)
+    if "seed" in grid:
+        grid["seed"] = grid["seed"][:1]
     if LR_KEY in grid:
         grid[LR_KEY] = sorted({min(grid[LR_KEY]), max(grid[LR_KEY])})
+    out = {**table, "base": base, "grid": grid}
+    if "cases" in table:
+        cases = [dict(c) for c in parse_cases(table["cases"], grid)]
+        for key, values in SMOKE_GRID.items():
+            if any(key in c for c in cases):
+                cases = [{**c, key: v} for c, v in zip([c for c in cases if key in c], values)]
+        for case in cases:
+            if LR_KEY in case:
+                case[LR_KEY] = sorted({min(case[LR_KEY]), max(case[LR_KEY])})
+        out["cases"] = cases
     sweep = {**table.get("sweep", {}), "adaptive": False, "workers": 1, "tokens_per_param": 0}
-    return {**table, "base": base, "grid": grid, "sweep": sweep}  # [[cases]] kept
+    return {**out, "sweep": sweep}
+
+
+def device_table(table: dict[str, Any], device: str, where: Path) -> dict[str, Any]:
+    """A spec's TOML tables for ``device``: without its ``[gpu]`` table on the CPU; on cuda
+    that table laid over the spec (its base, grid and sweep keys replace the spec's, its
+    ``[[gpu.cases]]`` replace the cases) and ``train.device = "cuda"``. ConfigError naming the
+    spec when a cuda run asks for a spec that has no [gpu] table."""
+    gpu = table.get("gpu")
+    out = {k: v for k, v in table.items() if k != "gpu"}
+    if device == "cpu":
+        return out
+    if not isinstance(gpu, dict):
+        raise ConfigError(f"{where}: no [gpu] table, so no --device {device} version")
+    for name in ("base", "grid", "sweep"):
+        out[name] = _merged(out.get(name, {}), gpu.get(name, {}))
+    out["base"] = _merged(out["base"], {"train": {"device": device}})
+    if "cases" in gpu:
+        out["cases"] = gpu["cases"]
+    return out
+
+
+def _merged(table: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested TOML tables ``table`` with ``over``'s values laid on top, key by key (an LR
+    range {min, max, step} is replaced whole)."""
+    out = dict(table)
+    for key, value in over.items():
+        old = out.get(key)
+        nested = isinstance(value, dict) and isinstance(old, dict) and "min" not in value
+        out[key] = _merged(old, value) if nested else value
+    return out
 
 
 def load_specs(
     repro: Reproduction, recipes: Path = RECIPES, smoke: bool = False,
-    workers: int | None = None,
+    workers: int | None = None, device: str = "cpu", root: Path | None = None,
 ) -> list:  # fmt: skip
-    """The parsed SweepSpecs of ``repro`` (shrunk with ``smoke``; ``workers`` overrides)."""
+    """The parsed SweepSpecs of ``repro`` (for ``device``: see :func:`device_table`; shrunk
+    with ``smoke``; ``workers`` overrides the spec's; then the reproduction's ``prepare``
+    step, given the results directory ``root``, e.g. e_constants' tuning)."""
     from hptransfer.config import read_toml
     from hptransfer.sweep.spec import parse_spec
 
     specs = []
     for path in spec_paths(repro, recipes):
-        table = read_toml(path)
+        table = device_table(read_toml(path), device, path)
         if smoke:
             table = smoke_table(table)
         if workers is not None:
             table = {**table, "sweep": {**table.get("sweep", {}), "workers": workers}}
+        if repro.prepare is not None:
+            table = repro.prepare(table, root, smoke)
         specs.append(parse_spec(table, relative_to=path.parent, text=path.read_text()))
     return specs
 
@@ -139,10 +186,12 @@ def run_reproduction(
     quiet: bool = False,
     stream: TextIO | None = None,
     analyse_only: bool = False,
+    device: str = "cpu",
 ) -> Record:
     """Run (or resume) every spec of reproduction ``name`` into one directory, analyse it and
     print the numbers as Markdown; return them. The specs share one executor (one pool).
-    ``analyse_only`` skips the runs and analyses what the directory holds."""
+    ``analyse_only`` skips the runs and analyses what the directory holds; ``device="cuda"``
+    runs each spec's [gpu] version (see :func:`device_table`)."""
     from hptransfer.sweep.executors import make_executor
     from hptransfer.sweep.runner import run_sweep
 
@@ -153,7 +202,7 @@ def run_reproduction(
         if not (root / "runs").is_dir():
             raise ConfigError(f"--analyse-only: no runs in {root}")
     else:
-        specs = load_specs(repro, recipes, smoke, workers)
+        specs = load_specs(repro, recipes, smoke, workers, device, root)
         settings = specs[0].settings
         executor: Executor = (
             InlineExecutor()

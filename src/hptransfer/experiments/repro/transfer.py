@@ -5,7 +5,8 @@ per setting as one record: the setting's label and by-values, the x values, the 
 (interpolated, log2) and the loss there per x, which optima are unbracketed, the optimum's
 move in log2 per doubling of x, the penalty (percent of the best loss) of reusing the smallest
 x's optimum at the largest, and [K]'s E, kappa and R_inf (relative to the lowest L_inf among
-the settings given).
+the settings given); with several seeds each of these has its interval over seeds
+(``<metric>_lo``, ``<metric>_hi``: min and max of the per-seed values; None with one seed).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hptransfer.analysis.transfer import LOSS, finished_runs, plain, transfer_verdict
+from hptransfer.analysis.transfer import (
+    LOSS,
+    SEED_METRICS,
+    finished_runs,
+    plain,
+    transfer_verdict,
+)
 from hptransfer.experiments.repro.reproduction import Record, Reproduction
 
 if TYPE_CHECKING:
@@ -53,6 +60,11 @@ def transfer_table(
                 "E": _round(fit["E"]),
                 "kappa": _round(fit["kappa"]),
                 "R_inf": _round(fit["R_inf"]),
+                **{
+                    f"{m}_{end}": _round(fit.get(f"{m}_{end}", math.nan))
+                    for m in SEED_METRICS
+                    for end in ("lo", "hi")
+                },  # fmt: skip
             }
         )
     transfer.fits["setting"] = [r["setting"] for r in records]
@@ -69,6 +81,16 @@ def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "n/a"
     return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
+def spread(rec: Record, key: str, digits: int = 2) -> str:
+    """A record's number with its seed interval, ``+0.12 [-0.05, +0.30]``; n/a for None."""
+    from hptransfer.experiments.repro.verdict import interval
+
+    lo, hi = rec.get(f"{key}_lo"), rec.get(f"{key}_hi")
+    if lo is None or hi is None:
+        return fmt(rec.get(key), digits)
+    return interval(rec.get(key), lo, hi, digits)
 
 
 def save(fig: matplotlib.figure.Figure, path: Path) -> str:
@@ -114,21 +136,32 @@ def transfer_lines(records: list[Record], x: str) -> list[str]:
         lines.append(
             f"| {r['setting']} | {', '.join(map(str, r[x]))} | {lrs} | "
             f"{', '.join(f'{v:.3f}' for v in r['loss_opt'])} | "
-            f"{fmt(r['drift_per_doubling'])} | {fmt(r['transfer_penalty_pct'])} |"
+            f"{spread(r, 'drift_per_doubling')} | {spread(r, 'transfer_penalty_pct')} |"
         )
-    lines.append("(* = optimum at the edge of the LR range tried: not bracketed)")
+    lines.append("(* = optimum at the edge of the LR range tried: not bracketed; [min, max] over "
+                 "seeds where a sweep has several)")  # fmt: skip
     return lines
 
 
 def finish(
     repro: Reproduction, root: Path, records: list[Record], figures: list[str],
-    lines: list[str] | None = None,
+    lines: list[str] | None = None, transfer: Transfer | None = None,
 ) -> Record:  # fmt: skip
-    """Write NAME.json; return the numbers (settings, figures, Markdown table lines)."""
+    """Write NAME.json; return the numbers (settings, figures, Markdown table lines, and with
+    ``transfer`` and the reproduction's claims, the findings and the verdict)."""
+    from dataclasses import asdict
+
+    from hptransfer.experiments.repro.verdict import verdict_lines, word
     from hptransfer.store import write_json
 
-    table = lines if lines is not None else transfer_lines(records, repro.x)
-    numbers = {"name": repro.name, "settings": records, "figures": figures, "table": table}
+    table = list(lines if lines is not None else transfer_lines(records, repro.x))
+    numbers: Record = {"name": repro.name, "settings": records, "figures": figures}
+    if transfer is not None and repro.claims is not None:
+        findings = repro.claims(transfer, records)
+        table += ["", *verdict_lines(findings)]
+        numbers["findings"] = [{**asdict(f), "state": f.state} for f in findings]
+        numbers["verdict"] = word(findings)
+    numbers["table"] = table
     write_json(root / f"{repro.name}.json", numbers)
     return numbers
 
@@ -137,9 +170,9 @@ def analyse_transfer(repro: Reproduction, df: pd.DataFrame, root: Path) -> Recor
     """Optimal LR and loss per x for each setting, drift and penalty; two figures."""
     import matplotlib.pyplot as plt
 
-    _, records = transfer_table(df, repro.by, repro.label, repro.x)
+    transfer, records = transfer_table(df, repro.by, repro.label, repro.x)
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8), layout="constrained")
     optima_panels(axes, records, repro.x, repro.style)
     axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
-    return finish(repro, root, records, figures)
+    return finish(repro, root, records, figures, transfer=transfer)
