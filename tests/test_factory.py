@@ -234,3 +234,27 @@ def test_regroup_makes_groups_for_another_lr_without_touching_the_model():
     torch.optim.Adam(groups).step()  # a torch optimizer takes them as they are
     with pytest.raises(ConfigError, match="regroup"):
         s.parameterization.regroup(0.0)
+
+
+def test_a_factory_model_keeps_its_own_init_by_default():
+    """param.anchor = auto is the model anchor for model.factory's model: at base width the run
+    starts from the model itself, bit for bit; at 4x width its dense 16-feature first layer
+    keeps the model's own init size (the relative anchor would give it std 1)."""
+    base = {"model.factory": f"{USER}:make_regressor", "param.base_width": 32}
+    hooks = {"model.loss": f"{USER}:mse", "model.batch": f"{USER}:regression_batch"}
+    cfg = RunConfig().replace(**{**TINY, **base, **hooks, "model.width": 32})
+    assert cfg.param.anchor == "auto"
+    setup = build(cfg)
+    torch.manual_seed(cfg.seed)
+    own = user_module().make_regressor(32)
+    for (name, p), q in zip(setup.model.named_parameters(), own.parameters()):
+        assert torch.equal(p, q), name
+
+    def effective_rms(setup) -> float:  # the first layer's init times its forward multiplier
+        mult = setup.parameterization.table["0.weight"].multiplier
+        return mult * setup.model[0].weight.pow(2).mean().sqrt().item()
+
+    wide = build(cfg.replace(**{"model.width": 128}))
+    assert effective_rms(wide) == pytest.approx(16**-0.5 / 3**0.5, rel=0.1)  # U(+-16^-1/2)
+    relative = build(cfg.replace(**{"model.width": 128, "param.anchor": "relative"}))
+    assert effective_rms(relative) == pytest.approx(1.0, rel=0.1)

@@ -148,6 +148,13 @@ def solver_depth(cfg: RunConfig, roles: RoleTable | None = None) -> int:
     return max(1, len(roles.by_role("hidden")))
 
 
+def run_anchor(cfg: RunConfig) -> str:
+    """param.anchor, with auto resolved: model for model.factory's model, else relative."""
+    if cfg.param.anchor != "auto":
+        return cfg.param.anchor
+    return "model" if cfg.model.factory else "relative"
+
+
 def parameterize_run(
     cfg: RunConfig,
     model: nn.Module,
@@ -183,7 +190,7 @@ def parameterize_run(
         eps=o.eps,
         weight_decay=o.weight_decay,
         wd_mode=o.wd_mode,
-        anchor=p.anchor,
+        anchor=run_anchor(cfg),
         form=p.form,
         eps_mode=p.eps_mode,
         init_scale={"input": p.init_input, "hidden": p.init_hidden, "output": p.init_output},
@@ -207,7 +214,7 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
     model = factory(cfg.model.width).to(DTYPES[cfg.train.dtype])
     roles = run_roles(cfg, factory)
     base_init = None
-    if cfg.param.anchor == "model":  # the model's own init at base width (param.init)
+    if run_anchor(cfg) == "model":  # the model's own init at base width (param.init)
         with torch.random.fork_rng(devices=[]):
             base_init = measure_init(factory(cfg.param.base_width))
     gen = torch.Generator().manual_seed(cfg.seed)

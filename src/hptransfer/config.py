@@ -41,6 +41,7 @@ AlignmentPreset = Literal["full", "none"]
 AlignmentName = Literal[AlignmentPreset, "measured"]
 LrExponents = Literal["per_layer", "global"]
 Anchor = Literal["relative", "absolute", "model"]
+AnchorChoice = Literal[Anchor, "auto"]
 Form = Literal["multiplier", "folded"]
 EpsMode = Literal["constant", "small", "per_layer"]
 TieRule = Literal["error", "input", "output", "untie"]
@@ -242,10 +243,12 @@ class ParamConfig:
     """Width n0 at which hyperparameters are tuned; width_mult = width / base_width."""
     lr_exponents: LrExponents = "per_layer"
     """per_layer: c from the solver; global: c = 0 for every role (one LR per width)."""
-    anchor: Anchor = "relative"
+    anchor: AnchorChoice = "auto"
     """relative: a and b use width_mult (every parameterization equals SP at base_width);
     absolute: a and b use the layer's n itself, as [E] does; model: the model's own init at
-    base_width, rescaled by width_mult^-b (microsoft/mup; see hptransfer.param.init)."""
+    base_width, rescaled by width_mult^-b (microsoft/mup; see hptransfer.param.init); auto:
+    model for model.factory's model (one the project did not write keeps its own init),
+    relative for the built-in models."""
     form: Form = "multiplier"
     """multiplier: forward multipliers n^-a; folded: no multipliers, init/LR/eps absorb them."""
     gamma_input: float = 1.0
