@@ -124,8 +124,10 @@ def _merged(table: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(table)
     for key, value in over.items():
         old = out.get(key)
-        nested = isinstance(value, dict) and isinstance(old, dict) and "min" not in value
-        out[key] = _merged(old, value) if nested else value
+        if isinstance(value, dict) and isinstance(old, dict) and "min" not in value:
+            out[key] = _merged(old, value)
+        else:
+            out[key] = value
     return out
 
 
