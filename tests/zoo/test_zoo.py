@@ -1,7 +1,8 @@
 """The zoo (issue 12's acceptance): for 17 architectures built from configs with random init,
 the roles inferred from how each parameter is used equal a table written by hand
-(tests/zoo/tables), and muP + Adam keeps every layer's activation size width-free over 4x width
-while SP with one global LR does not."""
+(tests/zoo/tables), muP + Adam keeps every layer's activation size width-free over 4x width
+while SP with one global LR does not, and muP at the base width with the model anchor is the
+model's own init, bit for bit."""
 
 from __future__ import annotations
 
@@ -128,3 +129,20 @@ def test_mup_keeps_every_layer_width_free_and_sp_grows(name: str) -> None:
     assert not bad, f"muP layers of {name} whose activations scale with width: {bad}"
     sp = slopes(name, "sp", lr)
     assert max(sp.values()) > 0.4, f"SP with a global LR: {name} does not grow: {sp}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mup_at_base_width_with_the_model_anchor_is_the_models_own_init(name: str) -> None:
+    """microsoft/mup's property: at the base width the parameterized model IS the model as it
+    initializes itself, bit for bit, every parameter (the width dependence starts above it)."""
+    a = arch(name)
+    roles = zoo_roles(name, 64)
+    torch.manual_seed(0)
+    own = dict(a.make(64).named_parameters())
+    torch.manual_seed(0)
+    model = a.make(64)
+    rule = make_rule("mup", "adam")
+    parameterize(model, roles, rule, lr=1e-3, anchor="model", form="folded")
+    for pname, p in model.named_parameters():
+        source = pname if pname in own else roles[pname].tied_to  # an untied head: its embedding
+        assert source is not None and torch.equal(p, own[source]), pname
