@@ -4,8 +4,10 @@ numbers; see docs/reproductions.md)."""
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 
+from hptransfer.config import Device
 from hptransfer.errors import ConfigError
 
 
@@ -28,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--workers", type=int, help="concurrent runs (default: the spec's)")
     p.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu",
+        "--device", choices=typing.get_args(Device), default="cpu",
         help="cuda: each spec's [gpu] version (widths to 2048, adaptive LR windows)",
     )  # fmt: skip
     p.add_argument(
