@@ -68,13 +68,14 @@ EXECUTION_SETTINGS = ("executor", "workers", "address", "retries", "lock_timeout
 """[sweep] keys that say how a sweep runs, not what it computes: a resume may change them."""
 
 
-def check_same_spec(root: Path, spec: SweepSpec) -> None:
-    """Refuse to run ``spec`` into a results directory that holds another spec's results.
+def check_same_spec(root: Path, spec: SweepSpec, spec_copy: str = "sweep.toml") -> None:
+    """Refuse to run ``spec`` into a results directory that holds another spec's results
+    (the copy ``root/spec_copy`` it keeps of its spec).
 
     Two specs are the same when their TOML tables are, comments, layout and the
     `EXECUTION_SETTINGS` aside; the same spec resumes.
     """
-    copy = root / "sweep.toml"
+    copy = root / spec_copy
     if not spec.text or not copy.is_file():
         return
     try:
@@ -380,6 +381,7 @@ def run_sweep(
     executor: Executor | None = None,
     runs: list[Run] | None = None,
     retry_failed: bool = False,
+    spec_copy: str = "sweep.toml",
 ) -> Counts:
     """Run (or resume) every run of ``spec`` into ``out_dir``; return the final counts.
 
@@ -389,13 +391,15 @@ def run_sweep(
     ``runs`` replaces the spec's grid (as tune does). Every run is checked against this machine
     (device, data length; see preflight.py) before anything is written. A full disk raises
     ConfigError naming the path once the runs in flight have ended; a resume finishes it. A
-    directory holding another spec's results is refused (`check_same_spec`).
+    directory holding another spec's results is refused (`check_same_spec`); the spec's
+    copy there is ``spec_copy`` (a reproduction runs its several specs into one directory,
+    each with its own copy).
     """
     settings = spec.settings
     check_executor(settings.executor)
     runs = runs if runs is not None else spec.expand()
     check_runs(runs)
-    check_same_spec(Path(out_dir), spec)
+    check_same_spec(Path(out_dir), spec, spec_copy)
     root = prepare_dir(out_dir)
     own = executor is None
     executor = executor or make_executor(
@@ -406,7 +410,7 @@ def run_sweep(
         progress = Progress(executor.workers, quiet, stream)
         runner = SweepRunner(spec, root, executor, progress, runs, retry_failed)
         if spec.text:
-            copy = root / "sweep.toml"
+            copy = root / spec_copy
             runner.write_or_stop(lambda: store.write_text(copy, spec.text), copy)
         return runner.execute()
     finally:

@@ -213,8 +213,11 @@ def run_reproduction(
         )
         failed = 0
         try:
-            for spec in specs:
-                failed += run_sweep(spec, root, quiet=quiet, executor=executor).failed
+            for spec, file in zip(specs, repro.specs, strict=True):  # each keeps its own copy
+                counts = run_sweep(
+                    spec, root, quiet=quiet, executor=executor, spec_copy=Path(file).name
+                )
+                failed += counts.failed
         finally:
             executor.close()
         if failed:
