@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     held, result = [], {}
     order = sorted(
         [(w, 0, args.optimizers[0]) for w in args.heldout]
-        + [(w, 1, args.optimizers[1]) for w in args.second_heldout]
+        + [(w, 1, args.optimizers[-1]) for w in args.second_heldout]
     )  # the cheapest first: a run stopped at the deadline has the small widths' answers
     for width, _, opt in order:
         held.append(check(pred, args, out / "heldout", opt, width))
@@ -240,7 +240,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="GPU size: longer runs, to 2048")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--second", default="adafactor", choices=sorted(START))
+    parser.add_argument(
+        "--second",
+        default="adafactor",
+        choices=[*sorted(START), "none"],
+        help="the second optimizer (none: Adam only)",
+    )
     parser.add_argument(
         "--second-heldout",
         type=int,
@@ -255,7 +260,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.heldout = (256, 512, 1024, 2048) if args.full else (256, 512)
     if args.second_heldout is None:
         args.second_heldout = args.heldout if args.full else (256,)
-    args.optimizers = ("adam", args.second)
+    args.optimizers = ("adam",) if args.second == "none" else ("adam", args.second)
+    if args.second == "none":
+        args.second_heldout = ()
     args.command = "python benchmarks/bench_heldout.py " + " ".join(argv or [])
     return args
 
