@@ -323,11 +323,12 @@ def _bootstrap(
     mid = float(np.median(answers))
     q = (1 + level) / 2
     widen = float(stats.t.ppf(q, nu) / stats.norm.ppf(q)) if nu else 1.0
-    return {
+    lr = rec["lr_keep"] if keep else rec["lr_extrapolate"]
+    return {  # the interval holds the answer itself (rounding: noiseless replicates equal it)
         "rule": "keep" if keep else "extrapolate",
-        "lr": rec["lr_keep"] if keep else rec["lr_extrapolate"],
-        "lr_lo": float(np.exp(mid + widen * (ln_lo - mid))),
-        "lr_hi": float(np.exp(mid + widen * (ln_hi - mid))),
+        "lr": lr,
+        "lr_lo": min(lr, float(np.exp(mid + widen * (ln_lo - mid)))),
+        "lr_hi": max(lr, float(np.exp(mid + widen * (ln_hi - mid)))),
         "keep_share": float(np.mean(keep_b_rule)),
         "beta_lo": lo,
         "beta_hi": hi,
