@@ -23,7 +23,8 @@ CPU default (about 40 CPU-minutes with 2 workers) validates the second optimizer
 optimizers everywhere) and ``--device cuda`` puts the runs on the GPU.
 
 Usage: python benchmarks/bench_heldout.py [--out DIR] [--device cpu|cuda] [--full]
-       [--workers N] [--second OPT] [--second-heldout W ...] [--json FILE]
+       [--second OPT|none] [--workers N] [--second-heldout W ...] [--json FILE]
+(docs/predict.md has the numbers).
 """
 
 from __future__ import annotations
