@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_report import write_run
 
 from hptransfer.assemble import model_factory
@@ -102,6 +103,14 @@ def test_plan_matches_rules_times_predicted_lr(exported: dict) -> None:
     assert torch.allclose(head, mult["head.weight"] * x @ model.head.weight.T, atol=1e-6)
 
 
+def _doc_block(after: str) -> str:
+    """The first python block of docs/predict.md after the line starting with ``after``."""
+    text = (Path(__file__).parents[1] / "docs" / "predict.md").read_text()
+    rest = text[text.index("\n" + after) :]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start : rest.index("```", start)]
+
+
 def test_apply_without_init_keeps_the_values(exported: dict) -> None:
     plan = load_plan(exported["out"] / "plan.json")
     model = model_factory(plan.config)(TARGET)
@@ -109,18 +118,59 @@ def test_apply_without_init_keeps_the_values(exported: dict) -> None:
     groups = plan.apply(model, init=False)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert sum(len(g["params"]) for g in groups) == len(before)
-    # the plain loop of docs/predict.md: the groups go to a torch optimizer as they are
-    opt = torch.optim.AdamW(groups)
+
+
+def test_docs_plain_loop_trains_with_the_plan(
+    exported: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/predict.md's own-loop block, run as it stands in the docs."""
+    monkeypatch.chdir(exported["out"])
     x = torch.randint(0, 256, (2, 8))
-    for _ in range(2):
-        logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert math.isfinite(loss.item())
-    assert not torch.equal(before["head.weight"], model.head.weight)
-    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in groups]
+    ns: dict = {
+        "batches": [(x, x)] * 2,
+        "loss_fn": lambda logits, y: F.cross_entropy(logits.flatten(0, 1), y.flatten()),
+    }
+    exec(_doc_block("In your own training loop"), ns)
+    plan, model, opt = ns["plan"], ns["model"], ns["opt"]
+    assert math.isfinite(ns["loss"].item())
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in ns["groups"]]
+    lr_of = {p["name"]: p["lr"] for p in plan.params}
+    assert [g["lr"] for g in opt.param_groups] == [lr_of[g["param_names"][0]] for g in ns["groups"]]
+    assert all(opt.state[p]["step"] == 2 for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # CPU-only torch
+def test_docs_hf_trainer_trains_with_the_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/predict.md's Trainer block, run as it stands: a width-32 GPT-2 from its config (no
+    download) for 3 steps; the Trainer steps the plan's groups, in the plan's LR ratios."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from hptransfer.plan import make_plan
+
+    cfg = RunConfig().replace(**{
+        **BASE, "model.name": "hf_gpt2", "model.width": 32, "param.tied": "untie",
+        "model.attn_scale": "linear", "train.seq_len": 16, "optimizer.lr": 2.0**-7,
+    })  # fmt: skip
+    make_plan(cfg).save(tmp_path / "plan.json")
+    monkeypatch.chdir(tmp_path)
+    ids = torch.randint(0, 256, (16,), generator=torch.Generator().manual_seed(0))
+    ns: dict = {
+        "steps": 3,
+        "output_dir": str(tmp_path / "out"),
+        "train_dataset": [{"input_ids": ids, "labels": ids}] * 8,
+    }
+    exec(_doc_block("With the Hugging Face `Trainer`"), ns)
+    plan, model, opt, trainer = ns["plan"], ns["model"], ns["opt"], ns["trainer"]
+    assert trainer.state.global_step == 3
+    assert all(opt.state[p]["step"] == 3 for p in model.parameters())
+    # one schedule factor for every group: the plan's per-parameter ratios hold
+    lr_of = {p["name"]: p["lr"] for p in plan.params}
+    ratios = [g["lr"] / lr_of[g["param_names"][0]] for g in opt.param_groups]
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-9)
+    assert len({lr_of[g["param_names"][0]] for g in opt.param_groups}) > 1
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
 
 
 def test_apply_refuses_a_model_of_another_width(exported: dict) -> None:

@@ -1,34 +1,44 @@
 """The base LR to use at a target width, with an interval, and the setting the data recommend.
 
 For each setting (the `by` columns: parameterization, optimizer, ...) the per-width optima of
-`find_optima` and the law eta*(N) = C N^-beta of `fit_transfer` give two candidate answers at
+`find_optima` and the law eta*(N) = C N^-beta of `fit_lr_law` give two candidate answers at
 the target width N_t:
 
 - keep:        eta_keep = exp(mean over swept widths of ln eta*(N))   (the law with beta = 0)
 - extrapolate: eta_extr = C N_t^-beta
 
-Uncertainty comes from a residual bootstrap over the runs the per-width fits used. At each
-width, every usable run (each seed at each LR) inside the window of the quadratic
+Uncertainty comes from a residual bootstrap of the per-width fits. At each width, every
+usable run (each seed at each LR) inside the window of find_optima's accepted quadratic
 L = L* + a (ln eta - ln eta*)^2 has a residual r = L - fit; the residuals of a setting are
-pooled over its widths and scaled by sqrt(n / (n - 3 k)) (n residuals, k fitted quadratics,
-3 parameters each) to undo the shrinkage of least squares. A replicate redraws the loss of
-every such run as fit + a residual drawn with replacement, leaves the other runs (diverged,
-outside the window, widths whose optimum is not bracketed) as measured, and reruns
-`find_optima` and `fit_lr_law`: replicate b gives beta_b, eta_keep_b and eta_extr_b.
+pooled over its widths and scaled by sqrt(n / (n - 3 k)) (n residuals, k quadratics, 3
+parameters each) to undo the shrinkage of least squares. A replicate redraws the loss of every
+such run as fit + a pooled residual, refits the quadratic on the same window (all replicates in
+one least-squares solve) and takes its vertex (the better end of the window when the vertex
+falls outside or the refit is not convex); widths without an accepted quadratic keep their
+optimum. The law's least-squares line in log-log then gives replicate b's beta_b, eta_keep_b
+and eta_extr_b.
 
 The rule (explicit, and the same in every replicate):
 - the level-`level` bootstrap interval [beta_lo, beta_hi] of beta contains 0 -> keep (the data
   cannot tell the optimum from one that does not move with width); otherwise -> extrapolate.
 - Replicate b decides with its own interval, taken as the full-data interval shifted by
   beta_b - beta: keep_b iff beta_lo + (beta_b - beta) <= 0 <= beta_hi + (beta_b - beta).
-  Its answer is eta_keep_b or eta_extr_b accordingly, so the interval [lr_lo, lr_hi] (the
-  percentiles of these answers) covers the noise in the optima AND the choice between the
-  two rules; keep_share is the fraction of replicates that kept.
+  Its answer is eta_keep_b or eta_extr_b accordingly, so the interval [lr_lo, lr_hi] covers
+  the noise in the optima AND the choice between the two rules; keep_share is the fraction
+  of replicates that kept.
+- The interval is the percentile interval of ln(answer_b), widened about its median by
+  t_nu(q) / z(q), q = (1 + level) / 2, with nu = the LR points in the windows minus 3 per
+  quadratic. The percentile interval alone treats each quadratic's curvature as known; with
+  few points per window it is not (a replicate's spread scales with 1 / a), and over repeated
+  noisy sweeps it covered ~74% at level 0.8. Student's t for the curves' degrees of freedom
+  brings it to the nominal rate (tests/analysis/test_predict.py checks 80% +- 2.5 sigma over
+  300 draws, for keep and for extrapolate).
 
-The expected loss at N_t is the loss law L*(N) = L_inf + A N^-alpha of `fit_transfer` (needs
-three widths), a point estimate. `recommend` picks the setting with the lowest expected loss;
-settings within TIE_PCT percent of it are tied, and ties go to the better transfer (keep
-before extrapolate, then the smaller |beta|, then the smaller E).
+The expected loss at N_t is the loss law L*(N) = L_inf + A N^-alpha (`fit_loss_law` on the
+loss at each width's interpolated optimum; needs three widths), a point estimate. `recommend`
+picks the setting with the lowest expected loss; settings within TIE_PCT percent of it are
+tied, and ties go to the better transfer (keep before extrapolate, then the smaller |beta|,
+then the smaller E).
 """
 
 from __future__ import annotations
@@ -38,9 +48,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from hptransfer.analysis.optimum import DEFAULT_BY, find_optima
-from hptransfer.analysis.scaling import fit_lr_law, fit_transfer
+from hptransfer.analysis.scaling import fit_loss_law, fit_lr_law
 from hptransfer.errors import ConfigError
 
 LEVEL = 0.9
@@ -75,14 +86,9 @@ def _usable(df: pd.DataFrame, loss: str) -> pd.Series:
     return (df["status"].astype(str) == "ok") & np.isfinite(value.to_numpy(dtype=float))
 
 
-def _resampled(
-    df: pd.DataFrame, optima: pd.DataFrame, by: list[str], loss: str, n_boot: int, seed: int
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The runs of every setting, n_boot times, with the losses inside the fits redrawn.
-
-    Returns the stacked frame (a column _boot numbers the replicate) and the number of
-    residuals per setting label (0 where the fits leave none: those replicates equal the data).
-    """
+def _window_runs(df: pd.DataFrame, optima: pd.DataFrame, by: list[str], loss: str) -> pd.DataFrame:
+    """The runs inside the accepted quadratic fits: by..., width, u = ln(lr / lr_interp), the
+    fitted loss L* + a u^2 and the residual (measured minus fitted)."""
     rows = df[df["status"].astype(str).isin(["ok", "diverged"])].copy()
     rows["_y"] = pd.to_numeric(rows[loss], errors="coerce").astype(float)
     ok = _usable(rows, loss).to_numpy()
@@ -98,31 +104,48 @@ def _resampled(
         & (lr >= rows["fit_lr_lo"].to_numpy() * (1 - 1e-12))
         & (lr <= rows["fit_lr_hi"].to_numpy() * (1 + 1e-12))
     )
-    fitted = (
-        rows["loss_interp"].to_numpy()
-        + rows["curvature"].to_numpy() * np.log(lr / rows["lr_interp"].to_numpy()) ** 2
-    )
-    resid = rows["_y"].to_numpy() - fitted
-    rng = np.random.default_rng(seed)
-    y_boot = np.tile(rows["_y"].to_numpy(), (n_boot, 1))  # (n_boot, runs)
-    counts = {}
-    for key, idx in rows.groupby(by, dropna=False, sort=True).indices.items():
-        key = label_of(key if isinstance(key, tuple) else (key,))
-        mine = idx[inside[idx]]
-        n_fits = rows.iloc[mine][keys].drop_duplicates().shape[0]
-        dof = mine.size - 3 * n_fits
-        counts[key] = int(mine.size) if dof > 0 else 0
-        if dof <= 0:
+    rows = rows[inside].copy()
+    rows["_u"] = np.log(rows["lr"].to_numpy(dtype=float) / rows["lr_interp"].to_numpy(dtype=float))
+    rows["_fit"] = rows["loss_interp"] + rows["curvature"] * rows["_u"] ** 2
+    rows["_r"] = rows["_y"] - rows["_fit"]
+    return rows
+
+
+def _replicate_optima(
+    runs: pd.DataFrame, mine: pd.DataFrame, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int, int]:
+    """ln eta*(N) of one setting per width (rows of ``mine``) and replicate: (widths, n_boot).
+
+    Each accepted quadratic is refitted (least squares, all three coefficients) to its own
+    window's runs with the losses redrawn as fitted + a pooled, dof-corrected residual; the
+    replicate's optimum is the refit's vertex, or the better end of the window when the vertex
+    falls outside it or the refit is not convex. Widths without an accepted quadratic keep
+    their optimum. Also returns the runs resampled (0: none, the fits use every point) and the
+    curves' degrees of freedom nu (LR points in the windows minus 3 per quadratic).
+    """
+    ln_opt = np.tile(np.log(mine["lr_interp"].to_numpy(dtype=float))[:, None], (1, n_boot))
+    per_width = dict(iter(runs.groupby("width")))
+    groups = [per_width.get(w, runs.iloc[:0]) for w in mine["width"]]
+    n = sum(len(g) for g in groups)
+    dof = n - 3 * sum(len(g) > 0 for g in groups)
+    if dof <= 0:
+        return ln_opt, 0, 0
+    pool = np.concatenate([g["_r"].to_numpy(dtype=float) for g in groups]) * np.sqrt(n / dof)
+    for i, g in enumerate(groups):
+        if g.empty:
             continue
-        pool = resid[mine] * np.sqrt(mine.size / dof)
-        draw = rng.integers(0, pool.size, size=(n_boot, mine.size))
-        y_boot[:, mine] = fitted[mine][None, :] + pool[draw]
-    base = rows[[*keys, "lr", "seed", "status"]] if "seed" in rows else rows[[*keys, "lr"]]
-    stacked = pd.concat([base] * n_boot, ignore_index=True)
-    stacked["status"] = np.tile(rows["status"].to_numpy(), n_boot)
-    stacked[loss] = y_boot.reshape(-1)
-    stacked["_boot"] = np.repeat(np.arange(n_boot), len(rows))
-    return stacked, counts
+        u = g["_u"].to_numpy(dtype=float)
+        x = np.stack([np.ones_like(u), u, u**2], axis=1)
+        y = g["_fit"].to_numpy(dtype=float)[:, None] + pool[rng.integers(0, n, (len(u), n_boot))]
+        c = np.linalg.lstsq(x, y, rcond=None)[0]  # (3, n_boot): every replicate at once
+        lo, hi = float(u.min()), float(u.max())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vertex = -c[1] / (2 * c[2])
+        ends = np.where(c[1] * (hi - lo) + c[2] * (hi**2 - lo**2) < 0, hi, lo)
+        inside = (c[2] > 0) & (vertex >= lo) & (vertex <= hi)
+        ln_opt[i] += np.where(inside, vertex, ends)
+    nu = sum(g["lr"].nunique() - 3 for g in groups if len(g))
+    return ln_opt, n, max(nu, 1)
 
 
 def _interval(x: np.ndarray, level: float) -> tuple[float, float]:
@@ -134,19 +157,14 @@ def _interval(x: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def _replicate_answers(
-    boot: pd.DataFrame, width: float
+    ln_widths: np.ndarray, ln_opt: np.ndarray, width: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """beta_b, eta_keep_b and eta_extr_b of each replicate of one setting."""
-    out = []
-    for _, g in boot.groupby("_boot", sort=True):
-        ln_lr = np.log(g["lr_interp"].to_numpy(dtype=float))
-        c, beta, _ = fit_lr_law(g["width"].to_numpy(dtype=float), np.exp(ln_lr))
-        fin = np.isfinite(ln_lr)
-        keep = float(np.exp(ln_lr[fin].mean())) if fin.any() else np.nan
-        extr = np.nan if c is None or beta is None else c * width ** -float(beta)
-        out.append((np.nan if beta is None else beta, keep, extr))
-    arr = np.array(out, dtype=float).reshape(-1, 3)
-    return arr[:, 0], arr[:, 1], arr[:, 2]
+    """beta_b, eta_keep_b and eta_extr_b per replicate (columns of ln_opt; rows are widths):
+    the least-squares line of `fit_lr_law` in log-log, for every replicate at once."""
+    dx = ln_widths - ln_widths.mean()
+    mean = ln_opt.mean(axis=0)
+    slope = dx @ ln_opt / (dx @ dx)
+    return -slope, np.exp(mean), np.exp(mean + slope * (np.log(width) - ln_widths.mean()))
 
 
 def _warnings(fit: dict, width: float, n_residuals: int, at_edge: list[int]) -> list[str]:
@@ -182,6 +200,7 @@ def predict_lr(
     n_boot: int = 200,
     level: float = LEVEL,
     seed: int = 0,
+    expected_loss: bool = True,
 ) -> pd.DataFrame:
     """Recommended base LR at ``width`` per setting of an LR sweep (see the module docstring).
 
@@ -192,6 +211,9 @@ def predict_lr(
     law), n_widths / width_min / width_max / n_at_edge (widths with an optimum), n_residuals
     (runs resampled) and warnings (a tuple of sentences: far extrapolation, poor fit, two
     widths only, a loss law that fits three widths exactly, unbracketed optima).
+
+    ``expected_loss=False`` leaves loss NaN and skips the loss law's fit (the costly part when
+    there are many settings, e.g. many independent draws).
 
     Raises ConfigError when no run converged, no setting has optima at two widths, or
     ``width`` lies below the smallest swept width.
@@ -213,36 +235,57 @@ def predict_lr(
         raise ConfigError(
             f"target width {width:g} lies below the swept range (smallest width {smallest:g})"
         )
-    # the expected loss is the loss at the predicted LR: the law is fitted on the interpolated
-    # optimum's loss, not on the grid minimum ([K]'s convention for E, kappa and R(inf))
-    fits = fit_transfer(optima, df, by, loss=loss, optimum_loss="interpolated")
-    boot_runs, n_resid = _resampled(df, optima, by, loss, n_boot, seed)
-    boot = find_optima(boot_runs, [*by, "_boot"], loss, n_boot=0)
-    boot_groups = {
-        label_of(k if isinstance(k, tuple) else (k,)): g
-        for k, g in boot.groupby(by, dropna=False, sort=True)
-    }
+    runs = _window_runs(df, optima, by, loss)
+    runs_of = dict(iter(runs.groupby(by, dropna=False, sort=True)))
+    rng = np.random.default_rng(seed)
     records = []
-    for fit in fits.to_dict("records"):
-        key = tuple(fit[c] for c in by)
-        mine = optima
-        for col, val in zip(by, key):
-            mine = mine[(mine[col] == val) | (mine[col].isna() & pd.isna(val))]
-        at_edge = sorted(int(w) for w in mine.loc[mine["at_edge"], "width"])
-        fit = {**fit, "n_widths": int(mine["width"].nunique()), "n_at_edge": len(at_edge)}
-        rec = {**dict(zip(by, key)), "label": label_of(key), **_answer(fit, mine, width, level)}
+    for key, mine in optima.groupby(by, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        mine = mine.sort_values("width")
+        fit = _fit(mine, expected_loss)
+        rec = {**dict(zip(by, key)), "label": label_of(key), **_answer(fit, mine, width)}
+        n_resid = 0
         if fit["n_widths"] >= 2:
-            g = boot_groups[rec["label"]]
-            rec.update(_bootstrap(rec, *_replicate_answers(g, width), level))
-        rec["n_residuals"] = n_resid.get(rec["label"], 0)
-        rec["warnings"] = tuple(_warnings(fit, width, rec["n_residuals"], at_edge))
-        if fit["n_widths"] < 2:
+            own = runs_of.get(key if len(by) > 1 else key[0], runs.iloc[:0])
+            ln_opt, n_resid, nu = _replicate_optima(own, mine, n_boot, rng)
+            ln_widths = np.log(mine["width"].to_numpy(dtype=float))
+            answers = _replicate_answers(ln_widths, ln_opt, width)
+            rec.update(_bootstrap(rec, *answers, level, nu if n_resid else 0))
+            rec["warnings"] = tuple(_warnings(fit, width, n_resid, fit["at_edge"]))
+        else:
             rec["warnings"] = ("optima at one width only: no law to predict with",)
+        rec["n_residuals"] = n_resid
         records.append(rec)
     return pd.DataFrame.from_records(records, columns=[*by, *COLUMNS])
 
 
-def _answer(fit: dict, mine: pd.DataFrame, width: float, level: float) -> dict:
+def _fit(mine: pd.DataFrame, expected_loss: bool) -> dict[str, Any]:
+    """The laws of one setting's optima (rows of `find_optima`, one per width): eta*(N) =
+    C N^-beta by `fit_lr_law` and, from three widths, L*(N) = L_inf + A N^-alpha by
+    `fit_loss_law` on the loss at the interpolated optimum (the loss at the predicted LR, not
+    the grid minimum: [K]'s convention for E); ``expected_loss=False`` skips the latter."""
+    n = mine["width"].to_numpy(dtype=float)
+    c, beta, e = fit_lr_law(n, mine["lr_interp"].to_numpy(dtype=float))
+    l_inf, a, alpha = (
+        fit_loss_law(n, mine["loss_interp"].to_numpy(dtype=float))
+        if expected_loss
+        else (None, None, None)
+    )
+    at_edge = sorted(int(w) for w in mine.loc[mine["at_edge"].astype(bool), "width"])
+    return {
+        "n_widths": int(mine["width"].nunique()), "width_min": float(n.min()),
+        "width_max": float(n.max()), "n_at_edge": len(at_edge), "at_edge": at_edge,
+        "C": _nan(c), "beta": _nan(beta), "E": _nan(e),
+        "drift_per_doubling": -_nan(beta), "L_inf": _nan(l_inf), "A": _nan(a),
+        "alpha": _nan(alpha),
+    }  # fmt: skip
+
+
+def _nan(x: float | None) -> float:
+    return np.nan if x is None else float(x)
+
+
+def _answer(fit: dict, mine: pd.DataFrame, width: float) -> dict:
     """The point answer of one setting (the interval columns stay NaN until `_bootstrap`)."""
     out: dict[str, Any] = dict.fromkeys(COLUMNS[1:-1], np.nan)
     out.update(
@@ -260,7 +303,12 @@ def _answer(fit: dict, mine: pd.DataFrame, width: float, level: float) -> dict:
 
 
 def _bootstrap(
-    rec: dict, beta_b: np.ndarray, keep_b: np.ndarray, extr_b: np.ndarray, level: float
+    rec: dict,
+    beta_b: np.ndarray,
+    keep_b: np.ndarray,
+    extr_b: np.ndarray,
+    level: float,
+    nu: int,
 ) -> dict:
     """Rule, answer and intervals of one setting from its replicates (module docstring)."""
     beta = rec["beta"]
@@ -270,13 +318,17 @@ def _bootstrap(
     keep = lo - _TOL <= 0.0 <= hi + _TOL
     shift = beta_b - beta
     keep_b_rule = (lo + shift - _TOL <= 0.0) & (0.0 <= hi + shift + _TOL)
-    answers = np.where(keep_b_rule, keep_b, extr_b)
-    lr_lo, lr_hi = _interval(answers, level)
-    return {
+    answers = np.log(np.where(keep_b_rule, keep_b, extr_b))
+    ln_lo, ln_hi = _interval(answers, level)
+    mid = float(np.median(answers))
+    q = (1 + level) / 2
+    widen = float(stats.t.ppf(q, nu) / stats.norm.ppf(q)) if nu else 1.0
+    lr = rec["lr_keep"] if keep else rec["lr_extrapolate"]
+    return {  # the interval holds the answer itself (rounding: noiseless replicates equal it)
         "rule": "keep" if keep else "extrapolate",
-        "lr": rec["lr_keep"] if keep else rec["lr_extrapolate"],
-        "lr_lo": lr_lo,
-        "lr_hi": lr_hi,
+        "lr": lr,
+        "lr_lo": min(lr, float(np.exp(mid + widen * (ln_lo - mid)))),
+        "lr_hi": max(lr, float(np.exp(mid + widen * (ln_hi - mid)))),
         "keep_share": float(np.mean(keep_b_rule)),
         "beta_lo": lo,
         "beta_hi": hi,
