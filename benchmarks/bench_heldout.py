@@ -30,6 +30,7 @@ Usage: python benchmarks/bench_heldout.py [--out DIR] [--device cpu|cuda] [--ful
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import resource
@@ -68,12 +69,13 @@ def _case(name: str, exponents: str, opt: str) -> dict[str, Any]:
     return {"param.name": name, "param.lr_exponents": exponents, "optimizer.name": opt}
 
 
-def sweep_table(args: argparse.Namespace) -> dict[str, Any]:
-    """The spec of step 1: every setting x optimizer, adaptive LR search per (setting, width)."""
+def sweep_table(args: argparse.Namespace, opt: str) -> dict[str, Any]:
+    """The spec of step 1 for optimizer ``opt``: every setting, adaptive LR search per
+    (setting, width). One spec per optimizer, so adding the second optimizer later resumes."""
     cases = [
         {**_case(n, e, opt), "optimizer.lr": {"min": START[opt][0], "max": START[opt][1],
                                               "step": "2^2"}}
-        for opt in args.optimizers for n, e in SETTINGS
+        for n, e in SETTINGS
     ]  # fmt: skip
     return {
         "base": _base(args.full, args.device),
@@ -151,9 +153,10 @@ def check(
         if np.isfinite(r["lr"]):
             grids[(*(r[c] for c in BY), width)] = [r["lr"] * HALF**k for k in range(-1, 2)]
     where = root / f"{opt}-w{width}"
-    while True:
+    for widening in itertools.count():  # each widening is a spec of its own in one directory
         table = check_table(args, grids)
-        run_sweep(parse_spec(table, text=_toml(table)), where, quiet=args.quiet)
+        copy = f"sweep-{widening}.toml"
+        run_sweep(parse_spec(table, text=_toml(table)), where, quiet=args.quiet, spec_copy=copy)
         df = load_runs(where)
         grown = {}
         for key, lrs in grids.items():
@@ -208,8 +211,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Steps 1-3; held-out widths in increasing order, the result written after each check."""
     out = Path(args.out)
     start = time.perf_counter()
-    table = sweep_table(args)
-    run_sweep(parse_spec(table, text=_toml(table)), out / "sweep", quiet=args.quiet)
+    for opt in args.optimizers:
+        table = sweep_table(args, opt)
+        spec = parse_spec(table, text=_toml(table))
+        run_sweep(spec, out / "sweep", quiet=args.quiet, spec_copy=f"sweep-{opt}.toml")
     swept = load_runs(out / "sweep")
     pred = predictions(out / "sweep", sorted({*args.heldout, *args.second_heldout}))
     held, result = [], {}
