@@ -6,6 +6,8 @@ Public API (imported lazily, so `import hptransfer` and `hptransfer --help` stay
     infer_roles, roles_from_factory   which parameters grow with width (hptransfer.param.roles)
     make_rule, solve_c                the rules and the exponent solver (hptransfer.param.rules)
     parameterize                      re-init + multipliers + param groups (hptransfer.param.apply)
+    measure_init                      a model's own init per parameter (hptransfer.param.init)
+    export_folded                     multipliers folded into the weights (hptransfer.param.export)
     build_optimizer                   every optimizer by name (hptransfer.optim)
     train                             one run (hptransfer.train)
     coord_check                       activation sizes across widths (hptransfer.analysis.coord)
@@ -26,6 +28,8 @@ _EXPORTS = {
     "make_rule": "hptransfer.param.rules",
     "solve_c": "hptransfer.param.rules",
     "parameterize": "hptransfer.param.apply",
+    "measure_init": "hptransfer.param.init",
+    "export_folded": "hptransfer.param.export",
     "build_optimizer": "hptransfer.optim",
     "train": "hptransfer.train",
     "coord_check": "hptransfer.analysis.coord",
