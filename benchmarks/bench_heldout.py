@@ -30,7 +30,7 @@ Usage: python benchmarks/bench_heldout.py [--out DIR] [--device cpu|cuda] [--ful
 from __future__ import annotations
 
 import argparse
-import itertools
+import hashlib
 import json
 import math
 import resource
@@ -153,10 +153,11 @@ def check(
         if np.isfinite(r["lr"]):
             grids[(*(r[c] for c in BY), width)] = [r["lr"] * HALF**k for k in range(-1, 2)]
     where = root / f"{opt}-w{width}"
-    for widening in itertools.count():  # each widening is a spec of its own in one directory
+    while True:  # each grid (first or widened) is a spec of its own in one directory
         table = check_table(args, grids)
-        copy = f"sweep-{widening}.toml"
-        run_sweep(parse_spec(table, text=_toml(table)), where, quiet=args.quiet, spec_copy=copy)
+        text = _toml(table)
+        copy = f"sweep-{hashlib.sha256(text.encode()).hexdigest()[:12]}.toml"
+        run_sweep(parse_spec(table, text=text), where, quiet=args.quiet, spec_copy=copy)
         df = load_runs(where)
         grown = {}
         for key, lrs in grids.items():
