@@ -76,9 +76,17 @@ def test_coord_check_command_runs_a_model_from_the_tests_own_file(tmp_path, caps
 
 def test_rules_prints_the_table_of_a_factory_model(capsys):
     assert main(["rules", "--model", LM, "--width", "64", "--base-width", "32"]) == 0
-    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    lines = capsys.readouterr().out.splitlines()[1:]
+    rows = {line.split()[0]: line.split()[1] for line in lines}
     assert rows["embed.weight"] == "input" and rows["head.weight"] == "output"
     assert rows["blocks.1.2.weight"] == "hidden" and rows["norm.weight"] == "vector"
+    # what is printed is what runs: a factory model's run uses the model anchor (its own init)
+    run = {**TINY, "model.width": 64, "model.depth": 2, "param.base_width": 32}
+    table = build(RunConfig().replace(**run))
+    spec = table.parameterization.table["blocks.1.2.weight"]
+    assert spec.init_std is None and spec.init_gain is not None
+    printed = next(line for line in lines if line.startswith("blocks.1.2.weight "))
+    assert f"own x {spec.init_gain:.4g}" in printed, printed
 
 
 BAD_FACTORIES = [

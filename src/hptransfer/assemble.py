@@ -155,6 +155,22 @@ def run_anchor(cfg: RunConfig) -> str:
     return "model" if cfg.model.factory else "relative"
 
 
+def spec_options(cfg: RunConfig) -> dict[str, Any]:
+    """The per-parameter table's options of ``cfg`` (`compute_specs` / `parameterize`
+    keywords): one place, so `hptransfer rules --model` prints what a run applies."""
+    p, o = cfg.param, cfg.optimizer
+    return {
+        "eps": o.eps,
+        "weight_decay": o.weight_decay,
+        "wd_mode": o.wd_mode,
+        "anchor": run_anchor(cfg),
+        "form": p.form,
+        "eps_mode": p.eps_mode,
+        "init_scale": {"input": p.init_input, "hidden": p.init_hidden, "output": p.init_output},
+        "init_overrides": p.init_overrides,
+    }
+
+
 def parameterize_run(
     cfg: RunConfig,
     model: nn.Module,
@@ -187,14 +203,7 @@ def parameterize_run(
         roles,
         rule,
         lr=o.lr,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        wd_mode=o.wd_mode,
-        anchor=run_anchor(cfg),
-        form=p.form,
-        eps_mode=p.eps_mode,
-        init_scale={"input": p.init_input, "hidden": p.init_hidden, "output": p.init_output},
-        init_overrides=p.init_overrides,
+        **spec_options(cfg),
         init=init,
         generator=generator,
         base_init=base_init,

@@ -214,13 +214,13 @@ def _config(args: argparse.Namespace, options: dict) -> RunConfig:
 
 
 def _rules_for_model(cfg: RunConfig, rule, fmt: str) -> int:
-    from hptransfer.assemble import model_factory, model_scaling, run_roles
+    from hptransfer.assemble import model_factory, model_scaling, run_roles, spec_options
     from hptransfer.param.apply import compute_specs
     from hptransfer.param.detect import check_stacking
 
     factory = model_factory(cfg)
     roles = run_roles(cfg, factory)
-    specs = compute_specs(roles, rule)
+    specs = compute_specs(roles, rule, **spec_options(cfg))  # the run's own table
     if fmt == "json":
         params = [vars(s) | {"evidence": roles[s.name].evidence} for s in specs.values()]
         print(json.dumps({**rule.as_dict(), "params": params}, indent=1))
