@@ -179,7 +179,7 @@ def test_each_choice_set_is_defined_once() -> None:
         if name in ("AlignmentName", "AnchorChoice"):
             assert where[values] == [], where[values]
             continue
-        assert len(where[values]) == 1 and where[values][0].startswith("config.py:"), (
+        assert len(where[values]) == 1 and where[values][0].startswith("config/choices.py:"), (
             f"{name} {sorted(values)} is written out at {where[values]}; derive it from "
             f"config.{name} with typing.get_args"
         )

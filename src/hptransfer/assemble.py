@@ -23,7 +23,7 @@ from hptransfer.models import build_model, hidden_depth
 from hptransfer.optim import build_optimizer
 from hptransfer.param.apply import Parameterization, parameterize, scale_depth
 from hptransfer.param.detect import Scaling, check_stacking, detect_scaling
-from hptransfer.param.init import measure_init
+from hptransfer.param.init import at_base_width, measure_init
 from hptransfer.param.roles import RoleTable, roles_from_factory
 from hptransfer.param.rules import K_SWITCHES, make_rule, measured_alignment
 
@@ -102,10 +102,15 @@ def _switch_on(cfg: RunConfig, switch: str) -> bool:
     return bool(code) and code[K_SWITCHES.index(switch)] == "1"
 
 
-def run_roles(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> RoleTable:
+def run_roles(
+    cfg: RunConfig,
+    factory: Callable[[int], nn.Module],
+    cpu_model: Callable[[int], nn.Module] | None = None,
+) -> RoleTable:
     """The roles table of ``cfg``'s model (``factory`` at model.width against param.base_width),
     from how one batch is used (`trace.trace_uses`): model.batch's first training inputs, else a
-    sequence of token ids."""
+    sequence of token ids. ``cpu_model``: the models a trace on the CPU runs (`set_up_models`;
+    default: new builds)."""
     p = cfg.param
     return roles_from_factory(
         factory,
@@ -114,7 +119,28 @@ def run_roles(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> RoleTable:
         overrides=p.overrides,
         tied=p.tied,
         example=example_input(cfg),
+        cpu_model=cpu_model,
     )
+
+
+def set_up_models(
+    factory: Callable[[int], nn.Module], model: nn.Module, width: int
+) -> Callable[[int], nn.Module]:
+    """width -> the model the set-up measures there, each built once: ``model`` (the run's own,
+    just drawn at ``width``) and, at any other width, ``factory``'s model drawn from the RNG
+    state right after ``model`` (under a forked RNG, so the run's stream is unchanged): the
+    base-width model of the model anchor's `measure_init` and of a trace on the CPU."""
+    after = torch.random.get_rng_state()
+    built = {width: model}
+
+    def get(w: int) -> nn.Module:
+        if w not in built:
+            with torch.random.fork_rng(devices=[]):
+                torch.random.set_rng_state(after)
+                built[w] = factory(w)
+        return built[w]
+
+    return get
 
 
 def example_input(cfg: RunConfig) -> Any:
@@ -126,15 +152,19 @@ def example_input(cfg: RunConfig) -> Any:
     return torch.zeros((1, cfg.train.seq_len), dtype=torch.long)
 
 
-def model_scaling(cfg: RunConfig, factory: Callable[[int], nn.Module]) -> list[Scaling]:
+def model_scaling(
+    cfg: RunConfig, factory: Callable[[int], nn.Module], model: nn.Module | None = None
+) -> list[Scaling]:
     """The width-dependent constants model.factory's model applies itself (`detect_scaling` at
     param.base_width and model.width, under a forked RNG); none for the built-in models, which
-    apply only what the config asks for."""
+    apply only what the config asks for. ``model``: the run's own model as built at model.width
+    from cfg.seed, measured there instead of a new build."""
     if not cfg.model.factory or cfg.model.width == cfg.param.base_width:
         return []
     x = example_input(cfg)
     widths = (cfg.param.base_width, cfg.model.width)
-    return detect_scaling(factory, lambda m: m(x), widths, seed=cfg.seed)
+    built = {} if model is None else {cfg.model.width: model}
+    return detect_scaling(factory, lambda m: m(x), widths, seed=cfg.seed, built=built)
 
 
 def solver_depth(cfg: RunConfig, roles: RoleTable | None = None) -> int:
@@ -220,15 +250,17 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
     corpus = corpus if corpus is not None else data_mod.load_corpus(cfg.data)
     torch.manual_seed(cfg.seed)
     factory = model_factory(cfg, corpus.vocab_size)
-    model = factory(cfg.model.width).to(DTYPES[cfg.train.dtype])
-    roles = run_roles(cfg, factory)
+    model = factory(cfg.model.width)
+    models = set_up_models(factory, model, cfg.model.width)  # each measured model built once
+    found = model_scaling(cfg, factory, model)  # on the model as built, before any change
+    roles = run_roles(cfg, factory, models)
     base_init = None
-    if run_anchor(cfg) == "model":  # the model's own init at base width (param.init)
-        with torch.random.fork_rng(devices=[]):
-            base_init = measure_init(factory(cfg.param.base_width))
+    if run_anchor(cfg) == "model" and not at_base_width(roles):  # its own init at base width
+        base_init = measure_init(models(cfg.param.base_width))
+    model = model.to(DTYPES[cfg.train.dtype])
     gen = torch.Generator().manual_seed(cfg.seed)
     par = parameterize_run(cfg, model, roles, generator=gen, base_init=base_init)
-    check_stacking(model_scaling(cfg, factory), roles, par.rule)  # warns where the rule stacks
+    check_stacking(found, roles, par.rule)  # warns where the rule stacks
     o = cfg.optimizer
     optimizer = build_optimizer(o.name, par.param_groups, **o.hparams())
     batches, eval_set = run_batches(cfg, corpus)

@@ -27,19 +27,9 @@ and then every ``k`` steps (steps 1, 2, ..., k, 2k, 3k, ...); the last roots are
 between. Early statistics have a rank of at most the number of gradients seen, so roots that
 are k steps old then miss most of the current gradient, whose new directions get the
 ``eps``-amplified step; on nanodo at width 64 roots at steps 1, 11, 21, ... diverged at lr 0.1
-where this schedule trains. Roots are computed in the parameter's dtype (at least float32),
-one batched ``eigh`` per statistic: in float32 they are accurate to about 1e-3 relative on the
-gradient for a relative ``eps`` >= 1e-6. An eigendecomposition that fails (an error, or MKL's
-float32 ``eigh`` returning NaN, as it does for some statistics with many zero rows) is redone
-in float64. Where that fails too (MKL's float64 ``eigh`` raised on such statistics with one
-thread: nanodo with 8 tokens, widths 512 and 1024), a run must not stop: each matrix of the
-stack is then decomposed on its own in float64; one that still fails is decomposed shifted,
-``M + d I`` with ``d`` its mean eigenvalue (``trace / dim``), and ``d`` is subtracted from the
-eigenvalues again (a shift moves no eigenvector, so this is the same root up to float64
-rounding, about ``1e-16 max(lam)``, far below ``e``); one that fails even so keeps its previous
-root (none at the first refresh: no step on that block until the next refresh, as for an
-all-zero statistic). Each matrix that needed the shift or kept its root adds 1 to the
-parameter's ``state["eigh_fallbacks"]`` (absent while none did).
+where this schedule trains. Roots come from one batched ``eigh`` per statistic, with fallbacks
+where it fails (:mod:`hptransfer.optim.spectral`); each matrix that needed the shift or kept its
+previous root adds 1 to the parameter's ``state["eigh_fallbacks"]`` (absent while none did).
 
 Stale roots (the steps between refreshes) are the optimizer's weak point: with statistics that
 include the current gradient, each block's step has spectral norm at most ``lr`` (``L >= G
@@ -63,9 +53,9 @@ direction (about 3 significant digits), not the statistics, which stay in the pa
 dtype so that small eigenvalues keep their meaning.
 
 Dimensions larger than ``max_preconditioner_dim`` (default 128) are split into near-equal
-blocks, each block with its own ``L`` and ``R``. Blocks of equal shape are stacked, so
-statistics, roots and preconditioning run as batched matrix products. Under the spectral muP
-rule each block's step has a width-free spectral norm and a rank-1 gradient's blocks add up to
+blocks, each block with its own ``L`` and ``R``, stacked by shape (:mod:`hptransfer.optim.blocks`)
+so that statistics, roots and preconditioning run as batched matrix products. Under the spectral
+muP rule each block's step has a width-free spectral norm and a rank-1 gradient's blocks add up to
 a step ``sqrt(blocks)`` times larger, so the rule multiplies each matrix's LR by
 ``sqrt(blocks at base width / blocks)`` (:class:`hptransfer.param.rules.Rule`); with that
 factor blocking also made the optimal LR move less with width (docs/reproductions.md).
@@ -84,11 +74,9 @@ Momentum and EMA statistics (both off by default, as in Gupta et al.): ``momentu
 preconditions the bias-corrected EMA of the gradient, ``m_hat = m / (1 - b1^t)`` with ``m = b1
 m + (1 - b1) G``, instead of ``G``; ``statistics_decay`` b2 replaces the sums by ``L = b2 L +
 (1 - b2) G G^T`` (and ``R``), bias-corrected by ``1 / (1 - b2^t)`` when the roots are computed.
-Qiu et al. 2025 use both (b1 0.9, b2 0.95). The clip bound then becomes ``fresh_bound``:
-``sum_s a_s w_s^-1/2`` over past gradients, with ``a_s`` their weight in ``m_hat`` and ``w_s``
-the weight of ``G_s G_s^T`` in the bias-corrected statistics (1 with sums;
-``sqrt((1 - b2^t) / (1 - b2))`` for an EMA without momentum). The diagonal path of 1-D
-parameters uses the same momentum and decay.
+Qiu et al. 2025 use both (b1 0.9, b2 0.95). The clip bound then becomes
+:func:`~hptransfer.optim.spectral.fresh_bound` (``sqrt((1 - b2^t) / (1 - b2))`` for an EMA
+without momentum). The diagonal path of 1-D parameters uses the same momentum and decay.
 
 Weight decay: a shrink before the update, coupled ``w *= 1 - lr * wd`` or independent
 ``w *= 1 - wd * lr / initial_lr`` (see :mod:`hptransfer.optim`).
@@ -105,18 +93,17 @@ with a full matrix, so there is no matching configuration for them).
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 
 from hptransfer.optim._base import InHouseOptimizer, State, sqrt_v_hat, update_moments
+from hptransfer.optim.blocks import BlockGrid, assemble, block_classes
 from hptransfer.optim.decay import apply_decay
 from hptransfer.optim.registry import OptimizerSpec, Regime, family, signature_knobs
+from hptransfer.optim.spectral import fresh_bound, inverse_root, top_singular_value
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -131,128 +118,6 @@ NORMALIZES = (None, "clip", "spectral")
 #: power iterations for each block's top singular value: on a block's first step, then per step
 #: (from the last step's vector, which follows the block's slowly turning top direction)
 POWER_ITERS_FIRST, POWER_ITERS = 10, 2
-
-
-@dataclass(frozen=True)
-class BlockGrid:
-    """Equal-shape blocks tiling ``mat[rows, cols]``: ``nr x nc`` blocks, stacked row-major."""
-
-    rows: slice
-    cols: slice
-    nr: int
-    nc: int
-
-    @property
-    def count(self) -> int:
-        return self.nr * self.nc
-
-    def gather(self, mat: Tensor) -> Tensor:
-        """The blocks stacked into ``(count, block_rows, block_cols)`` (a view for one block)."""
-        sub = mat[self.rows, self.cols]
-        m, n = sub.shape[0] // self.nr, sub.shape[1] // self.nc
-        return sub.view(self.nr, m, self.nc, n).permute(0, 2, 1, 3).reshape(self.count, m, n)
-
-    def matrix(self, values_KxMxN: Tensor, dtype: torch.dtype) -> Tensor:
-        """The inverse of `gather`: stacked blocks back to the ``mat[rows, cols]`` they tile,
-        in ``dtype``."""
-        _, m, n = values_KxMxN.shape
-        if self.count == 1:
-            return values_KxMxN.view(m, n).to(dtype)
-        tiles = values_KxMxN.view(self.nr, self.nc, m, n).permute(0, 2, 1, 3)
-        if type(values_KxMxN).__name__ == "DTensor":  # sharded (FSDP2): functional ops only
-            return tiles.reshape(self.nr * m, self.nc * n).to(dtype)
-        out = torch.empty(self.nr, m, self.nc, n, dtype=dtype, device=values_KxMxN.device)
-        return out.copy_(tiles).view(self.nr * m, self.nc * n)  # layout and cast in one pass
-
-
-def assemble(grids: tuple[BlockGrid, ...], parts: list[Tensor]) -> Tensor:
-    """The matrix that ``grids`` (as `block_classes` orders them) tile, from each grid's part.
-    Functional (no writes into slices), so it also works on FSDP2's sharded DTensors."""
-    if len(parts) == 1:
-        return parts[0]
-    bands: list[list[Tensor]] = []
-    for i, (grid, part) in enumerate(zip(grids, parts)):
-        if i == 0 or grid.rows != grids[i - 1].rows:
-            bands.append([])
-        bands[-1].append(part)
-    return torch.cat([torch.cat(band, dim=1) for band in bands], dim=0)
-
-
-def _cuts(n: int, max_dim: int) -> list[tuple[slice, int]]:
-    """``range(n)`` in ``ceil(n / max_dim)`` near-equal parts, the larger ones first, as at
-    most two runs of equal parts: (slice covered, number of parts)."""
-    k = max(1, math.ceil(n / max_dim))
-    base, extra = divmod(n, k)
-    runs = [(slice(0, extra * (base + 1)), extra), (slice(extra * (base + 1), n), k - extra)]
-    return [(sl, parts) for sl, parts in runs if parts]
-
-
-@functools.lru_cache(maxsize=256)
-def block_classes(rows: int, cols: int, max_dim: int) -> tuple[BlockGrid, ...]:
-    """The blocks of a ``rows x cols`` matrix, grouped by shape (at most four shapes)."""
-    return tuple(
-        BlockGrid(rs, cs, nr, nc)
-        for rs, nr in _cuts(rows, max_dim)
-        for cs, nc in _cuts(cols, max_dim)
-    )
-
-
-def inverse_root(
-    mats_BxMxM: Tensor,
-    root: int,
-    eps: float,
-    relative: bool,
-    scale: float = 1.0,
-    previous_BxMxM: Tensor | None = None,
-) -> tuple[Tensor, int]:
-    """``(scale M + e I)^(-1/root)`` for a stack of symmetric PSD matrices (``e`` as in the
-    module docstring, from the scaled eigenvalues), via ``eigh`` in the input's dtype (at least
-    float32), and the number of matrices that needed a fallback.
-    Where ``eigh`` fails (an error or a non-finite result) the stack is redone in float64, and
-    where that fails each matrix alone, then shifted, then ``previous`` (zeros if None) stands in
-    for its root (module docstring); the count is the matrices that needed the shift or kept
-    their previous root. ``eigh`` reads only the lower triangle, so a statistic that is symmetric
-    up to rounding needs no symmetrizing."""
-    work = mats_BxMxM.to(torch.promote_types(mats_BxMxM.dtype, torch.float32))
-    found = _eigh(work) or _eigh(work.double())
-    if found is not None:
-        return _powered(*found, root, eps, relative, scale).to(mats_BxMxM.dtype), 0
-    roots, fallbacks = [], 0
-    for i, mat in enumerate(work.double()):
-        found = _eigh(mat)
-        if found is None:
-            fallbacks += 1
-            shift = mat.diagonal().mean()
-            found = _eigh(mat + shift * torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device))
-            found = None if found is None else (found[0] - shift, found[1])
-        if found is not None:
-            roots.append(_powered(*found, root, eps, relative, scale))
-        elif previous_BxMxM is not None:
-            roots.append(previous_BxMxM[i].to(mat.dtype))
-        else:
-            roots.append(torch.zeros_like(mat))
-    return torch.stack(roots).to(mats_BxMxM.dtype), fallbacks
-
-
-def _eigh(mats: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``torch.linalg.eigh(mats)``, or None where it raises or gives a non-finite result."""
-    try:
-        lam, q = torch.linalg.eigh(mats)
-    except torch.linalg.LinAlgError:
-        return None
-    # one reduction instead of an elementwise test: a NaN or inf anywhere makes it non-finite
-    # (eigenvector entries are at most 1 in size, so the sum cannot overflow)
-    return (lam, q) if torch.isfinite(lam.sum() + q.sum()).item() else None
-
-
-def _powered(lam: Tensor, q: Tensor, root: int, eps: float, relative: bool, scale: float) -> Tensor:
-    """``Q diag((scale max(lam, 0) + e)^(-1/root)) Q^T``, zero along directions where the shifted
-    eigenvalue is 0 (an all-zero statistic in relative mode, or eps = 0)."""
-    lam = lam.clamp_min(0.0) * scale
-    reg = eps * lam.amax(-1, keepdim=True) if relative else eps
-    shifted = lam + reg
-    powered = torch.where(shifted > 0, shifted, 1.0).pow(-1.0 / root) * (shifted > 0)
-    return (q * powered.unsqueeze(-2)) @ q.mT
 
 
 class Shampoo(InHouseOptimizer):
@@ -497,23 +362,6 @@ class Shampoo(InHouseOptimizer):
             updates[p] = assemble(classes, parts).view_as(p)
 
 
-def fresh_bound(step: int, momentum: float, decay: float | None) -> float:
-    """The largest spectral norm a block's step direction can have at ``step`` when its roots
-    include this step's statistics: ``sum_s a_s w_s^(-1/2)`` over past gradients ``G_s``, with
-    ``a_s`` their weight in the (bias-corrected) momentum and ``w_s`` the weight of ``G_s G_s^T``
-    in the (bias-corrected) statistics, since ``L >= w G G^T`` and ``R >= w G^T G`` give
-    ``||L^-1/4 G R^-1/4|| <= w^-1/2``. 1 for summed statistics; ``sqrt((1 - b2^t) / (1 - b2))``
-    for an EMA without momentum."""
-    if decay is None:
-        return 1.0  # every w_s = 1, and the a_s sum to 1
-    total = math.sqrt((1.0 - decay**step) / (1.0 - decay))  # w_t^-1/2
-    if not momentum:
-        return total
-    r = momentum / math.sqrt(decay)  # a_s w_s^-1/2 is geometric in t - s
-    geometric = step if r == 1.0 else (1.0 - r**step) / (1.0 - r)
-    return (1.0 - momentum) / (1.0 - momentum**step) * total * geometric
-
-
 def _placed_like(t: Tensor, ref: Tensor) -> Tensor:
     """``t`` as a DTensor placed like ``ref`` when ``ref`` is one (FSDP2-sharded parameters),
     else ``t``. Every rank passes the same ``t``."""
@@ -523,21 +371,6 @@ def _placed_like(t: Tensor, ref: Tensor) -> Tensor:
 
     dref = cast("DTensor", ref)
     return distribute_tensor(t, dref.device_mesh, dref.placements)
-
-
-def top_singular_value(mats_KxMxN: Tensor, v_KxNx1: Tensor, iters: int) -> Tensor:
-    """Largest singular value of each matrix by ``iters`` power iterations on ``M^T M`` from
-    ``v`` (updated in place to the new right singular vector estimate). A lower bound that
-    converges from below; exact for rank-1 matrices after one iteration."""
-    v = v_KxNx1
-    for _ in range(iters):
-        v = mats_KxMxN.mT @ (mats_KxMxN @ v)
-        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(
-            torch.finfo(v.dtype).tiny
-        )
-    v_KxNx1.copy_(v)
-    sigma_K: Tensor = torch.linalg.vector_norm(mats_KxMxN @ v, dim=(1, 2))
-    return sigma_K
 
 
 def _norm_ratio(target_KxMxN: Tensor, direction_KxMxN: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,12 +126,15 @@ def _measure(model: nn.Module, run: Callable[[nn.Module], Any]) -> dict[tuple[st
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
+    modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         run(model)
     finally:
         for h in handles:
             h.remove()
+        for m, training in modes:  # as it was (the run's own model is measured too)
+            m.training = training
     for name, module in model.named_modules():
         scaling = getattr(module, "scaling", None)
         if isinstance(scaling, float):
@@ -158,16 +161,20 @@ def detect_scaling(
     widths: tuple[int, int],
     *,
     seed: int = 0,
+    built: Mapping[int, nn.Module] | None = None,
 ) -> list[Scaling]:
     """The width-dependent constants of ``factory``'s model: it is built at both ``widths``
     (seeded, on the CPU, as the model initializes itself) and ``run(model)`` makes one forward
-    pass (e.g. ``lambda m: m(input_ids=x)``)."""
+    pass (e.g. ``lambda m: m(input_ids=x)``). ``built`` maps a width to the model already
+    built there from ``seed`` (the run's own, as built): measured instead of a new build, and
+    left in its train/eval modes."""
     w1, w2 = widths
+    built = built or {}
     measured = []
     for width in widths:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = factory(width)
+            model = built[width] if width in built else factory(width)
             measured.append(_measure(model, run))
     out = []
     for key in measured[0].keys() & measured[1].keys():

@@ -353,25 +353,27 @@ def roles_from_factory(
     overrides: Mapping[str, str] | None = None,
     tied: str = "error",
     example: Any = None,
+    cpu_model: Callable[[int], nn.Module] | None = None,
 ) -> RoleTable:
     """Build ``make_model`` at ``width`` and ``base_width`` (and twice base, if they are equal)
     and infer roles by comparison, tracing one forward pass on ``example`` at each width when
     it is given (see `infer_roles`). The models are built on the meta device (no memory, no
     FLOPs); a model whose forward pass needs real values (``.item()``, data-dependent routing)
     is traced on the CPU instead, under a forked RNG so that the caller's seed stream is
-    unchanged."""
+    unchanged. ``cpu_model`` (width -> model) gives the CPU models, e.g. models the caller
+    built already (the trace leaves them as they were); default: ``make_model``."""
 
-    def infer(device: str) -> RoleTable:
+    def infer(device: str, make: Callable[[int], nn.Module]) -> RoleTable:
         with torch.device(device):
-            model = make_model(width)
-            base = make_model(base_width)
-            probe = make_model(2 * base_width) if width == base_width else None
+            model = make(width)
+            base = make(base_width)
+            probe = make(2 * base_width) if width == base_width else None
         return infer_roles(model, base, probe, overrides=overrides, tied=tied, example=example)
 
     if example is None:
-        return infer("meta")
+        return infer("meta", make_model)
     try:
-        return infer("meta")
+        return infer("meta", make_model)
     except (RuntimeError, NotImplementedError):  # an op with no meta kernel, .item() etc.
         with torch.random.fork_rng(devices=[]):
-            return infer("cpu")
+            return infer("cpu", cpu_model or make_model)

@@ -359,7 +359,9 @@ def _index_dims(index: Any, dims: Dims) -> Dims:
 def trace_uses(model: nn.Module, example: Any) -> dict[str, list[Use]]:
     """Run ``model`` once on ``example`` (a tensor, a tuple of positional arguments or a dict
     of keyword arguments, moved to the model's device) and return each parameter name's
-    uses, in order. A parameter the forward pass never reaches has no entry."""
+    uses, in order. A parameter the forward pass never reaches has no entry. The model's
+    buffers are restored afterwards (a BatchNorm in training mode updates its running
+    statistics), so a model the caller keeps (the run's own) is left as it was."""
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     owners: dict[int, list[tuple[int, str]]] = {}
@@ -378,6 +380,7 @@ def trace_uses(model: nn.Module, example: Any) -> dict[str, list[Use]]:
             tracer.stack.pop()
 
     moved = _to(example, device)
+    buffers = [(b, b.clone()) for b in model.buffers()]
     hooks = [
         nn.modules.module.register_module_forward_pre_hook(push),
         nn.modules.module.register_module_forward_hook(pop, always_call=True),
@@ -393,6 +396,9 @@ def trace_uses(model: nn.Module, example: Any) -> dict[str, list[Use]]:
     finally:
         for h in hooks:
             h.remove()
+        with torch.no_grad():
+            for b, kept in buffers:
+                b.copy_(kept)
     return tracer.uses
 
 
