@@ -27,6 +27,7 @@ from hptransfer.experiments.repro import (
     verdict,
 )
 from hptransfer.experiments.repro.e_epsilon import underflow_by_role
+from hptransfer.experiments.repro.gradients import gradient_fits, role_rms
 from hptransfer.experiments.repro.k_switches import mup_relabelled
 from hptransfer.experiments.repro.runner import device_table
 from hptransfer.experiments.repro.transfer import transfer_table
@@ -114,6 +115,9 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
     if name == "e_epsilon":  # Adam logs underflow per role, Adam-atan2 has no epsilon
         by_opt = {s["optimizer"]: s["underflow"] for s in numbers["settings"]}
         assert {"hidden", "output"} <= set(by_opt["adam"]) and by_opt["adam_atan2"] == {}
+        fits = {f["role"]: f for f in numbers["gradient_rms"]}  # the probe, one seed
+        assert fits["hidden"]["width"] == [16, 32] and fits["hidden"]["slope_lo"] is None
+        assert (tmp_path / "gradient_rms.csv").is_file() and "width where RMS = 1e-08" in table
 
 
 def test_smoke_table_shrinks_widths_lrs_seeds_and_steps() -> None:
@@ -190,6 +194,33 @@ def test_underflow_by_role_is_the_size_weighted_fraction_of_each_role(tmp_path: 
     expected = (sizes[big.name] + 0.5 * sizes[small.name]) / sum(sizes.values())
     assert fractions["hidden"] == pytest.approx(expected)
     assert fractions["output"] == 0.0 and set(fractions) == {e.role for e in roles}
+
+
+def test_gradient_fits_extrapolate_each_roles_rms_to_where_it_meets_eps() -> None:
+    # hidden: two tensors (sizes 100 and 300), RMS c_seed / width in the second half of
+    # training (the first half is 1.0 and must not count); output: RMS flat in width
+    rows = []
+    for seed, c in enumerate((1e-2, 2e-2, 4e-2)):
+        for width in (16, 32, 64, 128):
+            for step in range(0, 21, 5):
+                late = step >= 10
+                rows += [("h.a", "hidden", 100, width, seed, step, c / width if late else 1.0),
+                         ("h.b", "hidden", 300, width, seed, step, c / width if late else 1.0),
+                         ("o", "output", 50, width, seed, step, 3e-3)]  # fmt: skip
+    grads = pd.DataFrame(rows, columns=["name", "role", "numel", "width", "seed", "step", "rms"])
+    fits = {f["role"]: f for f in gradient_fits(grads, [1e-8, 1e-6])}
+    hidden = fits["hidden"]
+    assert hidden["slope"] == pytest.approx(-1.0) and hidden["slope_lo"] == pytest.approx(-1.0)
+    assert hidden["rms"][0] == pytest.approx(2e-2 / 16, rel=1e-3)  # geometric mean over seeds
+    # c / n = eps at n = c / eps: 2e6 for the seed-mean, [1e6, 4e6] over seeds
+    assert hidden["width_at_1e-08"] == pytest.approx(2e6, rel=1e-3)
+    assert (hidden["width_at_1e-08_lo"], hidden["width_at_1e-08_hi"]) == pytest.approx((1e6, 4e6))
+    assert hidden["width_at_1e-06"] == pytest.approx(2e4, rel=1e-3)
+    assert fits["output"]["width_at_1e-08"] is None  # flat: never reaches eps
+    # size-weighted over a role's tensors
+    grads.loc[grads["name"] == "h.b", "rms"] *= 2
+    rms = role_rms(grads).set_index(["role", "width", "seed"])["rms"]
+    assert rms["hidden", 16, 0] == pytest.approx(1e-2 / 16 * math.sqrt((100 + 300 * 4) / 400))
 
 
 def test_cli_lists_reproductions_and_rejects_unknown_names(capsys) -> None:

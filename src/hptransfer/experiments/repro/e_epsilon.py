@@ -2,6 +2,13 @@
 
 Transfer numbers per setting (constant or per-layer epsilon, Adam-atan2) plus the fraction of
 each role's second-moment coordinates with sqrt(v_hat) < eps, at each width's optimal grid LR.
+
+Where eps = 1e-8 would dominate: a gradient-RMS probe (experiments.repro.gradients) trains the
+runs' model with Adam and eps = 1e-8 (so that eps steers nothing) at the per-layer-epsilon
+setting's optimal grid LR of the smallest width, at every width and seed of the runs, and
+stores the records in ``DIR/gradient_rms.csv`` (measured once; ``--analyse-only`` reuses
+them); each role's RMS is fitted against width and extrapolated to the width where it reaches
+1e-8, 1e-6 and the runs' own eps.
 """
 
 from __future__ import annotations
@@ -11,7 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hptransfer.experiments.repro.reproduction import Record, Reproduction, role_table
+from hptransfer.experiments.repro.gradients import gradient_figure, gradient_fits, gradient_lines
+from hptransfer.experiments.repro.reproduction import (
+    Record,
+    Reproduction,
+    role_table,
+    run_config,
+)
 from hptransfer.experiments.repro.transfer import (
     finish,
     optima_panels,
@@ -75,6 +88,40 @@ def underflow_by_role(run_dir: Path) -> dict[str, float]:
     return {role: total[role] / size[role] for role in sorted(total)}
 
 
+PROBE_FILE = "gradient_rms.csv"
+PROBE_EPS = 1e-8
+"""The probe's Adam eps (the default): far below every measured RMS, so it steers nothing."""
+PROBE_EVERY = 10
+"""The probe records every this many steps."""
+CROSSINGS = (1e-8, 1e-6)
+"""eps values whose crossing width is reported, besides the runs' own eps."""
+
+
+def probe_records(df: pd.DataFrame, root: Path, transfer: Transfer, records: list[Record],
+                  by: Sequence[str]) -> pd.DataFrame:  # fmt: skip
+    """The gradient-RMS probe's records (``DIR/gradient_rms.csv``; measured and stored when
+    absent): the config of the per-layer-epsilon run at the smallest width and its optimal grid
+    LR, with eps = PROBE_EPS, trained at every width and seed of ``df``."""
+    import pandas as pd
+
+    from hptransfer.experiments.repro.gradients import gradient_rms
+
+    path = root / PROBE_FILE
+    if path.is_file():
+        return pd.read_csv(path)
+    rec = next(r for r in records if r.get("param.eps_mode") == "per_layer")
+    width = min(rec["width"])
+    mine = transfer.optima_of(rec)
+    lr = float(mine.loc[mine["width"] == width, "lr_grid"].iloc[0])
+    cfg = run_config(root / "runs" / _run_at(df, by, rec, width, lr))
+    cfg = cfg.replace(**{"optimizer.eps": PROBE_EPS, "param.eps_mode": "constant"})
+    widths = sorted(int(w) for w in df["width"].unique())
+    seeds = sorted(int(s) for s in df["seed"].unique())
+    grads = gradient_rms(cfg, widths, seeds, every=PROBE_EVERY)
+    grads.to_csv(path, index=False)
+    return grads
+
+
 def _run_at(df: pd.DataFrame, by: Sequence[str], rec: Record, width: int, lr: float) -> str:
     """run_id of the finished run of setting ``rec`` at ``width`` and grid LR ``lr``."""
     import numpy as np
@@ -114,10 +161,18 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     optima_panels(axes[1:], records)
     axes[2].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
+    grads = probe_records(df, root, transfer, records, repro.by)
+    adam = df[df["optimizer"] == "adam"]
+    eps_values = [float(run_config(root / "runs" / str(adam["run_id"].iloc[0])).optimizer.eps),
+                  *CROSSINGS]  # fmt: skip
+    fits = gradient_fits(grads, eps_values)
+    figures.append(gradient_figure(grads, fits, eps_values, root / f"{repro.name}-gradients.png"))
     table = transfer_lines(records, "width") + [
         "",
         "| setting | role | underflow fraction per width (at the optimal grid LR) |",
         "|---|---|---|",
         *lines,
+        "",
+        *gradient_lines(fits, eps_values, PROBE_EPS),
     ]
-    return finish(repro, root, records, figures, table, transfer)
+    return finish(repro, root, records, figures, table, transfer, {"gradient_rms": fits})

@@ -146,16 +146,19 @@ def transfer_lines(records: list[Record], x: str) -> list[str]:
 def finish(
     repro: Reproduction, root: Path, records: list[Record], figures: list[str],
     lines: list[str] | None = None, transfer: Transfer | None = None,
+    extra: Record | None = None,
 ) -> Record:  # fmt: skip
-    """Write NAME.json; return the numbers (settings, figures, Markdown table lines, and with
-    ``transfer`` and the reproduction's claims, the findings and the verdict)."""
+    """Write NAME.json; return the numbers (settings, figures, Markdown table lines, ``extra``
+    (an analysis' own numbers), and with ``transfer`` and the reproduction's claims, the
+    findings and the verdict)."""
     from dataclasses import asdict
 
     from hptransfer.experiments.repro.verdict import verdict_lines, word
     from hptransfer.store import write_json
 
     table = list(lines if lines is not None else transfer_lines(records, repro.x))
-    numbers: Record = {"name": repro.name, "settings": records, "figures": figures}
+    numbers: Record = {"name": repro.name, "settings": records, "figures": figures,
+                       **(extra or {})}  # fmt: skip
     if transfer is not None and repro.claims is not None:
         findings = repro.claims(transfer, records)
         table += ["", *verdict_lines(findings)]
