@@ -104,8 +104,8 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
     assert all(f"| {s['setting']} |" in table for s in numbers["settings"])
     if name == "e_alignment":  # a record per (setting, width, role) with the three exponents
         assert len(numbers["settings"]) == 2 * 2 * 2
-        assert all(math.isfinite(r[e]["mean"]) for r in numbers["settings"]
-                   for e in ("alpha", "omega"))  # fmt: skip
+        assert all(math.isfinite(r[e]["mean"]) and math.isfinite(r["change"][e]["mean"])
+                   for r in numbers["settings"] for e in ("alpha", "omega"))  # fmt: skip
         return
     # settings counted per spec (a spec may fix a by-value in its base)
     specs = [expected] if name == "e_constants" else _expanded(name, smoke=True)
