@@ -331,6 +331,11 @@ def test_verdict_words_follow_the_seed_intervals() -> None:
     assert (
         verdict.smaller("|a| < |b|", (-0.9, 0.4), [(-0.9, 0.4)] * 2, absolute=True).holds is False
     )
+    # a slope below 0 for every seed (the gradient-RMS probe's)
+    assert verdict.negative("falls", -1.0, -1.2, -0.8).holds is True
+    assert verdict.negative("falls", 0.5, 0.2, 0.8).holds is False
+    assert verdict.negative("falls", -0.1, -0.3, 0.1).holds is None
+    assert verdict.negative("falls", -0.1, None, None).holds is None  # one seed
 
 
 TINY = Path(__file__).parent / "data" / "repro_tiny"
