@@ -4,11 +4,11 @@ Transfer numbers per setting (constant or per-layer epsilon, Adam-atan2) plus th
 each role's second-moment coordinates with sqrt(v_hat) < eps, at each width's optimal grid LR.
 
 Where eps = 1e-8 would dominate: a gradient-RMS probe (experiments.repro.gradients) trains the
-runs' model with Adam and eps = 1e-8 (so that eps steers nothing) at the per-layer-epsilon
-setting's optimal grid LR of the smallest width, at every width and seed of the runs, and
-stores the records in ``DIR/gradient_rms.csv`` (measured once; ``--analyse-only`` reuses
-them); each role's RMS is fitted against width and extrapolated to the width where it reaches
-1e-8, 1e-6 and the runs' own eps.
+runs' model with Adam and eps = 1e-8 (so that eps steers nothing) at the middle of the
+per-layer-epsilon setting's LR window, at every width and seed of the runs, and stores the
+records in ``DIR/gradient_rms.csv`` (measured once; ``--analyse-only`` reuses them); each
+role's RMS is fitted against width and extrapolated to the width where it reaches 1e-8, 1e-6
+and the runs' own eps.
 """
 
 from __future__ import annotations
@@ -98,23 +98,25 @@ CROSSINGS = (1e-8, 1e-6)
 """eps values whose crossing width is reported, besides the runs' own eps."""
 
 
-def probe_records(df: pd.DataFrame, root: Path, transfer: Transfer, records: list[Record],
-                  by: Sequence[str]) -> pd.DataFrame:  # fmt: skip
+def probe_records(df: pd.DataFrame, root: Path, by: Sequence[str]) -> pd.DataFrame:
     """The gradient-RMS probe's records (``DIR/gradient_rms.csv``; measured and stored when
-    absent): the config of the per-layer-epsilon run at the smallest width and its optimal grid
-    LR, with eps = PROBE_EPS, trained at every width and seed of ``df``."""
+    absent): the config of the per-layer-epsilon run of seed 0 at the smallest width and the
+    middle of its LR window (the upper middle point for an even count: 2^-5 in the CPU spec),
+    with eps = PROBE_EPS, trained at every width and seed of ``df``. The LR comes from the
+    window, not from the fitted optimum, so the probe does not depend on the sweep's losses."""
     import pandas as pd
 
+    from hptransfer.analysis.transfer import setting_rows
     from hptransfer.experiments.repro.gradients import gradient_rms
 
     path = root / PROBE_FILE
     if path.is_file():
         return pd.read_csv(path)
-    rec = next(r for r in records if r.get("param.eps_mode") == "per_layer")
-    width = min(rec["width"])
-    mine = transfer.optima_of(rec)
-    lr = float(mine.loc[mine["width"] == width, "lr_grid"].iloc[0])
-    cfg = run_config(root / "runs" / _runs_at(df, by, rec, width, lr)[0])
+    mine = setting_rows(df, {"optimizer": "adam", "param.eps_mode": "per_layer"})
+    mine = mine[mine["width"] == mine["width"].min()]
+    lrs = sorted(mine["lr"].unique())
+    run = mine[(mine["lr"] == lrs[len(lrs) // 2]) & (mine["seed"] == mine["seed"].min())]
+    cfg = run_config(root / "runs" / str(run["run_id"].iloc[0]))
     cfg = cfg.replace(**{"optimizer.eps": PROBE_EPS, "param.eps_mode": "constant"})
     widths = sorted(int(w) for w in df["width"].unique())
     seeds = sorted(int(s) for s in df["seed"].unique())
@@ -177,7 +179,7 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     optima_panels(axes[1:], records)
     axes[2].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
-    grads = probe_records(df, root, transfer, records, repro.by)
+    grads = probe_records(df, root, repro.by)
     adam = df[df["optimizer"] == "adam"]
     eps_values = [float(run_config(root / "runs" / str(adam["run_id"].iloc[0])).optimizer.eps),
                   *CROSSINGS]  # fmt: skip
