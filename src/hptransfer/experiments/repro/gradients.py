@@ -4,8 +4,9 @@ Adam divides each coordinate's first moment by ``sqrt(v_hat) + eps``; ``sqrt(v_h
 coordinate's gradient RMS over recent steps. Once a layer's gradients are as small as eps,
 eps dominates the denominator and the step stops being scale invariant (parameterizations.md
 section 5). :func:`gradient_rms` trains the run a config describes (built as ``train`` builds
-it, with its LR schedule and clipping) at each width and seed and records, every ``every``
-steps, each parameter's gradient RMS over its coordinates, sqrt(mean(g^2)), before the update.
+it, with its LR schedule and clipping, on its train.device) at each width and seed and
+records, every ``every`` steps, each parameter's gradient RMS over its coordinates,
+sqrt(mean(g^2)), before the update.
 
 :func:`gradient_fits`: per role and seed, the RMS at a width is the size-weighted RMS over the
 role's parameters and over the recorded steps of the second half of training; a least-squares
@@ -58,10 +59,12 @@ def gradient_rms(
         for width in widths:
             run_cfg = cfg.replace(**{"model.width": int(width), "seed": int(seed)}).validate()
             s = build(run_cfg, corpus)
+            device = torch.device(run_cfg.train.device)
+            s.model.to(device)  # in place, as train's distributed.prepare: the optimizer follows
             named = [(n, p) for n, p in s.model.named_parameters() if p.requires_grad]
             sched = torch.optim.lr_scheduler.LambdaLR(s.optimizer, lr_schedule(run_cfg))
             for step in range(run_cfg.train.steps):
-                x, y = s.batches.get(step)
+                x, y = (t.to(device) for t in s.batches.get(step))
                 s.optimizer.zero_grad(set_to_none=True)
                 s.loss(s.model, x, y).backward()
                 if step % every == 0:
