@@ -196,6 +196,24 @@ def test_underflow_by_role_is_the_size_weighted_fraction_of_each_role(tmp_path: 
     assert fractions["output"] == 0.0 and set(fractions) == {e.role for e in roles}
 
 
+def test_gradient_probe_records_each_parameters_gradient_rms_before_the_update() -> None:
+    from hptransfer.assemble import build
+    from hptransfer.experiments.repro.gradients import gradient_rms
+
+    cfg = RunConfig().replace(**{"model.width": 16, "model.head_dim": 8, "model.depth": 1,
+                                 "param.base_width": 16, "train.steps": 3,
+                                 "train.batch_size": 2, "train.seq_len": 8})  # fmt: skip
+    grads = gradient_rms(cfg, [16, 32], [0], every=2)
+    assert sorted(set(grads["step"])) == [0, 2] and sorted(set(grads["width"])) == [16, 32]
+    s = build(cfg)  # step 0 by hand: the same model, batch and gradient
+    s.loss(s.model, *s.batches.get(0)).backward()
+    first = grads[(grads["step"] == 0) & (grads["width"] == 16)].set_index("name")
+    for name, p in s.model.named_parameters():
+        assert first.loc[name, "rms"] == pytest.approx(p.grad.pow(2).mean().sqrt().item())
+        assert first.loc[name, "role"] == s.roles[name].role
+    s.parameterization.remove()
+
+
 def test_gradient_fits_extrapolate_each_roles_rms_to_where_it_meets_eps() -> None:
     # hidden: two tensors (sizes 100 and 300), RMS c_seed / width in the second half of
     # training (the first half is 1.0 and must not count); output: RMS flat in width
