@@ -27,6 +27,7 @@ from hptransfer.experiments.repro import (
     verdict,
 )
 from hptransfer.experiments.repro.e_epsilon import underflow_by_role
+from hptransfer.experiments.repro.gradients import gradient_fits, role_rms
 from hptransfer.experiments.repro.k_switches import mup_relabelled
 from hptransfer.experiments.repro.runner import device_table
 from hptransfer.experiments.repro.transfer import transfer_table
@@ -103,8 +104,8 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
     assert all(f"| {s['setting']} |" in table for s in numbers["settings"])
     if name == "e_alignment":  # a record per (setting, width, role) with the three exponents
         assert len(numbers["settings"]) == 2 * 2 * 2
-        assert all(math.isfinite(r[e]["mean"]) for r in numbers["settings"]
-                   for e in ("alpha", "omega"))  # fmt: skip
+        assert all(math.isfinite(r[e]["mean"]) and math.isfinite(r["change"][e]["mean"])
+                   for r in numbers["settings"] for e in ("alpha", "omega"))  # fmt: skip
         return
     # settings counted per spec (a spec may fix a by-value in its base)
     specs = [expected] if name == "e_constants" else _expanded(name, smoke=True)
@@ -114,6 +115,9 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
     if name == "e_epsilon":  # Adam logs underflow per role, Adam-atan2 has no epsilon
         by_opt = {s["optimizer"]: s["underflow"] for s in numbers["settings"]}
         assert {"hidden", "output"} <= set(by_opt["adam"]) and by_opt["adam_atan2"] == {}
+        fits = {f["role"]: f for f in numbers["gradient_rms"]}  # the probe, one seed
+        assert fits["hidden"]["width"] == [16, 32] and fits["hidden"]["slope_lo"] is None
+        assert (tmp_path / "gradient_rms.csv").is_file() and "width where RMS = 1e-08" in table
 
 
 def test_smoke_table_shrinks_widths_lrs_seeds_and_steps() -> None:
@@ -190,6 +194,51 @@ def test_underflow_by_role_is_the_size_weighted_fraction_of_each_role(tmp_path: 
     expected = (sizes[big.name] + 0.5 * sizes[small.name]) / sum(sizes.values())
     assert fractions["hidden"] == pytest.approx(expected)
     assert fractions["output"] == 0.0 and set(fractions) == {e.role for e in roles}
+
+
+def test_gradient_probe_records_each_parameters_gradient_rms_before_the_update() -> None:
+    from hptransfer.assemble import build
+    from hptransfer.experiments.repro.gradients import gradient_rms
+
+    cfg = RunConfig().replace(**{"model.width": 16, "model.head_dim": 8, "model.depth": 1,
+                                 "param.base_width": 16, "train.steps": 3,
+                                 "train.batch_size": 2, "train.seq_len": 8})  # fmt: skip
+    grads = gradient_rms(cfg, [16, 32], [0], every=2)
+    assert sorted(set(grads["step"])) == [0, 2] and sorted(set(grads["width"])) == [16, 32]
+    s = build(cfg)  # step 0 by hand: the same model, batch and gradient
+    s.loss(s.model, *s.batches.get(0)).backward()
+    first = grads[(grads["step"] == 0) & (grads["width"] == 16)].set_index("name")
+    for name, p in s.model.named_parameters():
+        assert first.loc[name, "rms"] == pytest.approx(p.grad.pow(2).mean().sqrt().item())
+        assert first.loc[name, "role"] == s.roles[name].role
+    s.parameterization.remove()
+
+
+def test_gradient_fits_extrapolate_each_roles_rms_to_where_it_meets_eps() -> None:
+    # hidden: two tensors (sizes 100 and 300), RMS c_seed / width in the second half of
+    # training (the first half is 1.0 and must not count); output: RMS flat in width
+    rows = []
+    for seed, c in enumerate((1e-2, 2e-2, 4e-2)):
+        for width in (16, 32, 64, 128):
+            for step in range(0, 21, 5):
+                late = step >= 10
+                rows += [("h.a", "hidden", 100, width, seed, step, c / width if late else 1.0),
+                         ("h.b", "hidden", 300, width, seed, step, c / width if late else 1.0),
+                         ("o", "output", 50, width, seed, step, 3e-3)]  # fmt: skip
+    grads = pd.DataFrame(rows, columns=["name", "role", "numel", "width", "seed", "step", "rms"])
+    fits = {f["role"]: f for f in gradient_fits(grads, [1e-8, 1e-6])}
+    hidden = fits["hidden"]
+    assert hidden["slope"] == pytest.approx(-1.0) and hidden["slope_lo"] == pytest.approx(-1.0)
+    assert hidden["rms"][0] == pytest.approx(2e-2 / 16, rel=1e-3)  # geometric mean over seeds
+    # c / n = eps at n = c / eps: 2e6 for the seed-mean, [1e6, 4e6] over seeds
+    assert hidden["width_at_1e-08"] == pytest.approx(2e6, rel=1e-3)
+    assert (hidden["width_at_1e-08_lo"], hidden["width_at_1e-08_hi"]) == pytest.approx((1e6, 4e6))
+    assert hidden["width_at_1e-06"] == pytest.approx(2e4, rel=1e-3)
+    assert fits["output"]["width_at_1e-08"] is None  # flat: never reaches eps
+    # size-weighted over a role's tensors
+    grads.loc[grads["name"] == "h.b", "rms"] *= 2
+    rms = role_rms(grads).set_index(["role", "width", "seed"])["rms"]
+    assert rms["hidden", 16, 0] == pytest.approx(1e-2 / 16 * math.sqrt((100 + 300 * 4) / 400))
 
 
 def test_cli_lists_reproductions_and_rejects_unknown_names(capsys) -> None:
@@ -300,6 +349,11 @@ def test_verdict_words_follow_the_seed_intervals() -> None:
     assert (
         verdict.smaller("|a| < |b|", (-0.9, 0.4), [(-0.9, 0.4)] * 2, absolute=True).holds is False
     )
+    # a slope below 0 for every seed (the gradient-RMS probe's)
+    assert verdict.negative("falls", -1.0, -1.2, -0.8).holds is True
+    assert verdict.negative("falls", 0.5, 0.2, 0.8).holds is False
+    assert verdict.negative("falls", -0.1, -0.3, 0.1).holds is None
+    assert verdict.negative("falls", -0.1, None, None).holds is None  # one seed
 
 
 TINY = Path(__file__).parent / "data" / "repro_tiny"

@@ -323,3 +323,14 @@ def test_a_kill_during_clear_stale_lock_leaves_nothing_for_long(tmp_path: Path) 
     os.utime(left, (old, old))
     locks.clear_stale_lock(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name]  # stale lock gone too
+
+
+def test_load_runs_reads_asked_config_columns_from_each_run(tmp_path: Path) -> None:
+    # sweep.json names only the last spec's keys; the columns come from each run's config
+    _run(tmp_path, "a", CFG, {"status": "ok", "final_eval_loss": 2.5})
+    _run(tmp_path, "b", {**CFG, "param": {"name": "sp"}}, {"status": "ok"})
+    store.write_json(tmp_path / "sweep.json", {"keys": ["model.width"], "runs": []})
+    df = store.load_runs(tmp_path, columns=["param.name", "model.depth"]).set_index("run_id")
+    assert list(df.columns[-3:]) == ["model.width", "param.name", "model.depth"]
+    assert df["param.name"].to_dict() == {"a": "mup", "b": "sp"}
+    assert df["model.depth"].isna().all()

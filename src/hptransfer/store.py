@@ -42,6 +42,8 @@ from hptransfer.errors import ConfigError
 from hptransfer.locks import LOCK_TIMEOUT_S, lock_state
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
 
 Status = Literal["ok", "diverged", "failed", "stopped"]
@@ -385,13 +387,19 @@ def environment(seed: int, corpus_sha256: str | None, device: str | None = None)
 
 
 def load_runs(
-    root: str | Path, errors: str = "warn", lock_timeout_s: float = LOCK_TIMEOUT_S
+    root: str | Path,
+    errors: str = "warn",
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+    columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per run of a results directory, as a tidy DataFrame.
 
     Columns: run_id, status (ok / diverged / failed / running / pending), parameterization,
     optimizer, width, lr, seed, final_eval_loss and best_eval_loss (NaN when absent), steps,
-    tokens, wall_time_s, then one column per swept key by dotted name (from sweep.json).
+    tokens, wall_time_s, then one column per swept key by dotted name (from sweep.json), then
+    one per dotted config key in ``columns`` (read from each run's config.json; None where a
+    config lacks it): sweep.json names only the last sweep's keys, so a directory that several
+    specs ran into asks for its setting columns here.
     Runs listed in sweep.json without a directory yet are "pending"; a run directory without a
     summary is "running" while its lock is live, else "pending" (a resumed sweep re-runs it).
 
@@ -404,6 +412,7 @@ def load_runs(
         raise ValueError(f"errors must be warn, raise or ignore, got {errors!r}")
     root = Path(root)
     keys, listed = _sweep_listing(root)
+    keys += [k for k in columns if k not in keys]
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     seen: set[str] = set()

@@ -6,6 +6,7 @@
     transfer       the analysis shared by the LR-transfer reproductions (analysis.transfer's
                    verdict as records, figures, Markdown)
     e_epsilon, alignment, k_switches   the bespoke analyses
+    gradients      the gradient-RMS probe across widths and its fits (e_epsilon)
 
 The full-size numbers, the papers' claims and the commands are in docs/reproductions.md.
 """

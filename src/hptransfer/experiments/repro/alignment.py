@@ -1,7 +1,8 @@
 """[E] alignment over training: alpha, omega and u per role, measured on stored runs.
 
 Per setting and width (one LR): the alignment exponents of the hidden and output roles at every
-probe step, and their means over the second half of training (mean [min, max] over seeds).
+probe step, their means over the second half of training, and their change over training (the
+last probe minus the first), each as mean [min, max] over seeds.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ def _spread(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3)}  # fmt: skip
 
 
-def _shown(v: dict[str, float]) -> str:
+def _shown(v: dict[str, float], signed: bool = False) -> str:
+    f = "+.3f" if signed else ".3f"
     if v["min"] == v["max"]:
-        return f"{v['mean']:.3f}"
-    return f"{v['mean']:.3f} [{v['min']:.3f}, {v['max']:.3f}]"
+        return f"{v['mean']:{f}}"
+    return f"{v['mean']:{f}} [{v['min']:{f}}, {v['max']:{f}}]"
 
 
 def alignment_curves(run_dir: Path) -> tuple[dict[str, list[Record]], dict[str, Record]]:
@@ -53,7 +55,8 @@ def alignment_curves(run_dir: Path) -> tuple[dict[str, list[Record]], dict[str, 
 
 def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     """Per setting and width (one LR): alpha, omega and u of the hidden and output roles over
-    training, and their means over the second half, as mean [min, max] over seeds; figure
+    training, their means over the second half and their change from the first probe to the
+    last, as mean [min, max] over seeds; figure
     (first seed): one row per setting, one panel per exponent, colour = width, line style =
     role."""
     import matplotlib.pyplot as plt
@@ -70,30 +73,36 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
         name = repro.label(dict(zip(repro.by, key if isinstance(key, tuple) else (key,))))
         measured = []
         for width, runs_at in group.groupby("width", sort=True):
-            late_by_seed = []
+            late_by_seed, curves_by_seed = [], []
             for i, (_, run) in enumerate(runs_at.iterrows()):
                 curves, late = alignment_curves(root / "runs" / str(run["run_id"]))
                 if i == 0:
                     measured.append((int(width), curves))
                 late_by_seed.append(late)
+                curves_by_seed.append(curves)
             for role in ("hidden", "output"):
                 seeds = [late[role] for late in late_by_seed if role in late]
                 if not seeds:
                     continue
                 values = {e: _spread([s[e] for s in seeds]) for e in EXPONENTS}
+                change = {e: _spread([c[role][-1][e] - c[role][0][e] for c in curves_by_seed
+                                      if role in c]) for e in EXPONENTS}  # fmt: skip
                 records.append({"setting": name, "width": int(width), "role": role,
                                 "lr": float(runs_at["lr"].iloc[0]), "n_seeds": len(seeds),
-                                **values})  # fmt: skip
-                shown = " | ".join(_shown(values[e]) for e in EXPONENTS)
+                                **values, "change": change})  # fmt: skip
+                cells = [_shown(values[e]) for e in EXPONENTS]
+                cells += [_shown(change[e], signed=True) for e in EXPONENTS]
+                shown = " | ".join(cells)
                 lines.append(f"| {name} | {int(width)} | {role} | {shown} |")
         for ax, e in zip(row, EXPONENTS):
             plot_alignment(measured, e, ax=ax, title=f"{name}: {e}")
         row[-1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     table = [
-        "| setting | width | role | alpha | omega | u |",
-        "|---|---|---|---|---|---|",
+        "| setting | width | role | alpha | omega | u | alpha change | omega change | u change |",
+        "|---|---|---|---|---|---|---|---|---|",
         *lines,
-        "(means over the second half of training and over the role's layers, [min, max] over "
-        "seeds; full alignment = (1, 1/2, 1), none = (1/2, 1/2, 1/2))",
+        "(alpha, omega, u: means over the second half of training and over the role's layers; "
+        "change: last probe minus first; [min, max] over seeds; full alignment = (1, 1/2, 1), "
+        "none = (1/2, 1/2, 1/2))",
     ]
     return finish(repro, root, records, [save(fig, root / f"{repro.name}.png")], table)

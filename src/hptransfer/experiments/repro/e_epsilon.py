@@ -2,6 +2,13 @@
 
 Transfer numbers per setting (constant or per-layer epsilon, Adam-atan2) plus the fraction of
 each role's second-moment coordinates with sqrt(v_hat) < eps, at each width's optimal grid LR.
+
+Where eps = 1e-8 would dominate: a gradient-RMS probe (experiments.repro.gradients) trains the
+runs' model with Adam and eps = 1e-8 (so that eps steers nothing) at the middle of the
+per-layer-epsilon setting's LR window, at every width and seed of the runs, and stores the
+records in ``DIR/gradient_rms.csv`` (measured once; ``--analyse-only`` reuses them); each
+role's RMS is fitted against width and extrapolated to the width where it reaches 1e-8, 1e-6
+and the runs' own eps.
 """
 
 from __future__ import annotations
@@ -11,7 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hptransfer.experiments.repro.reproduction import Record, Reproduction, role_table
+from hptransfer.experiments.repro.gradients import gradient_figure, gradient_fits, gradient_lines
+from hptransfer.experiments.repro.reproduction import (
+    Record,
+    Reproduction,
+    role_table,
+    run_config,
+)
 from hptransfer.experiments.repro.transfer import (
     finish,
     optima_panels,
@@ -36,7 +49,8 @@ def label(key: Record) -> str:
 
 def claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
     """[E]: a constant epsilon breaks transfer once it underflows; per-layer epsilon and
-    Adam-atan2 transfer, and Adam-atan2 loses nothing against Adam at the largest width."""
+    Adam-atan2 transfer, and Adam-atan2 loses nothing against Adam at the largest width.
+    (:func:`analyse` adds the probe's: the hidden and output gradient RMS fall with width.)"""
     from hptransfer.experiments.repro import verdict as v
 
     const = v.find(records, optimizer="adam", param__eps_mode="constant")
@@ -75,38 +89,89 @@ def underflow_by_role(run_dir: Path) -> dict[str, float]:
     return {role: total[role] / size[role] for role in sorted(total)}
 
 
-def _run_at(df: pd.DataFrame, by: Sequence[str], rec: Record, width: int, lr: float) -> str:
-    """run_id of the finished run of setting ``rec`` at ``width`` and grid LR ``lr``."""
+PROBE_FILE = "gradient_rms.csv"
+PROBE_EPS = 1e-8
+"""The probe's Adam eps (the default): far below every measured RMS, so it steers nothing."""
+PROBE_EVERY = 10
+"""The probe records every this many steps."""
+CROSSINGS = (1e-8, 1e-6)
+"""eps values whose crossing width is reported, besides the runs' own eps."""
+
+
+def probe_records(df: pd.DataFrame, root: Path, by: Sequence[str]) -> pd.DataFrame:
+    """The gradient-RMS probe's records (``DIR/gradient_rms.csv``; measured and stored when
+    absent): the config of the per-layer-epsilon run of seed 0 at the smallest width and the
+    middle of its LR window (the upper middle point for an even count: 2^-5 in the CPU spec),
+    with eps = PROBE_EPS, trained at every width and seed of ``df``. The LR comes from the
+    window, not from the fitted optimum, so the probe does not depend on the sweep's losses."""
+    import pandas as pd
+
+    from hptransfer.analysis.transfer import setting_rows
+    from hptransfer.experiments.repro.gradients import gradient_rms
+
+    path = root / PROBE_FILE
+    if path.is_file():
+        return pd.read_csv(path)
+    mine = setting_rows(df, {"optimizer": "adam", "param.eps_mode": "per_layer"})
+    mine = mine[mine["width"] == mine["width"].min()]
+    lrs = sorted(mine["lr"].unique())
+    run = mine[(mine["lr"] == lrs[len(lrs) // 2]) & (mine["seed"] == mine["seed"].min())]
+    cfg = run_config(root / "runs" / str(run["run_id"].iloc[0]))
+    cfg = cfg.replace(**{"optimizer.eps": PROBE_EPS, "param.eps_mode": "constant"})
+    widths = sorted(int(w) for w in df["width"].unique())
+    seeds = sorted(int(s) for s in df["seed"].unique())
+    grads = gradient_rms(cfg, widths, seeds, every=PROBE_EVERY)
+    grads.to_csv(path, index=False)
+    return grads
+
+
+def _runs_at(df: pd.DataFrame, by: Sequence[str], rec: Record, width: int, lr: float
+             ) -> list[str]:  # fmt: skip
+    """run_ids of the finished runs (one per seed) of setting ``rec`` at ``width`` and grid LR
+    ``lr``."""
     import numpy as np
 
     from hptransfer.analysis.transfer import setting_rows
 
     runs = df[(df["status"] == "ok") & (df["width"] == width)]
     runs = setting_rows(runs[np.isclose(runs["lr"], lr, rtol=1e-9)], {c: rec[c] for c in by})
-    return str(runs["run_id"].iloc[0])
+    return [str(r) for r in runs.sort_values("seed")["run_id"]]
+
+
+def _fraction(rec: Record, role: str, i: int) -> str:
+    """The underflow fraction of ``role`` at the i-th width, ``0.50 [0.40, 0.60]``."""
+    mean, lo, hi = (rec[k][role][i] for k in ("underflow", "underflow_lo", "underflow_hi"))
+    if mean is None:
+        return "n/a"
+    return f"{mean:.3f}" if lo == hi else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
-    """Transfer numbers per setting plus the underflow fraction per role at each width's
-    optimal grid LR; figure: underflow, optimal LR and loss against width."""
+    """Transfer numbers per setting, the underflow fraction per role at each width's optimal
+    grid LR (mean [min, max] over the seeds' runs there) and the gradient-RMS probe's fits;
+    figures: underflow, optimal LR and loss against width; the sweeps; gradient RMS."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
+    from hptransfer.experiments.repro import verdict as v
     from hptransfer.plots import plot_underflow
 
     transfer, records = transfer_table(df, repro.by, repro.label)
     lines = []
     for rec in records:
         mine = transfer.optima_of(rec)
-        per_role: dict[str, list[float | None]] = {}
+        per_role: dict[str, list[list[float]]] = {}
         for i, width in enumerate(rec["width"]):
             lr = float(mine.loc[mine["width"] == width, "lr_grid"].iloc[0])
-            run = root / "runs" / _run_at(df, repro.by, rec, width, lr)
-            for role, value in underflow_by_role(run).items():
-                per_role.setdefault(role, [None] * len(rec["width"]))[i] = round(value, 4)
-        rec["underflow"] = per_role
+            for run_id in _runs_at(df, repro.by, rec, width, lr):
+                for role, value in underflow_by_role(root / "runs" / run_id).items():
+                    per_role.setdefault(role, [[] for _ in rec["width"]])[i].append(value)
+        for key, stat in (("underflow", np.mean), ("underflow_lo", min), ("underflow_hi", max)):
+            rec[key] = {role: [round(float(stat(v)), 4) if v else None for v in values]
+                        for role, values in per_role.items()}  # fmt: skip
         for role in ("hidden", "output"):
             if role in per_role:
-                shown = ", ".join("n/a" if v is None else f"{v:.3f}" for v in per_role[role])
+                shown = ", ".join(_fraction(rec, role, i) for i in range(len(rec["width"])))
                 lines.append(f"| {rec['setting']} | {role} | {shown} |")
 
     fig, axes = plt.subplots(1, 3, figsize=(14.5, 3.8), layout="constrained")
@@ -114,10 +179,22 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     optima_panels(axes[1:], records)
     axes[2].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
+    grads = probe_records(df, root, repro.by)
+    adam = df[df["optimizer"] == "adam"]
+    eps_values = [float(run_config(root / "runs" / str(adam["run_id"].iloc[0])).optimizer.eps),
+                  *CROSSINGS]  # fmt: skip
+    fits = gradient_fits(grads, eps_values)
+    figures.append(gradient_figure(grads, fits, eps_values, root / f"{repro.name}-gradients.png"))
     table = transfer_lines(records, "width") + [
         "",
-        "| setting | role | underflow fraction per width (at the optimal grid LR) |",
+        "| setting | role | underflow fraction per width (at the optimal grid LR, end of "
+        "training; mean [min, max] over seeds) |",
         "|---|---|---|",
         *lines,
+        "",
+        *gradient_lines(fits, eps_values, PROBE_EPS),
     ]
-    return finish(repro, root, records, figures, table, transfer)
+    shrink = [v.negative(f"{f['role']} gradient RMS falls with width (log-log slope)",
+                         f["slope"], f["slope_lo"], f["slope_hi"])
+              for f in fits if f["role"] in ("hidden", "output")]  # fmt: skip
+    return finish(repro, root, records, figures, table, transfer, {"gradient_rms": fits}, shrink)

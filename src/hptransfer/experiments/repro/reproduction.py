@@ -58,14 +58,20 @@ class Reproduction:
         return "model.width" if self.x == "width" else self.x
 
 
+def run_config(run_dir: Path) -> RunConfig:
+    """A stored run's config."""
+    from hptransfer.config import from_dict
+    from hptransfer.store import read_json
+
+    return from_dict(read_json(run_dir / "config.json"))
+
+
 def role_table(run_dir: Path) -> tuple[RunConfig, RoleTable]:
     """A stored run's config and its RoleTable (model built on the meta device)."""
     from hptransfer.assemble import model_factory
-    from hptransfer.config import from_dict
     from hptransfer.param.roles import roles_from_factory
-    from hptransfer.store import read_json
 
-    cfg = from_dict(read_json(run_dir / "config.json"))
+    cfg = run_config(run_dir)
     p = cfg.param
     table = roles_from_factory(
         model_factory(cfg), cfg.model.width, p.base_width, overrides=p.overrides, tied=p.tied

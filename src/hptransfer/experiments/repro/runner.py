@@ -228,22 +228,14 @@ def run_reproduction(
 
 
 def load_results(repro: Reproduction, root: Path) -> pd.DataFrame:
-    """load_runs(root) with the setting columns (``repro.by`` and x) read from each run's
-    config.json: DIR/sweep.json lists only the last spec's runs and keys, so the configs on
-    disk are what counts."""
-    from hptransfer.store import load_runs, read_json
+    """The finished runs of ``root`` (load_runs) with the setting columns (``repro.by`` and x)
+    read from each run's config: DIR/sweep.json lists only the last spec's runs and keys, so
+    the configs on disk are what counts."""
+    from hptransfer.store import load_runs
 
-    df = load_runs(root)
-    df = df[df["status"].isin(["ok", "diverged", "failed"])].reset_index(drop=True)
-    for key in {*repro.by, repro.x_key} - set(df.columns) - {"parameterization", "optimizer"}:
-        values = []
-        for run_id in df["run_id"]:
-            node: Any = read_json(root / "runs" / str(run_id) / "config.json")
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            values.append(node)
-        df[key] = values
-    return df
+    columns = [k for k in (*repro.by, repro.x_key) if k not in ("parameterization", "optimizer")]
+    df = load_runs(root, columns=columns)
+    return df[df["status"].isin(["ok", "diverged", "failed"])].reset_index(drop=True)
 
 
 def analyse(repro: Reproduction, df: pd.DataFrame, root: str | Path) -> Record:

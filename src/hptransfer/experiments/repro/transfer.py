@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from hptransfer.analysis.transfer import Transfer
+    from hptransfer.experiments.repro.verdict import Finding
 
 
 def transfer_table(
@@ -146,18 +147,22 @@ def transfer_lines(records: list[Record], x: str) -> list[str]:
 def finish(
     repro: Reproduction, root: Path, records: list[Record], figures: list[str],
     lines: list[str] | None = None, transfer: Transfer | None = None,
+    extra: Record | None = None, more: Sequence[Finding] = (),
 ) -> Record:  # fmt: skip
-    """Write NAME.json; return the numbers (settings, figures, Markdown table lines, and with
-    ``transfer`` and the reproduction's claims, the findings and the verdict)."""
+    """Write NAME.json; return the numbers (settings, figures, Markdown table lines, ``extra``
+    (an analysis' own numbers), and with ``transfer`` and the reproduction's claims, the
+    findings, with ``more`` (findings of an analysis' own numbers) after them, and the
+    verdict)."""
     from dataclasses import asdict
 
     from hptransfer.experiments.repro.verdict import verdict_lines, word
     from hptransfer.store import write_json
 
     table = list(lines if lines is not None else transfer_lines(records, repro.x))
-    numbers: Record = {"name": repro.name, "settings": records, "figures": figures}
+    numbers: Record = {"name": repro.name, "settings": records, "figures": figures,
+                       **(extra or {})}  # fmt: skip
     if transfer is not None and repro.claims is not None:
-        findings = repro.claims(transfer, records)
+        findings = [*repro.claims(transfer, records), *more]
         table += ["", *verdict_lines(findings)]
         numbers["findings"] = [{**asdict(f), "state": f.state} for f in findings]
         numbers["verdict"] = word(findings)

@@ -116,6 +116,16 @@ def lower_loss(transfer: Transfer, a: Setting, b: Setting, width: int) -> Findin
                    f"gap (nats) {interval(point, lo, hi, 3)}")  # fmt: skip
 
 
+def negative(what: str, point: float | None, lo: float | None, hi: float | None,
+             digits: int = 2) -> Finding:  # fmt: skip
+    """``what``: a number (a slope, a gap) is below 0 for every seed: holds when its seed
+    interval [lo, hi] lies below 0, fails when it lies above, unresolved otherwise."""
+    holds = _side(lo, hi, -math.inf, 0.0)
+    if holds is True and hi == 0.0:
+        holds = None
+    return Finding(what, holds, interval(point, lo, hi, digits))
+
+
 def smaller(
     what: str, point: tuple[float, float], pairs: Sequence[tuple[float, float]],
     absolute: bool = False, digits: int = 2,
