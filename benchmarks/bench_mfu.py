@@ -153,7 +153,7 @@ def line(width: int, out: dict[str, float | str]) -> str:
     return " ".join(parts)
 
 
-def run(quick: bool = False, device: str = "auto") -> dict[str, float]:
+def run(quick: bool = False, device: str = "auto") -> dict[str, float | str]:
     """Flat results for every width (keys as in the module docstring)."""
     dev = resolve_device(device)
     if dev.type == "cuda":
