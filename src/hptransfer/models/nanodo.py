@@ -47,6 +47,12 @@ class Attention(nn.Module):
 
     def forward(self, x_BxTxD: torch.Tensor) -> torch.Tensor:
         B, T, D = x_BxTxD.shape
+        device = x_BxTxD.device.type
+        if torch.is_autocast_enabled(device):
+            # autocast casts only parameters once per forward: cast the input of q, k, v once
+            # here, not once per projection (forward values unchanged; the three projections'
+            # input gradients then add in the autocast dtype)
+            x_BxTxD = x_BxTxD.to(torch.get_autocast_dtype(device))
 
         def heads(y_BxTxD: torch.Tensor) -> torch.Tensor:
             return y_BxTxD.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -86,9 +92,15 @@ class Block(nn.Module):
         self.mlp = Mlp(width)
 
     def forward(self, x_BxTxD: torch.Tensor) -> torch.Tensor:
-        x_BxTxD = x_BxTxD + self.residual_multiplier * self.attn(self.ln1(x_BxTxD))
-        x_BxTxD = x_BxTxD + self.residual_multiplier * self.mlp(self.ln2(x_BxTxD))
-        return x_BxTxD
+        x_BxTxD = x_BxTxD + self.scaled(self.attn(self.ln1(x_BxTxD)))
+        return x_BxTxD + self.scaled(self.mlp(self.ln2(x_BxTxD)))
+
+    def scaled(self, branch_BxTxD: torch.Tensor) -> torch.Tensor:
+        """residual_multiplier * branch; at 1.0 the branch itself (the same bits, one
+        elementwise pass fewer forward and backward)."""
+        if self.residual_multiplier == 1.0:
+            return branch_BxTxD
+        return self.residual_multiplier * branch_BxTxD
 
 
 class NanoDO(nn.Module):
