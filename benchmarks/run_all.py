@@ -12,7 +12,8 @@ Sections (each a module here; each reports ratios measured side by side in one p
 ``--quick`` (``make bench-quick``, under 3 minutes on 2 idle cores) shrinks every section,
 skips the demo sweep (about 4 minutes by itself) and only prints the table; the full run
 (``make bench``, about 10 minutes) also writes the two files. A section that fails is reported
-in the table and the files, and the others still run.
+in the table and the files, and the others still run. Sections of RESULTS.md whose heading
+says "run by hand" (benchmarks run_all does not run) are kept at its end.
 
 Usage: ``python benchmarks/run_all.py [--quick] [--threads N] [--device auto|cpu|cuda]
 [--only SECTION ...] [--write]``
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -222,8 +224,20 @@ def merge_previous(report: dict[str, Any]) -> None:
     report["sections"] = {n: report["sections"][n] for n in SECTIONS if n in report["sections"]}
 
 
+HAND_RUN = re.compile(r"^## .*run by hand", re.MULTILINE)
+
+
+def hand_run_sections(text: str) -> str:
+    """The sections of RESULTS.md that benchmarks run by hand wrote (their heading says "run by
+    hand"), from the first of them to the end: run_all regenerates the rest and keeps these."""
+    found = HAND_RUN.search(text)
+    return "\n" + text[found.start() :] if found else ""
+
+
 def write(report: dict[str, Any]) -> None:
-    (HERE / "RESULTS.md").write_text(markdown(report))
+    path = HERE / "RESULTS.md"
+    kept = hand_run_sections(path.read_text()) if path.is_file() else ""
+    path.write_text(markdown(report) + kept)
     flat = {**report["results"], **{k: report[k] for k in META}}
     (HERE / "results.json").write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
     print(f"\nwrote {HERE / 'RESULTS.md'} and {HERE / 'results.json'}")
