@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ def small(**kw) -> RunConfig:
     return RunConfig().replace(**{**SMALL, **kw}).validate()
 
 
+@pytest.mark.filterwarnings("ignore:train.dtype = bfloat16")  # on a CPU without bf16 kernels
 def test_bf16_autocast_trains_within_2_percent_of_fp32():
     steps = {"train.steps": 50, "train.eval_every": 50}
     fp32 = train(small(**steps))
@@ -42,6 +44,7 @@ def test_bf16_autocast_trains_within_2_percent_of_fp32():
     assert last5[0] == pytest.approx(last5[1], rel=0.02)
 
 
+@pytest.mark.filterwarnings("ignore:train.dtype = bfloat16")  # on a CPU without bf16 kernels
 def test_bf16_matmuls_with_the_loss_in_fp32():
     s = build(small(**{"train.dtype": "bfloat16"}))
     x = torch.randint(0, 256, (2, 32))
@@ -50,6 +53,19 @@ def test_bf16_matmuls_with_the_loss_in_fp32():
     loss = loss_fn(s.model, x, x, autocast=True)
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32
     assert next(s.model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512", "AVX512_BF16"])
+def test_bf16_warns_on_a_cpu_without_bf16_kernels(monkeypatch, capability):
+    from hptransfer.assemble import SLOW_BF16_CPUS, check_bf16
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        check_bf16(small(**{"train.dtype": "bfloat16"}))
+        check_bf16(small())  # float32: never
+    slow = capability in SLOW_BF16_CPUS
+    assert [str(w.message).split(":")[0] for w in seen] == ["train.dtype = bfloat16"] * slow
 
 
 def test_fused_kernels_by_default_and_foreach_opts_out():
