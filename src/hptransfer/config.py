@@ -56,6 +56,8 @@ TokenDtype = Literal["uint16", "uint32"]
 WandbMode = Literal["offline", "online"]
 Executor = Literal["local", "ray"]
 """Where a sweep's runs execute (the ``[sweep]`` table's executor, hptransfer.sweep.spec)."""
+Refine = Literal["neighbours", "fit"]
+"""How an adaptive LR search refines around its best LR (``[sweep] refine``; sweep/search.py)."""
 
 MODELS: tuple[str, ...] = typing.get_args(ModelName)
 ATTN_SCALES: tuple[str, ...] = typing.get_args(AttnScale)
@@ -68,6 +70,7 @@ EPS_MODES: tuple[str, ...] = typing.get_args(EpsMode)
 TIE_RULES: tuple[str, ...] = typing.get_args(TieRule)
 ROLES: tuple[str, ...] = typing.get_args(Role)
 EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
+REFINES: tuple[str, ...] = typing.get_args(Refine)
 #: The optimizer names: a live view of the optimizer registry (imports no optimizer).
 OPTIMIZERS = registry.NAMES
 
