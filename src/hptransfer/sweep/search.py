@@ -12,13 +12,16 @@
      best LR's neighbours at both spacings are known.
    - ``fit``: successive parabolic interpolation with the package's one optimum estimator
      (`analysis.find_optima`: the quadratic in ln(LR) through the points within one octave of
-     the best). Its vertex, rounded to the ``fine`` lattice of the starting grid, is evaluated
-     next, one LR a round, until that lattice point is known and the fit is local (its points
-     all within the estimator's octave of the best, so none topped up from the coarse grid).
-     When the fit is not yet local, or has no vertex (too few points, concave, the vertex
-     outside its points), the neighbour of the best at ``step``, then ``fine``, on the
-     vertex's side (else the larger) comes next. The neighbour rule trains 4 to 6 LRs within a
-     few percent of the best, which halving cannot stop; the fit trains 1 to 3.
+     the best). The search is done when that fit is local (its points all within the
+     estimator's octave of the best, none topped up from the coarse grid) and finite points
+     lie within ``step`` of its vertex on both sides: the optimum is then located to about
+     2^(1/4) from half-octave points, and a report gives it with the same estimator. Until
+     then the vertex, rounded to the ``fine`` lattice of the starting grid, is evaluated next
+     (one LR a round), or when that point is known, or the fit has no vertex (fewer than 3
+     points, concave, the vertex outside its points), the neighbour of the best at ``step``,
+     then ``fine``: on the vertex's side, without a vertex on the side with the wider gap to
+     the next known LR (ties: the larger). The neighbour rule trains 4 to 6 LRs within a
+     few percent of the best, which halving cannot stop; the fit trains 2 to 4.
 
 Pure Python and deterministic: ``propose()`` looks only at recorded results, so a resumed sweep
 proposes the same LRs (and so the same run ids) again. A diverged or failed point is recorded as
@@ -114,6 +117,9 @@ class LRSearch:
     def fit(self) -> tuple[float, bool] | None:
         """find_optima's optimum over the finite points and whether its fit is local (every
         point within its window of the best); None when it has no vertex (grid optimum)."""
+        best = self.best()
+        if best is None:
+            return None
         rows = [
             {"width": 0, "lr": lr, "status": "ok", "final_eval_loss": loss}
             for lr, loss in self.results.values()
@@ -122,7 +128,7 @@ class LRSearch:
         row = find_optima(pd.DataFrame(rows), by=(), n_boot=0).iloc[0]
         if not row["interp_ok"]:
             return None
-        best_lr = self.best()[0]  # type: ignore[index]
+        best_lr = best[0]
         span = 2**WINDOW_OCTAVES * (1 + 1e-9)
         local = row["fit_lr_lo"] * span >= best_lr and row["fit_lr_hi"] <= best_lr * span
         return float(row["lr_interp"]), bool(local)
@@ -135,14 +141,18 @@ class LRSearch:
     def _fit_next(self, best_lr: float) -> list[float]:
         """The ``fit`` refinement's next LR (module docstring, step 4); [] when done."""
         fit = self.fit()
-        up = True
+        logs = sorted(math.log2(lr) for lr, _ in self.results.values())
+        here = math.log2(best_lr)
+        below = here - max((v for v in logs if v < here), default=-math.inf)
+        above = min((v for v in logs if v > here), default=math.inf) - here
+        up = above >= below  # no vertex: towards the wider gap next to the best
         if fit is not None:
             vertex, local = fit
+            if local and self._bracketed(vertex):
+                return []
             target = self._allowed([self.snap(vertex)])
             if target:
                 return target
-            if local and self.known(self.snap(vertex)):
-                return []
             up = vertex >= best_lr
         for spacing in (self.step, self.fine):
             side = [best_lr * spacing, best_lr / spacing]
@@ -150,6 +160,12 @@ class LRSearch:
             if near:
                 return near[:1]
         return []
+
+    def _bracketed(self, lr: float) -> bool:
+        """Whether finite points lie on both sides of ``lr`` within ``step`` of it."""
+        reach = math.log2(self.step) + 1e-6
+        gaps = [math.log2(x / lr) for x, loss in self.results.values() if loss is not None]
+        return any(-reach <= g <= 0 for g in gaps) and any(0 <= g <= reach for g in gaps)
 
     def _allowed(self, lrs: list[float]) -> list[float]:
         out: list[float] = []
