@@ -13,11 +13,12 @@
    - ``fit``: successive parabolic interpolation with the package's one optimum estimator
      (`analysis.find_optima`: the quadratic in ln(LR) through the points within one octave of
      the best). The search is done when that fit is local (its points all within the
-     estimator's octave of the best, none topped up from the coarse grid) and finite points
-     lie within ``step`` of its vertex on both sides: the optimum is then located to about
-     2^(1/4) from half-octave points, and a report gives it with the same estimator. Until
-     then the vertex, rounded to the ``fine`` lattice of the starting grid, is evaluated next
-     (one LR a round), or when that point is known, or the fit has no vertex (fewer than 3
+     estimator's octave of the best, none topped up from the coarse grid) and its vertex's
+     ``fine`` lattice point is known, or finite points lie within ``step`` of the vertex on
+     both sides: the optimum is then located to about 2^(1/4) from half-octave points, and a
+     report gives it with the same estimator. Until then the vertex, rounded to the ``fine``
+     lattice of the starting grid, is evaluated next (one LR a round), or when that point is
+     known, or the fit has no vertex (fewer than 3
      points, concave, the vertex outside its points), the neighbour of the best at ``step``,
      then ``fine``: on the vertex's side, without a vertex on the side with the wider gap to
      the next known LR (ties: the larger). The neighbour rule trains 4 to 6 LRs within a
@@ -162,9 +163,13 @@ class LRSearch:
         return []
 
     def _bracketed(self, lr: float) -> bool:
-        """Whether finite points lie on both sides of ``lr`` within ``step`` of it."""
+        """Whether finite points lie on both sides of ``lr`` within ``step`` of it; a point at
+        its ``fine`` lattice point (``snap``) stands on both sides."""
+        finite = [x for x, loss in self.results.values() if loss is not None]
+        if _key(self.snap(lr)) in {_key(x) for x in finite}:
+            return True
         reach = math.log2(self.step) + 1e-6
-        gaps = [math.log2(x / lr) for x, loss in self.results.values() if loss is not None]
+        gaps = [math.log2(x / lr) for x in finite]
         return any(-reach <= g <= 0 for g in gaps) and any(0 <= g <= reach for g in gaps)
 
     def _allowed(self, lrs: list[float]) -> list[float]:
