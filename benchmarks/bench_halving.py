@@ -6,11 +6,15 @@ real sweep runner, search, worker and halving hook run with a train function (`r
 that replays the dense run's metrics.jsonl records instead of training. Per validation sweep:
 
 1. ``dense``: the dense 2^(1/4) grid, trained for real (the CPU cost; ``--out`` keeps it).
-2. ``replay``: the adaptive search alone, and with halving at each margin of ``--margins``:
-   training steps as a fraction of the dense grid's, and each (width, setting) optimum's gap
-   in octaves to the dense grid's (``moved``: gaps above 1/4 octave).
-3. ``--real NAME``: the same adaptive halving sweep trained for real; it must equal the replay
-   (statuses and steps of every run).
+2. ``replay``: the adaptive search alone, and with halving at each margin of ``--margins``,
+   each with every refinement of ``--refines`` (``[sweep] refine``): training steps as a
+   fraction of the dense grid's, the seconds its runs would take (each dense run's time, cut
+   where the run stopped), and each (width, setting) optimum's gap in octaves to the dense
+   grid's, both as the grid minimum (``grid_gaps``) and as the package's estimator,
+   `find_optima`, gives it (``fit_gaps``; what report and plots use). ``moved``: an optimum
+   whose gap is above 1/4 octave by either.
+3. ``--real NAME``: the same adaptive halving sweep (first margin, last refinement) trained for
+   real; it must equal the replay (statuses and steps of every run).
 
 Sweeps: the demo (widths 32 and 64 here), an SP sweep with one global LR (Adam), a Muon
 sweep, and a muP sweep whose large LRs plateau (grad clipping, no divergence test).
@@ -30,7 +34,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from hptransfer.config import from_dict
+from hptransfer.analysis import find_optima
+from hptransfer.config import REFINES, from_dict
 from hptransfer.experiments.demo import RECIPE
 from hptransfer.store import RunDir, Summary, load_runs, read_json, read_metrics, run_dir
 from hptransfer.sweep import parse_spec, run_sweep
@@ -84,17 +89,27 @@ GRIDS = {
 }
 
 
+DENSE_RANGE = {"demo": (2**-10, 2**0)}
+"""A dense grid's LR range where it differs from the search's starting grid: the range the
+search visits (the demo's searches climb the plateau above its start's 2^-4), so that no
+proposed LR is outside the dense grid."""
+
+
 def dense_table(name: str) -> dict[str, Any]:
     table = copy.deepcopy(GRIDS[name]())
-    table["grid"]["optimizer"]["lr"] = {**table["grid"]["optimizer"]["lr"], "step": DENSE_STEP}
+    lr = {**table["grid"]["optimizer"]["lr"], "step": DENSE_STEP}
+    if name in DENSE_RANGE:
+        lr["min"], lr["max"] = DENSE_RANGE[name]
+    table["grid"]["optimizer"]["lr"] = lr
     table["sweep"]["adaptive"] = False
     return table
 
 
-def halving_table(name: str, margin: float | None) -> dict[str, Any]:
+def halving_table(name: str, margin: float | None, refine: str) -> dict[str, Any]:
     """The adaptive sweep, with ``[halving]`` at ``margin`` (None: without halving)."""
     table = copy.deepcopy(GRIDS[name]())
     table["sweep"]["lr_refine"] = "2^(1/4)"  # refined as finely as the dense grid
+    table["sweep"]["refine"] = refine
     if margin is not None:
         table["halving"] = {"margin": margin}
     return table
@@ -164,33 +179,48 @@ class InlineExecutor(Executor):
         pass
 
 
-def _optima(directory: Path) -> dict[str, float]:
-    df = load_runs(directory, errors="ignore")
-    keys = ["parameterization", "width"]
-    ok = df[(df["status"] == "ok") & df["final_eval_loss"].notna()]
-    best = ok.loc[ok.groupby(keys)["final_eval_loss"].idxmin()]
-    return {f"{r.parameterization}/{int(r.width)}": float(r.lr) for r in best.itertuples()}
+def _optima(directory: Path, column: str) -> dict[str, float]:
+    """Each (parameterization/width) optimum by find_optima: its ``lr_grid`` (the grid
+    minimum) or ``lr_interp`` (the estimate)."""
+    found = find_optima(load_runs(directory, errors="ignore"), by=("parameterization",))
+    return {f"{r.parameterization}/{int(r.width)}": float(getattr(r, column))
+            for r in found.itertuples()}  # fmt: skip
+
+
+def _gaps(dense_dir: Path, out: Path, column: str) -> dict[str, float | None]:
+    dense, found = _optima(dense_dir, column), _optima(out, column)
+    return {k: round(abs(math.log2(found[k] / lr)), 3) if k in found else None
+            for k, lr in dense.items()}  # fmt: skip
+
+
+def _run_seconds(out: Path) -> float:
+    """The replayed runs' training seconds: each dense run's wall time, cut where it stopped."""
+    total = 0.0
+    for r in load_runs(out, errors="ignore").itertuples():
+        source = _dense_run(from_dict(read_json(run_dir(out, r.run_id) / "config.json")))
+        if source is not None:
+            whole = read_json(source / "summary.json")
+            total += whole["wall_time_s"] * (r.steps or 0) / max(whole["steps"], 1)
+    return total
 
 
 def _steps(directory: Path) -> int:
     return int(load_runs(directory, errors="ignore")["steps"].fillna(0).sum())
 
 
-def replay(name: str, root: Path, margin: float | None) -> dict[str, Any]:
+def replay(name: str, root: Path, margin: float | None, refine: str) -> dict[str, Any]:
     """The adaptive (halving) sweep replayed from ``root/name/dense``; steps and optimum gaps."""
     dense_dir = root / name / "dense"
-    out = root / name / ("replay-adaptive" if margin is None else f"replay-m{margin:g}")
+    out = root / name / (f"replay-{refine}" + ("" if margin is None else f"-m{margin:g}"))
     os.environ[REPLAY_FROM] = str(dense_dir)
     os.environ["HPTRANSFER_TRAIN_FN"] = f"{__name__}:replay_train"
     try:
-        run_sweep(parse_spec(halving_table(name, margin)), out, quiet=True,
+        run_sweep(parse_spec(halving_table(name, margin, refine)), out, quiet=True,
                   executor=InlineExecutor())  # fmt: skip
     finally:
         del os.environ["HPTRANSFER_TRAIN_FN"]
     df = load_runs(out, errors="ignore")
-    dense, found = _optima(dense_dir), _optima(out)
-    gaps = {k: round(abs(math.log2(found[k] / lr)), 3) if k in found else None
-            for k, lr in dense.items()}  # fmt: skip
+    grid, fit = _gaps(dense_dir, out, "lr_grid"), _gaps(dense_dir, out, "lr_interp")
     outside = [r for r in df.itertuples() if _dense_run(from_dict(read_json(
         run_dir(out, r.run_id) / "config.json"))) is None]  # fmt: skip
     return {
@@ -199,8 +229,10 @@ def replay(name: str, root: Path, margin: float | None) -> dict[str, Any]:
         "stopped": int((df["status"] == "stopped").sum()),
         "failed": int((df["status"] == "failed").sum()),
         "step_ratio": round(_steps(out) / _steps(dense_dir), 3),
-        "gaps_octaves": gaps,
-        "moved": [k for k, g in gaps.items() if g is None or g > 0.25 + 1e-9],
+        "run_seconds": round(_run_seconds(out)),
+        "grid_gaps": grid,
+        "fit_gaps": fit,
+        "moved": [k for k in grid if any(g[k] is None or g[k] > 0.25 + 1e-9 for g in (grid, fit))],
     }
 
 
@@ -214,13 +246,13 @@ def dense(name: str, root: Path) -> dict[str, Any]:
             "wall_s_here": round(time.perf_counter() - start)}  # fmt: skip
 
 
-def real(name: str, root: Path, margin: float) -> dict[str, Any]:
+def real(name: str, root: Path, margin: float, refine: str) -> dict[str, Any]:
     """The adaptive halving sweep trained for real; compared run by run with its replay."""
-    out = root / name / f"real-m{margin:g}"
+    out = root / name / f"real-{refine}-m{margin:g}"
     start = time.perf_counter()
-    run_sweep(parse_spec(halving_table(name, margin)), out, quiet=True)
+    run_sweep(parse_spec(halving_table(name, margin, refine)), out, quiet=True)
     wall = time.perf_counter() - start
-    replayed = root / name / f"replay-m{margin:g}"
+    replayed = root / name / f"replay-{refine}-m{margin:g}"
     a, b = (load_runs(d).set_index("run_id")[["status", "steps"]] for d in (out, replayed))
     same = a.sort_index().equals(b.sort_index())
     return {"runs": len(a), "steps": int(a["steps"].sum()), "wall_s": round(wall),
@@ -232,17 +264,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", required=True, help="dense grids and replays live here")
     parser.add_argument("--grids", default=",".join(GRIDS))
     parser.add_argument("--margins", default="0.02,0.05,0.1,0.2")
+    parser.add_argument("--refines", default=",".join(REFINES), help="[sweep] refine values")
     parser.add_argument("--real", default="", help="grid to also sweep for real with halving")
     args = parser.parse_args(argv)
     root = Path(args.out)
     margins = [float(m) for m in args.margins.split(",")]
+    refines = args.refines.split(",")
     result: dict[str, Any] = {}
     for name in args.grids.split(","):
-        result[name] = {"dense": dense(name, root), "adaptive": replay(name, root, None)}
-        for m in margins:
-            result[name][f"halving_m{m:g}"] = replay(name, root, m)
+        result[name] = {"dense": dense(name, root)}
+        for refine in refines:
+            result[name][f"adaptive_{refine}"] = replay(name, root, None, refine)
+            for m in margins:
+                result[name][f"halving_m{m:g}_{refine}"] = replay(name, root, m, refine)
         if name == args.real:
-            result[name]["real"] = real(name, root, margins[0])
+            result[name]["real"] = real(name, root, margins[0], refines[-1])
     return result
 
 

@@ -145,6 +145,25 @@ def test_adaptive_search_with_halving_finds_the_same_optimum(tmp_path: Path, cur
     assert halved["steps"].sum() < store.load_runs(tmp_path / "plain")["steps"].sum()
 
 
+def test_fit_refinement_sweep_resumes_to_the_same_runs(tmp_path: Path, curves: None) -> None:
+    """``refine = "fit"`` with halving finds the optimum 2^-7 without the quarter-octave
+    neighbours the neighbour rule trains (the fake's bowl is exact: its vertex is 2^-7), and a
+    resume re-creates the same runs and skips them all."""
+    spec = {**SPEC, "grid": {"lr": [2**-10, 2**-8]},
+            "sweep": {"workers": 2, "adaptive": True, "refine": "fit"}}  # fmt: skip
+    run_sweep(parse_spec(spec), tmp_path, quiet=True)
+    df = store.load_runs(tmp_path)
+    ok = df[df["status"] == "ok"]
+    assert ok.loc[ok["final_eval_loss"].idxmin(), "lr"] == 2**-7
+    # start, extension at its spacing (halving stops 2^-10 and 2^-4: 2 points, no fit), the
+    # best's neighbour at 2^(1/2) towards the larger LR, then the vertex 2^-7 (the neighbour
+    # rule trains both neighbours of the best at 2^(1/2) and at 2^(1/4) as well)
+    assert [round(4 * math.log2(lr)) for lr in sorted(df["lr"])] == [-40, -32, -30, -28, -24, -16]
+    again = run_sweep(parse_spec(spec), tmp_path, quiet=True)
+    assert again.skipped == len(df)
+    assert sorted(store.load_runs(tmp_path)["run_id"]) == sorted(df["run_id"])
+
+
 def test_groups_queue_middle_out_the_larger_lr_first() -> None:
     from hptransfer.sweep.runner import halving_order
 

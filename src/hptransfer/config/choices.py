@@ -34,6 +34,8 @@ TokenDtype = Literal["uint16", "uint32"]
 WandbMode = Literal["offline", "online"]
 Executor = Literal["local", "ray"]
 """Where a sweep's runs execute (the ``[sweep]`` table's executor, hptransfer.sweep.spec)."""
+Refine = Literal["neighbours", "fit"]
+"""How an adaptive LR search refines around its best LR (``[sweep] refine``; sweep/search.py)."""
 
 MODELS: tuple[str, ...] = typing.get_args(ModelName)
 ATTN_SCALES: tuple[str, ...] = typing.get_args(AttnScale)

@@ -196,7 +196,8 @@ class SweepRunner:
                 key = self.spec.settings_key(run)
                 if key not in self.searches:
                     fine = parse_step(self.spec.settings.lr_refine)
-                    self.searches[key] = _Search(LRSearch(start=starts[key], fine=fine), [])
+                    search = LRSearch(starts[key], fine=fine, refine=self.spec.settings.refine)
+                    self.searches[key] = _Search(search, [])
                 if run.values[LR_KEY] == starts[key][0]:
                     self.searches[key].templates.append(run)
             self.add(run, key)

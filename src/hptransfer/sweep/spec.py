@@ -46,6 +46,7 @@ from typing import Any
 from hptransfer.config import (
     ConfigError,
     Executor,
+    Refine,
     RunConfig,
     apply_overrides,
     check_fields,
@@ -81,6 +82,10 @@ class SweepSettings:
     lr_refine: str = "2^(1/4)"
     """Finest spacing the adaptive search refines the optimum to; "2^(1/2)" stays on the
     half-octave lattice it extends on."""
+    refine: Refine = "neighbours"
+    """How the adaptive search refines around the best LR: neighbours (both neighbours of the
+    best at 2^(1/2), then at lr_refine) or fit (the optimum estimator's vertex on the lr_refine
+    lattice, one LR a round; see search.py)."""
     tokens_per_param: float = 0.0
     """If > 0: train.steps per width = ceil(tpp * non-embedding params / (batch * seq_len))."""
     lock_timeout_s: float = 600.0
