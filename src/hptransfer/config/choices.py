@@ -48,5 +48,6 @@ EPS_MODES: tuple[str, ...] = typing.get_args(EpsMode)
 TIE_RULES: tuple[str, ...] = typing.get_args(TieRule)
 ROLES: tuple[str, ...] = typing.get_args(Role)
 EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
+REFINES: tuple[str, ...] = typing.get_args(Refine)
 #: The optimizer names: a live view of the optimizer registry (imports no optimizer).
 OPTIMIZERS = registry.NAMES
