@@ -5,12 +5,12 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 # no test may touch the network; set before anything imports huggingface_hub, which reads
 # these once (conftest is imported before any test module, in every worker)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-
-import torch  # noqa: E402
 
 # tests run one per core (xdist) next to other work: one thread each keeps timings steady,
 # results exact and the cores not oversubscribed
