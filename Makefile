@@ -34,8 +34,12 @@ setup: $(VENV)/.installed-$(or $(EXTRAS),none)
 demo: $(VENV)/.installed-none
 	$(VENV)/bin/hptransfer demo
 
+# the suite on every core: pytest-xdist with one worker per physical core (-n auto; conftest.py
+# gives each one torch thread), one test file at a time per worker (--dist loadfile: a file's
+# module fixtures are built once, its tests run in order). PYTEST_ARGS="-n 0" runs it serially
+# in one process; PYTEST_XDIST_AUTO_NUM_WORKERS=N sets the number of workers.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -18,10 +18,6 @@ from hptransfer import tokenizers as tok_mod
 from hptransfer.config import ConfigError, DataConfig, RunConfig
 from hptransfer.data import Batches, eval_batches, load_corpus, load_text
 
-# no test may touch the network; set before anything imports huggingface_hub
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-
 CORPUS = Path(__file__).parent / "data" / "golden_corpus.txt"
 DOCS = ["first document,\nwith two lines", "second: caf\u00e9 \u2014 \u00fcber", "third"] * 20
 

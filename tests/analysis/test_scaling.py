@@ -275,8 +275,9 @@ def test_five_thousand_runs_are_fast() -> None:
         ],
         ignore_index=True,
     )
-    start = time.perf_counter()
+    # CPU seconds, not wall time: the same bound whether or not other tests share the core
+    start = time.process_time()
     fits = fit_transfer(find_optima(df), df)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert len(fits) == 12
     assert elapsed < 5.0
