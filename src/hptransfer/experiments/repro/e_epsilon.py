@@ -181,8 +181,8 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
     grads = probe_records(df, root, repro.by)
     adam = df[df["optimizer"] == "adam"]
-    eps_values = [float(run_config(root / "runs" / str(adam["run_id"].iloc[0])).optimizer.eps),
-                  *CROSSINGS]  # fmt: skip
+    run_eps = run_config(root / "runs" / str(adam["run_id"].iloc[0])).optimizer.eps
+    eps_values = [*([run_eps] if run_eps is not None else []), *CROSSINGS]  # the spec sets it
     fits = gradient_fits(grads, eps_values)
     figures.append(gradient_figure(grads, fits, eps_values, root / f"{repro.name}-gradients.png"))
     table = transfer_lines(records, "width") + [
