@@ -106,6 +106,16 @@ def test_adaptive_sweeps_add_the_neighbours_of_each_optimum_at_each_finer_spacin
     assert estimate(one.expand(), fake_timer([]), 2, search_of=one.settings_key).added_runs == 32
 
 
+def test_a_fit_refinement_may_add_no_run_beyond_three_starting_lrs():
+    spec = parse_spec({**SPEC, "sweep": {"adaptive": True, "refine": "fit"}})
+    runs = spec.expand()  # 3 starting LRs per search: the fit's vertex may be one of them
+    cost = estimate(runs, fake_timer([]), 2, search_of=spec.settings_key, refine="fit")
+    assert cost.added_runs == 0 and "possibly none" in cost.lines()[2]
+    one = parse_spec({**SPEC, "grid": {**SPEC["grid"], "optimizer.lr": [0.001]}})
+    fit = estimate(one.expand(), fake_timer([]), 2, search_of=one.settings_key, refine="fit")
+    assert fit.added_runs == 4 * 2 * 2  # 2 more LRs for a parabola, 4 searches, 2 seeds
+
+
 def test_dry_run_times_the_models_and_writes_nothing(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text(

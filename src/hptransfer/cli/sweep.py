@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         cost = estimate(
             runs, lambda cfgs: measure(cfgs, threads), s.concurrent_runs, threads,
             search_of=spec.settings_key if s.adaptive else None, fine=parse_step(s.lr_refine),
+            refine=s.refine,
         )  # fmt: skip
         for line in cost.lines():
             print(f"# {line}", file=sys.stderr)

@@ -30,7 +30,10 @@ depends on the losses, so the estimate covers the starting grid, plus the fewest
 search can add. Whatever the losses, each search evaluates both neighbours of its best LR at
 each refinement spacing (2^(1/2), then ``sweep.lr_refine``): at least the fewest of those
 neighbours off the starting grid over the grid's LRs (the best is one of them), each run for
-every seed and costing the mean run of its search.
+every seed and costing the mean run of its search. With ``sweep.refine = "fit"`` a search may
+stop as soon as its fit's vertex falls on an LR it has, so the fewest it adds are the points a
+parabola needs beyond the starting grid's (3 LRs), often none: the estimate is then close to
+the starting grid's and a search typically adds 2-3 runs a seed (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hptransfer.config import RunConfig, from_dict
+from hptransfer.config import Refine, RunConfig, from_dict
 from hptransfer.sweep.search import LRSearch
 from hptransfer.sweep.spec import Run
 
@@ -74,8 +77,10 @@ class Cost:
     concurrency: int
     timed: int
     """Distinct timing keys measured."""
+    adaptive: bool = False
+    """An adaptive sweep: its searches add LRs to the starting grid as results come in."""
     added_runs: int = 0
-    """Fewest runs an adaptive search adds to the starting grid (0: not adaptive)."""
+    """Fewest runs the adaptive searches add to the starting grid."""
     added_seconds: float = 0.0
     """Wall time of the starting grid and those runs."""
 
@@ -87,11 +92,15 @@ class Cost:
             f"({duration(self.run_seconds)} of runs; step cost measured on this machine for "
             f"{self.timed} distinct model(s))",
         ]
-        if self.added_runs:
+        if self.adaptive:
+            least = (
+                f"at least {self.added_runs} runs: at least {duration(self.added_seconds)} in all"
+                if self.added_runs
+                else "possibly none"
+            )
             out.append(
-                f"adaptive: this covers the starting grid; the search adds LRs around each "
-                f"optimum as results come in, at least {self.added_runs} runs: at least "
-                f"{duration(self.added_seconds)} in all"
+                "adaptive: this covers the starting grid; the search adds LRs around each "
+                f"optimum as results come in, {least}"
             )
         return out
 
@@ -144,12 +153,14 @@ def estimate(
     cpus: int | None = None,
     search_of: Callable[[Run], Hashable] | None = None,
     fine: float = 2**0.25,
+    refine: Refine = "neighbours",
 ) -> Cost:
     """The cost of ``runs``; ``time_keys`` measures one config per distinct timing key (in
     order) and returns their StepCosts (`measure`, or a fake in the tests).
 
     With ``search_of`` (an adaptive sweep: run -> its LR search, e.g. SweepSpec.settings_key)
-    the fewest runs the searches add are costed too, ``fine`` being ``sweep.lr_refine``.
+    the fewest runs the searches add are costed too, ``fine`` being ``sweep.lr_refine`` and
+    ``refine`` ``sweep.refine``.
     """
     firsts: dict[str, RunConfig] = {}
     for r in runs:
@@ -170,8 +181,10 @@ def estimate(
     cost = Cost(len(runs), steps, tokens, total, wall, n, len(firsts))
     if search_of is None:
         return cost
-    added, added_s = fewest_added(runs, per_run, search_of, fine)
-    return replace(cost, added_runs=added, added_seconds=max((total + added_s) / n, wall))
+    added, added_s = fewest_added(runs, per_run, search_of, fine, refine)
+    return replace(
+        cost, adaptive=True, added_runs=added, added_seconds=max((total + added_s) / n, wall)
+    )
 
 
 def _neighbours(log2_lr: float, fine: float) -> set[float]:
@@ -185,7 +198,7 @@ def _neighbours(log2_lr: float, fine: float) -> set[float]:
 
 def fewest_added(
     runs: Sequence[Run], per_run: Sequence[float], search_of: Callable[[Run], Hashable],
-    fine: float,
+    fine: float, refine: Refine = "neighbours",
 ) -> tuple[int, float]:  # fmt: skip
     """Fewest runs the adaptive searches add, and their seconds (module docstring)."""
     searches: dict[Hashable, list[int]] = {}
@@ -196,7 +209,10 @@ def fewest_added(
     for idx in searches.values():
         start = {round(math.log2(runs[i].config.optimizer.lr), 6) for i in idx}
         seeds = len({runs[i].config.seed for i in idx})
-        n = seeds * min(len(_neighbours(b, fine) - start) for b in start)
+        if refine == "fit":  # a parabola through 3 LRs; its vertex may be one of them
+            n = seeds * max(0, 3 - len(start))
+        else:
+            n = seeds * min(len(_neighbours(b, fine) - start) for b in start)
         added += n
         seconds += n * sum(per_run[i] for i in idx) / len(idx)
     return added, seconds
