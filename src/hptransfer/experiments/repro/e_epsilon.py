@@ -4,8 +4,8 @@ Transfer numbers per setting (constant or per-layer epsilon, Adam-atan2) plus th
 each role's second-moment coordinates with sqrt(v_hat) < eps, at each width's optimal grid LR.
 
 Where eps = 1e-8 would dominate: a gradient-RMS probe (experiments.repro.gradients) trains the
-runs' model with Adam and eps = 1e-8 (so that eps steers nothing) at the middle of the
-per-layer-epsilon setting's LR window, at every width and seed of the runs, and stores the
+runs' model with Adam and eps = 1e-8 (so that eps steers nothing) at base LR 2^-5 (the
+window's LR nearest it), at every width and seed of the runs, and stores the
 records in ``DIR/gradient_rms.csv`` (measured once; ``--analyse-only`` reuses them); each
 role's RMS is fitted against width and extrapolated to the width where it reaches 1e-8, 1e-6
 and the runs' own eps.
@@ -92,6 +92,9 @@ def underflow_by_role(run_dir: Path) -> dict[str, float]:
 PROBE_FILE = "gradient_rms.csv"
 PROBE_EPS = 1e-8
 """The probe's Adam eps (the default): far below every measured RMS, so it steers nothing."""
+PROBE_LR = 2.0**-5
+"""The probe's base LR (the per-layer-epsilon window's LR nearest it): inside every width's
+window, a little below the optima, and fixed so the probe does not depend on the losses."""
 PROBE_EVERY = 10
 """The probe records every this many steps."""
 CROSSINGS = (1e-8, 1e-6)
@@ -101,9 +104,9 @@ CROSSINGS = (1e-8, 1e-6)
 def probe_records(df: pd.DataFrame, root: Path, by: Sequence[str]) -> pd.DataFrame:
     """The gradient-RMS probe's records (``DIR/gradient_rms.csv``; measured and stored when
     absent): the config of the per-layer-epsilon run of seed 0 at the smallest width and the
-    middle of its LR window (the upper middle point for an even count: 2^-5 in the CPU spec),
-    with eps = PROBE_EPS, trained at every width and seed of ``df``. The LR comes from the
-    window, not from the fitted optimum, so the probe does not depend on the sweep's losses."""
+    window's LR nearest PROBE_LR, with eps = PROBE_EPS, trained at every width and seed of
+    ``df``. The LR is fixed, not the fitted optimum, so the probe does not depend on the
+    sweep's losses."""
     import pandas as pd
 
     from hptransfer.analysis.transfer import setting_rows
@@ -114,8 +117,8 @@ def probe_records(df: pd.DataFrame, root: Path, by: Sequence[str]) -> pd.DataFra
         return pd.read_csv(path)
     mine = setting_rows(df, {"optimizer": "adam", "param.eps_mode": "per_layer"})
     mine = mine[mine["width"] == mine["width"].min()]
-    lrs = sorted(mine["lr"].unique())
-    run = mine[(mine["lr"] == lrs[len(lrs) // 2]) & (mine["seed"] == mine["seed"].min())]
+    lr = min(mine["lr"].unique(), key=lambda x: abs(math.log2(x / PROBE_LR)))
+    run = mine[(mine["lr"] == lr) & (mine["seed"] == mine["seed"].min())]
     cfg = run_config(root / "runs" / str(run["run_id"].iloc[0]))
     cfg = cfg.replace(**{"optimizer.eps": PROBE_EPS, "param.eps_mode": "constant"})
     widths = sorted(int(w) for w in df["width"].unique())
