@@ -118,6 +118,12 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
         fits = {f["role"]: f for f in numbers["gradient_rms"]}  # the probe, one seed
         assert fits["hidden"]["width"] == [16, 32] and fits["hidden"]["slope_lo"] is None
         assert (tmp_path / "gradient_rms.csv").is_file() and "width where RMS = 1e-08" in table
+        # --analyse-only reads the probe, never trains it: without the file it says so
+        (tmp_path / "gradient_rms.csv").unlink()
+        again = io.StringIO()
+        numbers = run_reproduction(name, tmp_path, smoke=True, analyse_only=True, stream=again)
+        assert not (tmp_path / "gradient_rms.csv").exists() and numbers["gradient_rms"] == []
+        assert "no gradient_rms.csv" in again.getvalue()
 
 
 def test_smoke_table_shrinks_widths_lrs_seeds_and_steps() -> None:

@@ -6,7 +6,8 @@ each role's second-moment coordinates with sqrt(v_hat) < eps, at each width's op
 Where eps = 1e-8 would dominate: a gradient-RMS probe (experiments.repro.gradients) trains the
 runs' model with Adam and eps = 1e-8 (so that eps steers nothing) at base LR 2^-5 (the
 window's LR nearest it), at every width and seed of the runs, and stores the
-records in ``DIR/gradient_rms.csv`` (measured once; ``--analyse-only`` reuses them); each
+records in ``DIR/gradient_rms.csv`` (the reproduction's measure step, after the sweeps, once;
+``--analyse-only`` only reads them); each
 role's RMS is fitted against width and extrapolated to the width where it reaches 1e-8, 1e-6
 and the runs' own eps.
 """
@@ -101,20 +102,18 @@ CROSSINGS = (1e-8, 1e-6)
 """eps values whose crossing width is reported, besides the runs' own eps."""
 
 
-def probe_records(df: pd.DataFrame, root: Path, by: Sequence[str]) -> pd.DataFrame:
-    """The gradient-RMS probe's records (``DIR/gradient_rms.csv``; measured and stored when
-    absent): the config of the per-layer-epsilon run of seed 0 at the smallest width and the
-    window's LR nearest PROBE_LR, with eps = PROBE_EPS, trained at every width and seed of
-    ``df``. The LR is fixed, not the fitted optimum, so the probe does not depend on the
-    sweep's losses."""
-    import pandas as pd
-
+def measure_probe(repro: Reproduction, df: pd.DataFrame, root: Path) -> None:
+    """The reproduction's measure step: the gradient-RMS probe into ``DIR/gradient_rms.csv``
+    (kept when present, so a resume does not measure again). The config of the per-layer-
+    epsilon run of seed 0 at the smallest width and the window's LR nearest PROBE_LR, with eps
+    = PROBE_EPS, trained at every width and seed of ``df``. The LR is fixed, not the fitted
+    optimum, so the probe does not depend on the sweep's losses."""
     from hptransfer.analysis.transfer import setting_rows
     from hptransfer.experiments.repro.gradients import gradient_rms
 
     path = root / PROBE_FILE
     if path.is_file():
-        return pd.read_csv(path)
+        return
     mine = setting_rows(df, {"optimizer": "adam", "param.eps_mode": "per_layer"})
     mine = mine[mine["width"] == mine["width"].min()]
     lr = min(mine["lr"].unique(), key=lambda x: abs(math.log2(x / PROBE_LR)))
@@ -123,9 +122,7 @@ def probe_records(df: pd.DataFrame, root: Path, by: Sequence[str]) -> pd.DataFra
     cfg = cfg.replace(**{"optimizer.eps": PROBE_EPS, "param.eps_mode": "constant"})
     widths = sorted(int(w) for w in df["width"].unique())
     seeds = sorted(int(s) for s in df["seed"].unique())
-    grads = gradient_rms(cfg, widths, seeds, every=PROBE_EVERY)
-    grads.to_csv(path, index=False)
-    return grads
+    gradient_rms(cfg, widths, seeds, every=PROBE_EVERY).to_csv(path, index=False)
 
 
 def _runs_at(df: pd.DataFrame, by: Sequence[str], rec: Record, width: int, lr: float
@@ -155,6 +152,7 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     figures: underflow, optimal LR and loss against width; the sweeps; gradient RMS."""
     import matplotlib.pyplot as plt
     import numpy as np
+    import pandas as pd
 
     from hptransfer.experiments.repro import verdict as v
     from hptransfer.plots import plot_underflow
@@ -182,12 +180,6 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
     optima_panels(axes[1:], records)
     axes[2].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
-    grads = probe_records(df, root, repro.by)
-    adam = df[df["optimizer"] == "adam"]
-    run_eps = run_config(root / "runs" / str(adam["run_id"].iloc[0])).optimizer.eps
-    eps_values = [*([run_eps] if run_eps is not None else []), *CROSSINGS]  # the spec sets it
-    fits = gradient_fits(grads, eps_values)
-    figures.append(gradient_figure(grads, fits, eps_values, root / f"{repro.name}-gradients.png"))
     table = transfer_lines(records, "width") + [
         "",
         "| setting | role | underflow fraction per width (at the optimal grid LR, end of "
@@ -195,8 +187,18 @@ def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
         "|---|---|---|",
         *lines,
         "",
-        *gradient_lines(fits, eps_values, PROBE_EPS),
     ]
+    if not (root / PROBE_FILE).is_file():  # --analyse-only of a directory never measured
+        table.append(f"(no {PROBE_FILE} in {root}: the gradient-RMS probe runs with the sweeps, "
+                     "`hptransfer repro e_epsilon --out DIR` without --analyse-only)")  # fmt: skip
+        return finish(repro, root, records, figures, table, transfer, {"gradient_rms": []}, [])
+    grads = pd.read_csv(root / PROBE_FILE)
+    adam = df[df["optimizer"] == "adam"]
+    run_eps = run_config(root / "runs" / str(adam["run_id"].iloc[0])).optimizer.eps
+    eps_values = [*([run_eps] if run_eps is not None else []), *CROSSINGS]  # the spec sets it
+    fits = gradient_fits(grads, eps_values)
+    figures.append(gradient_figure(grads, fits, eps_values, root / f"{repro.name}-gradients.png"))
+    table += gradient_lines(fits, eps_values, PROBE_EPS)
     shrink = [v.negative(f"{f['role']} gradient RMS falls with width (log-log slope)",
                          f["slope"], f["slope_lo"], f["slope_hi"])
               for f in fits if f["role"] in ("hidden", "output")]  # fmt: skip

@@ -138,6 +138,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             analyse=e_epsilon.analyse,
             label=e_epsilon.label,
             claims=e_epsilon.claims,
+            measure=e_epsilon.measure_probe,
         ),
         Reproduction(
             name="e_alignment",

@@ -49,6 +49,11 @@ class Reproduction:
     """(a spec's TOML tables, the results dir or None, smoke) -> the tables to run: a step
     before the sweep (e_constants tunes its constants here); None: the spec as it is."""
 
+    measure: Callable[[Reproduction, pd.DataFrame, Path], None] | None = None
+    """(repro, runs, results dir) -> None: a measurement after the sweeps that the analysis
+    reads from the results dir (e_epsilon's gradient-RMS probe); run with the sweeps, never
+    by ``--analyse-only``. None: nothing beyond the runs."""
+
     style: Callable[[Record], Record] | None = None
     """A setting's record -> matplotlib line keywords in the summary figure (None: cycle)."""
 

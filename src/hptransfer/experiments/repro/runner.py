@@ -192,7 +192,8 @@ def run_reproduction(
 ) -> Record:
     """Run (or resume) every spec of reproduction ``name`` into one directory, analyse it and
     print the numbers as Markdown; return them. The specs share one executor (one pool).
-    ``analyse_only`` skips the runs and analyses what the directory holds; ``device="cuda"``
+    Then the reproduction's ``measure`` step, if any. ``analyse_only`` skips the runs and the
+    measurement and analyses what the directory holds; ``device="cuda"``
     runs each spec's [gpu] version (see :func:`device_table`)."""
     from hptransfer.sweep.executors import make_executor
     from hptransfer.sweep.runner import run_sweep
@@ -222,6 +223,8 @@ def run_reproduction(
             executor.close()
         if failed:
             raise ConfigError(f"{failed} run(s) failed; see {root}/runs/*/summary.json")
+        if repro.measure is not None:
+            repro.measure(repro, load_results(repro, root), root)
     numbers = analyse(repro, load_results(repro, root), root)
     stream.write(markdown(repro, numbers))
     return numbers
