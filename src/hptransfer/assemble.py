@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,6 +286,23 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
     optimizer = build_optimizer(o.name, par.param_groups, **o.hparams())
     batches, eval_set = run_batches(cfg, corpus)
     return Setup(model, roles, par, optimizer, corpus, run_loss(cfg), batches, eval_set)
+
+
+def builds(
+    cfg: RunConfig, widths: Sequence[int], seeds: Sequence[int]
+) -> Iterator[tuple[RunConfig, Setup]]:
+    """``cfg``'s run at every seed and width (seeds outer), each built as :func:`build` builds
+    it, from one read of the corpus; each parameterization's hooks come off once the caller
+    moves on (the probes' loop over widths)."""
+    corpus = data_mod.load_corpus(cfg.data)
+    for seed in seeds:
+        for width in widths:
+            run_cfg = cfg.replace(**{"model.width": int(width), "seed": int(seed)}).validate()
+            s = build(run_cfg, corpus)
+            try:
+                yield run_cfg, s
+            finally:
+                s.parameterization.remove()
 
 
 def run_batches(cfg: RunConfig, corpus: data_mod.Corpus) -> tuple[Any, list[tuple[Any, Any]]]:

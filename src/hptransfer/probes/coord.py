@@ -19,8 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from hptransfer import data as data_mod
-from hptransfer.assemble import build
+from hptransfer.assemble import builds
 from hptransfer.config import RunConfig
 
 COLUMNS = ["layer", "width", "step", "rms", "seed"]
@@ -91,26 +90,22 @@ def coord_check_config(
 
     Returns a tidy frame with columns layer, width, step, rms, seed.
     """
-    corpus = data_mod.load_corpus(cfg.data)
     records: list[dict] = []
-    for seed in seeds:
-        for width in widths:
-            run_cfg = cfg.replace(**{"model.width": int(width), "seed": int(seed)}).validate()
-            s = build(run_cfg, corpus)
-            refresh = getattr(s.optimizer, "refresh_curvature", None)  # Sophia, as in train
-            interval: int = getattr(s.optimizer, "curvature_interval", 1)
+    for run_cfg, s in builds(cfg, widths, seeds):
+        refresh = getattr(s.optimizer, "refresh_curvature", None)  # Sophia, as in train
+        interval: int = getattr(s.optimizer, "curvature_interval", 1)
 
-            def before_step(
-                step: int, batch: Any, s: Any = s, refresh: Any = refresh, every: int = interval
-            ) -> None:
-                if refresh is not None and step % every == 0:
-                    refresh(lambda: s.model(batch[0]), batch[1])
+        def before_step(
+            step: int, batch: Any, s: Any = s, refresh: Any = refresh, every: int = interval
+        ) -> None:
+            if refresh is not None and step % every == 0:
+                refresh(lambda: s.model(batch[0]), batch[1])
 
-            def loss(model: nn.Module, batch: Any, s: Any = s) -> torch.Tensor:
-                return s.loss(model, *batch)
+        def loss(model: nn.Module, batch: Any, s: Any = s) -> torch.Tensor:
+            return s.loss(model, *batch)
 
-            rows = measure(s.model, s.optimizer, loss, s.batches.get, steps, width, before_step)
-            s.parameterization.remove()
-            records += [{**r, "seed": seed} for r in rows]
+        width = run_cfg.model.width
+        rows = measure(s.model, s.optimizer, loss, s.batches.get, steps, width, before_step)
+        records += [{**r, "seed": run_cfg.seed} for r in rows]
     torch.set_grad_enabled(True)
     return pd.DataFrame.from_records(records, columns=COLUMNS)

@@ -49,31 +49,26 @@ def gradient_rms(
     import pandas as pd
     import torch
 
-    from hptransfer import data as data_mod
-    from hptransfer.assemble import build
+    from hptransfer.assemble import builds
     from hptransfer.train import lr_schedule
 
-    corpus = data_mod.load_corpus(cfg.data)
     records: list[dict] = []
-    for seed in seeds:
-        for width in widths:
-            run_cfg = cfg.replace(**{"model.width": int(width), "seed": int(seed)}).validate()
-            s = build(run_cfg, corpus)
-            device = torch.device(run_cfg.train.device)
-            s.model.to(device)  # in place, as train's distributed.prepare: the optimizer follows
-            named = [(n, p) for n, p in s.model.named_parameters() if p.requires_grad]
-            sched = torch.optim.lr_scheduler.LambdaLR(s.optimizer, lr_schedule(run_cfg))
-            for step in range(run_cfg.train.steps):
-                x, y = (t.to(device) for t in s.batches.get(step))
-                s.optimizer.zero_grad(set_to_none=True)
-                s.loss(s.model, x, y).backward()
-                if step % every == 0:
-                    records += _record(named, s.roles, int(width), int(seed), step)
-                if run_cfg.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(s.model.parameters(), run_cfg.train.grad_clip)
-                s.optimizer.step()
-                sched.step()
-            s.parameterization.remove()
+    for run_cfg, s in builds(cfg, widths, seeds):
+        width, seed = run_cfg.model.width, run_cfg.seed
+        device = torch.device(run_cfg.train.device)
+        s.model.to(device)  # in place, as train's distributed.prepare: the optimizer follows
+        named = [(n, p) for n, p in s.model.named_parameters() if p.requires_grad]
+        sched = torch.optim.lr_scheduler.LambdaLR(s.optimizer, lr_schedule(run_cfg))
+        for step in range(run_cfg.train.steps):
+            x, y = (t.to(device) for t in s.batches.get(step))
+            s.optimizer.zero_grad(set_to_none=True)
+            s.loss(s.model, x, y).backward()
+            if step % every == 0:
+                records += _record(named, s.roles, width, seed, step)
+            if run_cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(s.model.parameters(), run_cfg.train.grad_clip)
+            s.optimizer.step()
+            sched.step()
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
 
