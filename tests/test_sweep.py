@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -306,6 +307,10 @@ def test_progress_lines():
     plain = io.StringIO()
     Progress(2, stream=plain, every_s=0).show(counts)
     assert plain.getvalue() == "4/10 runs, 3 ok, 1 diverged, 0 failed, 2 running, ETA 8s\n"
+    # a resume: 3 of the 4 pending runs are finished on disk and will be skipped, not trained
+    plain = io.StringIO()
+    Progress(2, stream=plain, every_s=0).show(replace(counts, to_skip=3))
+    assert plain.getvalue().endswith("2 running, ETA 3s\n")
     quiet = io.StringIO()
     Progress(2, quiet=True, stream=quiet).show(counts)
     assert quiet.getvalue() == ""

@@ -20,6 +20,9 @@ class Counts:
     skipped: int = 0
     running: int = 0
     pending: int = 0
+    to_skip: int = 0
+    """Pending runs already finished on disk: skipped when the queue reaches them, so not in
+    the ETA (a resumed sweep reaches them in its cost order, not first)."""
     run_seconds: list[float] = field(default_factory=list)
     """Wall time of each run executed here (for the ETA)."""
 
@@ -37,7 +40,8 @@ class Counts:
             parts.append(f"{self.skipped} skipped (finished before)")
         if self.run_seconds and (self.pending or self.running):
             mean = sum(self.run_seconds) / len(self.run_seconds)
-            eta = mean * (self.pending + self.running / 2) / max(1, workers)
+            left = max(0, self.pending - self.to_skip)
+            eta = mean * (left + self.running / 2) / max(1, workers)
             parts.append(f"ETA {_duration(eta)}")
         return ", ".join(parts)
 

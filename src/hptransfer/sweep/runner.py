@@ -235,6 +235,7 @@ class SweepRunner:
         before = sum(self.skips(rid) for rid in self.runs)
         if before:
             self.progress.message(f"skipping {before} finished run(s) in {self.root}")
+        self.counts.to_skip = before
         in_flight = 0
         while (self.queue and not self.no_space) or in_flight:
             while self.queue and in_flight < self.executor.workers and not self.no_space:
@@ -297,6 +298,7 @@ class SweepRunner:
         self.outcomes[run.run_id] = outcome
         if outcome.get("skipped"):
             self.counts.skipped += 1
+            self.counts.to_skip = max(0, self.counts.to_skip - 1)
         elif isinstance(outcome.get("wall_time_s"), (int, float)):
             self.counts.run_seconds.append(float(outcome["wall_time_s"]))
         counter = {"ok": "done", "diverged": "diverged", "stopped": "stopped"}.get(
