@@ -82,6 +82,15 @@ def test_lr_sweep_one_line_per_width_and_diverged_markers(sweep: pd.DataFrame) -
         assert len({tuple(line.get_color()) for line in ax.lines}) == len(WIDTHS)
 
 
+def test_lr_sweep_shows_every_widths_curve(sweep: pd.DataFrame) -> None:
+    # width 64 trained for few tokens: its whole curve lies above 1.5 x the panel's best loss
+    lifted = sweep.assign(final_eval_loss=sweep["final_eval_loss"] + 3.0 * (sweep["width"] == 64))
+    ax = plot_lr_sweep(lifted).axes[0]
+    low, top = ax.get_ylim()
+    assert low < lifted["final_eval_loss"].min() and top > 1.05 * (2 + 5 / 8 + 3.0)
+    assert top < lifted["final_eval_loss"].max()  # near-divergent losses are still cut
+
+
 def test_lr_sweep_draws_into_given_axes(sweep: pd.DataFrame) -> None:
     fig, axes = plt.subplots(1, 2)
     assert plot_lr_sweep(sweep, axes=axes) is fig

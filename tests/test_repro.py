@@ -112,6 +112,10 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
     assert len(numbers["settings"]) == sum(len(_cells(runs, repro.x_key)) for runs in specs)
     assert {len(s[repro.x]) for s in numbers["settings"]} == {2}
     assert "verdict: not reproduced at this scale" in table  # one seed: nothing is resolved
+    if name == "e_exponents":  # each per-layer rule against its one-global-LR control
+        controls = [f["what"] for f in numbers["findings"] if "drifts less than" in f["what"]]
+        assert controls == [f"{p} per-layer (full alignment) drifts less than {p} global LR"
+                            for p in ("mup", "sp")]  # fmt: skip
     if name == "e_epsilon":  # Adam logs underflow per role, Adam-atan2 has no epsilon
         by_opt = {s["optimizer"]: s["underflow"] for s in numbers["settings"]}
         assert {"hidden", "output"} <= set(by_opt["adam"]) and by_opt["adam_atan2"] == {}
@@ -383,3 +387,42 @@ def test_stored_run_directory_gives_its_documented_table(tmp_path: Path) -> None
     (run / "summary.json").write_text(json.dumps(summary))
     again = run_reproduction("s_optimizers", tmp_path / "tiny", analyse_only=True, stream=out)
     assert again["table"] != documented
+
+
+def test_an_unbracketed_optimum_leaves_every_finding_that_reads_it_unresolved() -> None:
+    def rec(name: str, mean: list, seeds: list, drift: tuple = (0.0, -0.1, 0.1)) -> dict:
+        point, lo, hi = drift
+        return {"setting": name, "drift_per_doubling": point, "drift_per_doubling_lo": lo,
+                "drift_per_doubling_hi": hi, "transfer_penalty_pct": 0.1,
+                "transfer_penalty_pct_lo": 0.0, "transfer_penalty_pct_hi": 0.4,
+                "mean_edges": mean, "seed_edges": seeds}  # fmt: skip
+
+    inside = rec("inside", [], [])
+    assert verdict.transfers(inside).holds is True
+    # one seed's optimum at the window edge is enough; the numbers say where
+    edge = verdict.transfers(rec("edge", [], [[128, 2], [128, 0]]))
+    assert edge.holds is None and "window edge: edge at 128 (seeds 2, 0)" in edge.numbers
+    far = rec("far", [128], [[16, 1]], drift=(-1.0, -1.1, -0.9))
+    assert verdict.drifts(far).holds is None
+    assert "16 (seed 1), 128 (seed mean)" in verdict.drifts(far).numbers
+    assert verdict.edges(far, 16) == "16 (seed 1)" and verdict.edges(inside) == ""
+
+    class Gap:  # Transfer.loss_gap and per-seed fits, as the verdict reads them
+        per_seed = None
+
+        def __init__(self, lo: float, hi: float) -> None:
+            self.gap = (lo + hi) / 2, lo, hi
+
+        def loss_gap(self, a: dict, b: dict, width: int) -> tuple:
+            return self.gap
+
+    # a lower loss: the unbracketed loss bounds the true one from above, so only b's edge can
+    # undo a gap that holds, and only a's one that fails; edges at other widths do not matter
+    a, b = rec("a", [], []), rec("b", [128], [])
+    assert verdict.lower_loss(Gap(-0.05, -0.02), a, b, 128).holds is None
+    assert verdict.lower_loss(Gap(-0.05, -0.02), b, a, 128).holds is True
+    assert verdict.lower_loss(Gap(-0.05, -0.02), a, b, 64).holds is True
+    assert verdict.lower_loss(Gap(0.02, 0.05), b, a, 128).holds is None
+    assert verdict.lower_loss(Gap(0.02, 0.05), a, b, 128).holds is False
+    # a smaller drift than the control needs both bracketed
+    assert verdict.less_drift(Gap(0, 0), a, b).holds is None

@@ -59,7 +59,9 @@ def plot_lr_sweep(
     wider). Diverged LRs are marked with an 'x' near the top of the panel at their LR; the
     interpolated optimum of each width (find_optima) is marked with a star. The x axis is
     log2. The y range is cut at 1.5 x the panel's best loss so that near-divergent losses do
-    not flatten the curves. `axes`, if given, needs one Axes per setting (sorted by key).
+    not flatten the curves, or at 1.1 x the highest of the widths' best losses where that is
+    higher, so that every width's curve shows. `axes`, if given, needs one Axes per setting
+    (sorted by key).
     x_label names the width column in the legend (e.g. model.depth when it holds depths).
     """
     import matplotlib.pyplot as plt
@@ -121,7 +123,10 @@ def plot_lr_sweep(
         )
         best = np.nanmin(g["loss"].to_numpy(dtype=float)) if g["loss"].notna().any() else np.nan
         if np.isfinite(best) and best > 0:
-            top = min(float(np.nanmax(g["loss"])), 1.5 * best)
+            # every width's best point shows, with room above it, however far it lies above
+            # the panel's best (a narrow width trained for few tokens)
+            worst_best = float(g.groupby("width")["loss"].min().max())
+            top = min(float(np.nanmax(g["loss"])), max(1.5 * best, 1.1 * worst_best))
             ax.set_ylim(best - 0.05 * (top - best) - 1e-9, top + 0.05 * (top - best) + 1e-9)
         lrs = g["lr"].to_numpy(dtype=float)
         ax.set_xscale("log", base=2)

@@ -37,16 +37,19 @@ def _e_exponents_style(rec: Record) -> Record:
 
 def _e_exponents_claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
     """[E]: one global LR drifts for every parameterization; full-alignment per-layer
-    exponents transfer for every one; SP per-layer ends below muP per-layer (largest width)."""
+    exponents transfer for every one and move less than one global LR (the control); SP
+    per-layer ends below muP per-layer (largest width)."""
     names = sorted({str(r["parameterization"]) for r in records})
-    found = [v.drifts(v.find(records, parameterization=name, param__lr_exponents="global"))
-             for name in names]  # fmt: skip
+    control = {name: v.find(records, parameterization=name, param__lr_exponents="global")
+               for name in names}  # fmt: skip
+    found = [v.drifts(rec) for rec in control.values()]
     per_layer = {
         name: v.find(records, parameterization=name, param__lr_exponents="per_layer",
                      param__alignment="full")
         for name in names
     }  # fmt: skip
-    found += [v.transfers(rec) for rec in per_layer.values()]
+    for name, rec in per_layer.items():
+        found += [v.transfers(rec), v.less_drift(transfer, rec, control[name])]
     if {"sp", "mup"} <= set(names):
         top = max(per_layer["sp"]["width"])
         found.append(v.lower_loss(transfer, per_layer["sp"], per_layer["mup"], top))

@@ -6,7 +6,9 @@ per setting as one record: the setting's label and by-values, the x values, the 
 move in log2 per doubling of x, the penalty (percent of the best loss) of reusing the smallest
 x's optimum at the largest, and [K]'s E, kappa and R_inf (relative to the lowest L_inf among
 the settings given); with several seeds each of these has its interval over seeds
-(``<metric>_lo``, ``<metric>_hi``: min and max of the per-seed values; None with one seed).
+(``<metric>_lo``, ``<metric>_hi``: min and max of the per-seed values; None with one seed)
+and where the optimum is unbracketed: ``mean_edges`` (the x values where the seed-mean
+optimum is) and ``seed_edges`` (the [x, seed] pairs where a single seed's is).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hptransfer.analysis.transfer import (
     SEED_METRICS,
     finished_runs,
     plain,
+    setting_rows,
     transfer_verdict,
 )
 from hptransfer.experiments.repro.reproduction import Record, Reproduction
@@ -55,6 +58,8 @@ def transfer_table(
                 "log2_lr_opt": [round(math.log2(v), 3) for v in mine["lr_interp"]],
                 "loss_opt": [round(float(v), 4) for v in mine["loss_interp"]],
                 "at_edge": [bool(v) for v in mine["at_edge"]],
+                "mean_edges": [int(w) for w, e in zip(mine["width"], mine["at_edge"]) if e],
+                "seed_edges": _seed_edges(transfer, key),
                 "drift_per_doubling": _round(fit["drift_per_doubling"]),
                 "transfer_penalty_pct": _round(fit["transfer_penalty_pct"]),
                 "extrap_penalty_pct": _round(fit["extrap_penalty_pct"]),
@@ -70,6 +75,16 @@ def transfer_table(
         )
     transfer.fits["setting"] = [r["setting"] for r in records]
     return transfer, records
+
+
+def _seed_edges(transfer: Transfer, key: Record) -> list[list[int]]:
+    """[x, seed] of each single-seed optimum of the setting ``key`` that sits at the edge of
+    the LR window (empty with one seed)."""
+    if transfer.seed_optima is None:
+        return []
+    mine = setting_rows(transfer.seed_optima, key)
+    edge = mine[mine["at_edge"].astype(bool)].sort_values(["width", "seed"])
+    return [[int(w), int(s)] for w, s in zip(edge["width"], edge["seed"])]
 
 
 def _round(value: Any, digits: int = 4) -> float | None:

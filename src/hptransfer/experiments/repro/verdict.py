@@ -5,7 +5,10 @@ A claim is a list of :class:`Finding`: one checkable statement each ("sp global 
 "sp+embd has a lower loss than sp at width 128"), with the number behind it and its interval
 over seeds. A finding *holds* when the whole interval lies on the claimed side of its
 threshold, *fails* when the whole interval lies on the other side, and is *unresolved*
-otherwise (the interval straddles the threshold, or there is no interval: one seed). Then
+otherwise (the interval straddles the threshold, or there is no interval: one seed). A finding
+that reads an optimum at the edge of the LR window (not bracketed: the true optimum lies
+beyond it, so the drift, the penalty and the loss there are bounds, not values) is unresolved
+too, whatever its interval, and says where: a wider window resolves it. Then
 
     all hold                   -> "reproduced"
     some hold                  -> "partly reproduced (what and what not)"
@@ -88,7 +91,7 @@ def transfers(rec: Setting) -> Finding:
         else False if drift is False or penalty is False
         else None
     )  # fmt: skip
-    return Finding(f"{rec['setting']} transfers", holds, _numbers(rec))
+    return _bracketed(Finding(f"{rec['setting']} transfers", holds, _numbers(rec)), rec)
 
 
 def drifts(rec: Setting) -> Finding:
@@ -96,6 +99,35 @@ def drifts(rec: Setting) -> Finding:
     found = transfers(rec)
     holds = None if found.holds is None else not found.holds
     return Finding(f"{rec['setting']} drifts", holds, found.numbers)
+
+
+def edges(rec: Setting, width: int | None = None) -> str:
+    """Where the setting's optimum sits at the edge of the LR window (at ``width`` only, when
+    given), e.g. ``128 (seed mean; seeds 0, 2)``; empty when it is bracketed everywhere."""
+    mean = [int(w) for w in rec.get("mean_edges", ())]
+    seeds: dict[int, list[int]] = {}
+    for w, seed in rec.get("seed_edges", ()):
+        seeds.setdefault(int(w), []).append(int(seed))
+    parts = []
+    for w in sorted(set(mean) | set(seeds)):
+        if width is not None and w != width:
+            continue
+        who = (["seed mean"] if w in mean else []) + (
+            [f"seed{'s' if len(seeds[w]) > 1 else ''} {', '.join(map(str, seeds[w]))}"]
+            if w in seeds else []
+        )  # fmt: skip
+        parts.append(f"{w} ({'; '.join(who)})")
+    return ", ".join(parts)
+
+
+def _bracketed(found: Finding, *recs: Setting, width: int | None = None) -> Finding:
+    """``found``, unresolved when an optimum it reads (of ``recs``, at ``width`` when given)
+    is at the edge of the LR window, with where in its numbers."""
+    where = [f"{r['setting']} at {e}" for r in recs if (e := edges(r, width))]
+    if not where:
+        return found
+    note = f"; optimum at the window edge: {'; '.join(where)}"
+    return Finding(found.what, None, found.numbers + note)
 
 
 def _numbers(rec: Setting) -> str:
@@ -112,8 +144,11 @@ def lower_loss(transfer: Transfer, a: Setting, b: Setting, width: int) -> Findin
     holds = _side(lo, hi, -math.inf, 0.0)
     if holds is True and hi == 0.0:
         holds = None
-    return Finding(f"{a['setting']} has a lower loss than {b['setting']} at {width}", holds,
-                   f"gap (nats) {interval(point, lo, hi, 3)}")  # fmt: skip
+    found = Finding(f"{a['setting']} has a lower loss than {b['setting']} at {width}", holds,
+                    f"gap (nats) {interval(point, lo, hi, 3)}")  # fmt: skip
+    # an unbracketed optimum's loss bounds the true one from above: b's can undo a gap that
+    # holds, a's one that fails
+    return _bracketed(found, *{True: (b,), False: (a,), None: (a, b)}[holds], width=width)
 
 
 def negative(what: str, point: float | None, lo: float | None, hi: float | None,
@@ -161,12 +196,14 @@ def paired(transfer: Transfer, a: Setting, b: Setting, metric: str) -> list[tupl
 
 
 def less_drift(transfer: Transfer, a: Setting, b: Setting) -> Finding:
-    """Setting a's optimum moves less than b's: |drift_a| < |drift_b| for every seed."""
-    return smaller(
+    """Setting a's optimum moves less than b's: |drift_a| < |drift_b| for every seed, both
+    bracketed."""
+    found = smaller(
         f"{a['setting']} drifts less than {b['setting']}",
         (a["drift_per_doubling"], b["drift_per_doubling"]),
         paired(transfer, a, b, "drift_per_doubling"), absolute=True,
     )  # fmt: skip
+    return _bracketed(found, a, b)
 
 
 def find(records: Sequence[Setting], **values: object) -> Setting:
