@@ -84,32 +84,55 @@ def test_cost_lines_and_durations():
 
 
 def test_adaptive_sweeps_add_the_neighbours_of_each_optimum_at_each_finer_spacing():
+    # the neighbour refinement (the default is fit: the next test)
     spec = parse_spec({**SPEC, "sweep": {"adaptive": True}})
     runs = spec.expand()
     calls: list = []
     # start spacing 2^2 > 2^(1/2) > 2^(1/4): 2 x 2 LRs per search, each for both seeds
-    cost = estimate(runs, fake_timer(calls), 2, cpus=2, search_of=spec.settings_key)
+    cost = estimate(
+        runs, fake_timer(calls), 2, cpus=2, search_of=spec.settings_key, refine="neighbours"
+    )
     assert cost.added_runs == 4 * 4 * 2  # 4 searches (2 widths x 2 parameterizations)
     per_32, per_64 = 1 + 10 + 3, 1 + 20 + 6
     extra = 2 * (8 * per_32 + 8 * per_64)  # 8 added runs per width and parameterization
     assert cost.added_seconds == pytest.approx((12 * per_32 + 12 * per_64 + extra) / 2)
     assert "at least 32 runs" in cost.lines()[2] and len(cost.lines()) == 3
     # refining to 2^(1/2) only: the neighbours at 2^(1/2)
-    fewer = estimate(runs, fake_timer([]), 2, cpus=2, search_of=spec.settings_key, fine=2**0.5)
+    fewer = estimate(
+        runs,
+        fake_timer([]),
+        2,
+        cpus=2,
+        search_of=spec.settings_key,
+        fine=2**0.5,
+        refine="neighbours",
+    )
     assert fewer.added_runs == 4 * 2 * 2
     # a starting grid on the refinement lattice: the best's neighbours may all be on it
     lrs = [2.0**-10 * 2 ** (k / 4) for k in range(9)]
     dense = parse_spec({**SPEC, "grid": {**SPEC["grid"], "optimizer.lr": lrs}})
-    assert estimate(dense.expand(), fake_timer([]), 2, search_of=dense.settings_key).added_runs == 0
+    assert (
+        estimate(
+            dense.expand(), fake_timer([]), 2, search_of=dense.settings_key, refine="neighbours"
+        ).added_runs
+        == 0
+    )
     # one starting LR: its 4 neighbours, for each seed
     one = parse_spec({**SPEC, "grid": {**SPEC["grid"], "optimizer.lr": [0.001]}})
-    assert estimate(one.expand(), fake_timer([]), 2, search_of=one.settings_key).added_runs == 32
+    assert (
+        estimate(
+            one.expand(), fake_timer([]), 2, search_of=one.settings_key, refine="neighbours"
+        ).added_runs
+        == 32
+    )
 
 
 def test_a_fit_refinement_may_add_no_run_beyond_three_starting_lrs():
-    spec = parse_spec({**SPEC, "sweep": {"adaptive": True, "refine": "fit"}})
+    spec = parse_spec({**SPEC, "sweep": {"adaptive": True}})  # fit: the default refinement
     runs = spec.expand()  # 3 starting LRs per search: the fit's vertex may be one of them
-    cost = estimate(runs, fake_timer([]), 2, search_of=spec.settings_key, refine="fit")
+    cost = estimate(
+        runs, fake_timer([]), 2, search_of=spec.settings_key, refine=spec.settings.refine
+    )
     assert cost.added_runs == 0 and "possibly none" in cost.lines()[2]
     one = parse_spec({**SPEC, "grid": {**SPEC["grid"], "optimizer.lr": [0.001]}})
     fit = estimate(one.expand(), fake_timer([]), 2, search_of=one.settings_key, refine="fit")

@@ -46,7 +46,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hptransfer.config import Refine, RunConfig, from_dict
+from hptransfer.config import DEFAULT_REFINE, Refine, RunConfig, from_dict
 from hptransfer.sweep.search import LRSearch
 from hptransfer.sweep.spec import Run
 
@@ -153,7 +153,7 @@ def estimate(
     cpus: int | None = None,
     search_of: Callable[[Run], Hashable] | None = None,
     fine: float = 2**0.25,
-    refine: Refine = "neighbours",
+    refine: Refine = DEFAULT_REFINE,
 ) -> Cost:
     """The cost of ``runs``; ``time_keys`` measures one config per distinct timing key (in
     order) and returns their StepCosts (`measure`, or a fake in the tests).
@@ -198,7 +198,7 @@ def _neighbours(log2_lr: float, fine: float) -> set[float]:
 
 def fewest_added(
     runs: Sequence[Run], per_run: Sequence[float], search_of: Callable[[Run], Hashable],
-    fine: float, refine: Refine = "neighbours",
+    fine: float, refine: Refine = DEFAULT_REFINE,
 ) -> tuple[int, float]:  # fmt: skip
     """Fewest runs the adaptive searches add, and their seconds (module docstring)."""
     searches: dict[Hashable, list[int]] = {}

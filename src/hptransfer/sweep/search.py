@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from hptransfer.analysis.optimum import WINDOW_OCTAVES, find_optima
-from hptransfer.config import Refine
+from hptransfer.config import DEFAULT_REFINE, Refine
 from hptransfer.sweep.spec import round_lr
 
 
@@ -56,7 +56,7 @@ class LRSearch:
     worse: float = 1.2
     bounds: tuple[float, float] = (1e-8, 1e3)
     """LRs outside these are never proposed."""
-    refine: Refine = "neighbours"
+    refine: Refine = DEFAULT_REFINE
     max_points: int = 40
     """The search stops after this many LRs, bracketed or not."""
     results: dict[float, tuple[float, float | None]] = field(default_factory=dict)

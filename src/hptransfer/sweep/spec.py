@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from hptransfer.config import (
+    DEFAULT_REFINE,
     ConfigError,
     Executor,
     Refine,
@@ -82,7 +83,7 @@ class SweepSettings:
     lr_refine: str = "2^(1/4)"
     """Finest spacing the adaptive search refines the optimum to; "2^(1/2)" stays on the
     half-octave lattice it extends on."""
-    refine: Refine = "neighbours"
+    refine: Refine = DEFAULT_REFINE
     """How the adaptive search refines around the best LR: neighbours (both neighbours of the
     best at 2^(1/2), then at lr_refine) or fit (the optimum estimator's vertex on the lr_refine
     lattice, one LR a round; see search.py)."""
