@@ -83,6 +83,21 @@ def test_full_size_specs_resolve_their_claims(name: str) -> None:
                for r in gpu) >= (32 if repro.x == "model.depth" else 2048)  # fmt: skip
 
 
+def _change_runs(runs: Path, drop_width: bool) -> None:
+    """Raise every run's final loss by 0.25 nats, or (``drop_width``: an analysis that reads
+    the runs' probes, not their loss) remove the runs of the widest width."""
+    configs = {r: json.loads((r / "config.json").read_text()) for r in runs.iterdir()}
+    widest = max(c["model"]["width"] for c in configs.values())
+    for run, config in configs.items():
+        if drop_width and config["model"]["width"] == widest:
+            shutil.rmtree(run)
+        elif not drop_width:
+            summary = json.loads((run / "summary.json").read_text())
+            if summary["final_eval_loss"] is not None:
+                summary["final_eval_loss"] += 0.25
+            (run / "summary.json").write_text(json.dumps(summary))
+
+
 @pytest.mark.parametrize("name", list(REPRODUCTIONS))
 def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -> None:
     repro = REPRODUCTIONS[name]
@@ -102,6 +117,13 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
     assert json.loads((tmp_path / f"{name}.json").read_text())["settings"] == numbers["settings"]
     table = out.getvalue()
     assert all(f"| {s['setting']} |" in table for s in numbers["settings"])
+    # the analysis reads its numbers from the runs: again on the same runs, the same table;
+    # with the runs changed, another one
+    assert run_reproduction(name, tmp_path, smoke=True, analyse_only=True,
+                            stream=io.StringIO())["table"] == numbers["table"]  # fmt: skip
+    _change_runs(tmp_path / "runs", drop_width=name == "e_alignment")
+    changed = run_reproduction(name, tmp_path, smoke=True, analyse_only=True, stream=io.StringIO())
+    assert changed["table"] != numbers["table"]
     if name == "e_alignment":  # a record per (setting, width, role) with the three exponents
         assert len(numbers["settings"]) == 2 * 2 * 2
         assert all(math.isfinite(r[e]["mean"]) and math.isfinite(r["change"][e]["mean"])
