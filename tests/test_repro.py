@@ -448,3 +448,15 @@ def test_an_unbracketed_optimum_leaves_every_finding_that_reads_it_unresolved() 
     assert verdict.lower_loss(Gap(0.02, 0.05), a, b, 128).holds is False
     # a smaller drift than the control needs both bracketed
     assert verdict.less_drift(Gap(0, 0), a, b).holds is None
+
+    # so does a law fitted over every width ([K]'s E and kappa): E of a below E of b per seed
+    class Fits:
+        by = ("optimizer",)
+        per_seed = pd.DataFrame({"optimizer": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2,
+                                 "E": [0.01, 0.02, 0.01, 0.05, 0.06, 0.04]})  # fmt: skip
+
+    a, b = {**a, "optimizer": "a", "E": 0.013}, {**b, "optimizer": "b", "E": 0.05}
+    assert verdict.fit_smaller(Fits(), a, {**b, "mean_edges": []}, "E").holds is True
+    found = verdict.fit_smaller(Fits(), a, b, "E", digits=3)
+    assert found.holds is None and found.what == "E of a below E of b"
+    assert "b at 128 (seed mean)" in found.numbers

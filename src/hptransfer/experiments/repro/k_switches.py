@@ -47,9 +47,8 @@ def claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
         if better not in by_code or worse not in by_code:
             continue
         a, b = by_code[better], by_code[worse]
-        found.append(v.lower_loss(transfer, a, b, max(a["width"])))
-        what = f"E of {a['setting']} below E of {b['setting']}"
-        found.append(v.smaller(what, (a["E"], b["E"]), v.paired(transfer, a, b, "E"), digits=3))
+        found += [v.lower_loss(transfer, a, b, max(a["width"])),
+                  v.fit_smaller(transfer, a, b, "E", digits=3)]  # fmt: skip
     return found
 
 

@@ -108,12 +108,8 @@ def _decay_claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
     of the sensitivity to LR errors with width), in the tokens-per-parameter setting."""
     none = v.find(records, optimizer__weight_decay=0.0)
     decay = next(r for r in records if r is not none)
-    return [
-        v.smaller(f"E of {decay['setting']} below E of {none['setting']}",
-                  (decay["E"], none["E"]), v.paired(transfer, decay, none, "E"), digits=3),
-        v.smaller(f"kappa of {none['setting']} below kappa of {decay['setting']}",
-                  (none["kappa"], decay["kappa"]), v.paired(transfer, none, decay, "kappa")),
-    ]  # fmt: skip
+    return [v.fit_smaller(transfer, decay, none, "E", digits=3),
+            v.fit_smaller(transfer, none, decay, "kappa")]  # fmt: skip
 
 
 REPRODUCTIONS: dict[str, Reproduction] = {

@@ -206,6 +206,16 @@ def less_drift(transfer: Transfer, a: Setting, b: Setting) -> Finding:
     return _bracketed(found, a, b)
 
 
+def fit_smaller(
+    transfer: Transfer, a: Setting, b: Setting, metric: str, digits: int = 2
+) -> Finding:
+    """Setting a's ``metric`` (read from the optima at every x, as [K]'s E and kappa) is below
+    b's for every seed, both settings bracketed at every x."""
+    what = f"{metric} of {a['setting']} below {metric} of {b['setting']}"
+    found = smaller(what, (a[metric], b[metric]), paired(transfer, a, b, metric), digits=digits)
+    return _bracketed(found, a, b)
+
+
 def find(records: Sequence[Setting], **values: object) -> Setting:
     """The record whose by-values include ``values`` (keys with dots spelt with __)."""
     want = {k.replace("__", "."): v for k, v in values.items()}
