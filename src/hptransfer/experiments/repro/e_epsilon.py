@@ -50,16 +50,20 @@ def label(key: Record) -> str:
 
 def claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
     """[E]: a constant epsilon breaks transfer once it underflows; per-layer epsilon and
-    Adam-atan2 transfer, and Adam-atan2 loses nothing against Adam at the largest width.
-    (:func:`analyse` adds the probe's: the hidden and output gradient RMS fall with width.)"""
+    Adam-atan2 transfer, move less than the constant epsilon (the control) and end below it at
+    the largest width. (:func:`analyse` adds the probe's: the hidden and output gradient RMS
+    fall with width.)"""
     from hptransfer.experiments.repro import verdict as v
 
     const = v.find(records, optimizer="adam", param__eps_mode="constant")
     layer = v.find(records, optimizer="adam", param__eps_mode="per_layer")
     atan2 = v.find(records, optimizer="adam_atan2")
     top = max(const["width"])
-    return [v.drifts(const), v.transfers(layer), v.transfers(atan2),
-            v.lower_loss(transfer, atan2, const, top)]  # fmt: skip
+    found = [v.drifts(const)]
+    for rec in (layer, atan2):
+        found += [v.transfers(rec), v.less_drift(transfer, rec, const),
+                  v.lower_loss(transfer, rec, const, top)]  # fmt: skip
+    return found
 
 
 def underflow_by_role(run_dir: Path) -> dict[str, float]:
