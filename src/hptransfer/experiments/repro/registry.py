@@ -166,7 +166,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             paper="S",
             claim="with each optimizer's spectral muP rule the optimal LR transfers across width "
             "for AdamW, ADOPT, LAMB, Sophia, Shampoo and Muon",
-            specs=("s_optimizers.toml", "s_optimizers-sophia.toml", "s_optimizers-shampoo.toml"),
+            specs=("s_optimizers.toml", "s_optimizers-control.toml", "s_optimizers-shampoo.toml"),
             by=("optimizer", "param.lr_exponents"),
             analyse=analyse_transfer,
             label=_optimizer_label,
