@@ -83,7 +83,7 @@ def _get(rec: Setting, key: str) -> tuple[float | None, float | None, float | No
 def transfers(rec: Setting) -> Finding:
     """The setting's optimum transfers: every seed's |drift| <= MAX_DRIFT and every seed's
     transfer penalty <= MAX_PENALTY_PCT; fails when every seed's drift or every seed's penalty
-    is beyond its threshold."""
+    is beyond its threshold; unresolved otherwise and wherever an optimum is unbracketed."""
     drift = _side(*_get(rec, "drift_per_doubling")[1:], -MAX_DRIFT, MAX_DRIFT)
     penalty = _side(*_get(rec, "transfer_penalty_pct")[1:], -math.inf, MAX_PENALTY_PCT)
     holds = (
