@@ -40,7 +40,10 @@ def arch(name: str) -> Arch:
 
 
 def test_the_zoo_has_16_architectures_or_more() -> None:
-    assert len(NAMES) >= 16 and set(NAMES) == set(zoo())
+    assert len(NAMES) >= 16 and set(built := zoo()) <= set(NAMES)
+    if set(built) != set(NAMES):  # the tables without a model are Hugging Face models'
+        pytest.importorskip("transformers")
+        pytest.fail(f"tables without a model: {sorted(set(NAMES) - set(built))}")
 
 
 @pytest.mark.parametrize("name", NAMES)
