@@ -260,6 +260,35 @@ def test_a_second_different_spec_in_one_directory_is_refused(tmp_path, fake, cap
     assert main(["sweep", str(same), "--out", str(out), "--quiet"]) == 0
 
 
+def test_a_spec_that_only_adds_learning_rates_resumes_the_directory(tmp_path, fake, capsys):
+    """A widened LR window keeps every finished run (bytes unchanged) and runs the added LRs,
+    in the grid and in a case; one that drops an LR or changes a case's other value is
+    refused."""
+    from hptransfer.cli import main
+
+    base = SPEC.replace("lr = [0.001, 0.004]", "lr = [0.001, 0.004]\n\n[[cases]]\nmodel.depth = 1")
+    out = tmp_path / "out"
+    assert main(["sweep", str(write_spec(tmp_path, base)), "--out", str(out), "--quiet"]) == 0
+    summaries = {p: p.read_bytes() for p in out.glob("runs/*/summary.json")}
+    assert len(summaries) == 8
+    dropped = base.replace("lr = [0.001, 0.004]", "lr = [0.004, 0.016]")
+    case = base.replace("[[cases]]\nmodel.depth = 1", "[[cases]]\nmodel.depth = 2")
+    for i, other in enumerate((dropped, case)):
+        capsys.readouterr()
+        path = write_spec(tmp_path, other, f"refused{i}.toml")
+        assert main(["sweep", str(path), "--out", str(out), "--quiet"]) == 2
+        assert "another sweep spec" in capsys.readouterr().err
+    wider = base.replace("lr = [0.001, 0.004]", "lr = [0.0005, 0.001, 0.004]").replace(
+        "[[cases]]\nmodel.depth = 1", "[[cases]]\nmodel.depth = 1\nlr = [0.001, 0.004, 0.008]"
+    )
+    capsys.readouterr()
+    assert main(["sweep", str(write_spec(tmp_path, wider, "wide.toml")), "--out", str(out)]) == 0
+    assert "adds learning rates to the stored one" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in summaries} == summaries
+    assert len(list(out.glob("runs/*/summary.json"))) == 8 + 4  # the case's LRs: + 0.008
+    assert (out / "sweep.toml").read_text() == wider
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [

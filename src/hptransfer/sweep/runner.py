@@ -39,7 +39,7 @@ from hptransfer.sweep.executors import Executor, check_executor, make_executor
 from hptransfer.sweep.preflight import check_runs
 from hptransfer.sweep.progress import Counts, Progress
 from hptransfer.sweep.search import LRSearch
-from hptransfer.sweep.spec import LR_KEY, Run, SweepSpec, parse_step
+from hptransfer.sweep.spec import LR_KEY, Run, SweepSpec, parse_cases, parse_grid, parse_step
 from hptransfer.sweep.worker import (
     NO_SPACE,
     RunTask,
@@ -68,25 +68,31 @@ EXECUTION_SETTINGS = ("executor", "workers", "address", "retries", "lock_timeout
 """[sweep] keys that say how a sweep runs, not what it computes: a resume may change them."""
 
 
-def check_same_spec(root: Path, spec: SweepSpec, spec_copy: str = "sweep.toml") -> None:
+def check_same_spec(root: Path, spec: SweepSpec, spec_copy: str = "sweep.toml") -> str | None:
     """Refuse to run ``spec`` into a results directory that holds another spec's results
-    (the copy ``root/spec_copy`` it keeps of its spec).
+    (the copy ``root/spec_copy`` it keeps of its spec); return a note when ``spec`` widens it.
 
     Two specs are the same when their TOML tables are, comments, layout and the
-    `EXECUTION_SETTINGS` aside; the same spec resumes.
+    `EXECUTION_SETTINGS` aside; the same spec resumes. A spec that only adds learning rates to
+    the stored one's LR lists (every stored run keeps its id) resumes too: its finished runs
+    are kept and the added LRs run.
     """
     copy = root / spec_copy
     if not spec.text or not copy.is_file():
-        return
+        return None
     try:
-        same = _what(copy.read_text()) == _what(spec.text)
-    except (OSError, ValueError):
-        same = False
-    if not same:
+        old, new = _what(copy.read_text()), _what(spec.text)
+        if old == new:
+            return None
+        widened = _adds_lrs_only(old, new)
+    except (OSError, ValueError):  # an unreadable copy, or a stored grid that no longer parses
+        widened = False
+    if not widened:
         raise ConfigError(
             f"{root} holds the results of another sweep spec ({copy}); choose another output "
-            "directory, or run that spec to resume it"
+            "directory, or run that spec (or one that only adds learning rates) to resume it"
         )
+    return f"{copy}: this spec adds learning rates to the stored one; its finished runs are kept"
 
 
 def _what(text: str) -> dict[str, Any]:
@@ -95,6 +101,25 @@ def _what(text: str) -> dict[str, Any]:
     if isinstance(sweep, dict):
         table["sweep"] = {k: v for k, v in sweep.items() if k not in EXECUTION_SETTINGS}
     return table
+
+
+def _adds_lrs_only(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new`` is ``old`` with learning rates added: the same tables, grid and cases
+    but for the LRs, and each case's LRs (its own list, else the grid's) a superset of old's."""
+    rest = [{k: v for k, v in t.items() if k not in ("grid", "cases")} for t in (old, new)]
+    if rest[0] != rest[1] or len(old.get("cases") or [{}]) != len(new.get("cases") or [{}]):
+        return False
+    old_grid, new_grid = parse_grid(old.get("grid", {})), parse_grid(new.get("grid", {}))
+    if {k: v for k, v in old_grid.items() if k != LR_KEY} != {
+        k: v for k, v in new_grid.items() if k != LR_KEY
+    }:
+        return False
+    cases = zip(parse_cases(old.get("cases"), old_grid), parse_cases(new.get("cases"), new_grid))
+    for a, b in cases:
+        a_lrs, b_lrs = a.pop(LR_KEY, old_grid.get(LR_KEY)), b.pop(LR_KEY, new_grid.get(LR_KEY))
+        if a != b or not set(a_lrs or ()) <= set(b_lrs or ()):
+            return False
+    return True
 
 
 def run_cost(run: Run) -> float:
@@ -402,7 +427,7 @@ def run_sweep(
     check_executor(settings.executor)
     runs = runs if runs is not None else spec.expand()
     check_runs(runs)
-    check_same_spec(Path(out_dir), spec, spec_copy)
+    note = check_same_spec(Path(out_dir), spec, spec_copy)
     root = prepare_dir(out_dir)
     own = executor is None
     executor = executor or make_executor(
@@ -411,6 +436,8 @@ def run_sweep(
     )  # fmt: skip
     try:
         progress = Progress(executor.workers, quiet, stream)
+        if note:
+            progress.message(note)
         runner = SweepRunner(spec, root, executor, progress, runs, retry_failed)
         if spec.text:
             copy = root / spec_copy
