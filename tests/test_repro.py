@@ -30,6 +30,7 @@ from hptransfer.experiments.repro.e_epsilon import underflow_by_role
 from hptransfer.experiments.repro.gradients import gradient_fits, role_rms
 from hptransfer.experiments.repro.k_switches import mup_relabelled
 from hptransfer.experiments.repro.runner import device_table
+from hptransfer.experiments.repro.s_optimizers import clamp_counts, clamp_lines, lamb_norms
 from hptransfer.experiments.repro.transfer import transfer_table
 from hptransfer.sweep.spec import LR_KEY
 
@@ -150,6 +151,17 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
         numbers = run_reproduction(name, tmp_path, smoke=True, analyse_only=True, stream=again)
         assert not (tmp_path / "gradient_rms.csv").exists() and numbers["gradient_rms"] == []
         assert "no gradient_rms.csv" in again.getvalue()
+    if name == "s_optimizers":  # the LAMB norm probe: every width and seed, init and the end
+        norms = pd.read_csv(tmp_path / "lamb_norms.csv")
+        assert sorted(set(norms["width"])) == [16, 32] and sorted(set(norms["step"])) == [0, 3]
+        counts = numbers["lamb_clamp"]
+        assert {(c["width"], c["step"]) for c in counts} == {(16, 0), (16, 3), (32, 0), (32, 3)}
+        assert "| width | LAMB rule, step |" in table
+        (tmp_path / "lamb_norms.csv").unlink()
+        again = io.StringIO()
+        numbers = run_reproduction(name, tmp_path, smoke=True, analyse_only=True, stream=again)
+        assert not (tmp_path / "lamb_norms.csv").exists() and numbers["lamb_clamp"] == []
+        assert "no lamb_norms.csv" in again.getvalue()
 
 
 def test_smoke_table_shrinks_widths_lrs_seeds_and_steps() -> None:
@@ -244,6 +256,45 @@ def test_gradient_probe_records_each_parameters_gradient_rms_before_the_update()
         assert first.loc[name, "rms"] == pytest.approx(p.grad.pow(2).mean().sqrt().item())
         assert first.loc[name, "role"] == s.roles[name].role
     s.parameterization.remove()
+
+
+def test_lamb_probe_records_each_tensors_norm_and_clamp_at_init_and_before_the_last_update(
+) -> None:  # fmt: skip
+    from hptransfer.assemble import build
+
+    cfg = RunConfig().replace(**{"model.width": 16, "model.head_dim": 8, "model.depth": 1,
+                                 "param.base_width": 16, "train.steps": 3, "optimizer.lr": 2.0**-6,
+                                 "optimizer.name": "lamb", "train.batch_size": 2,
+                                 "train.seq_len": 8, "train.eval_every": 3})  # fmt: skip
+    norms = lamb_norms(cfg, [16, 32], [0])
+    assert sorted(set(norms["step"])) == [0, 2] and sorted(set(norms["width"])) == [16, 32]
+    assert set(norms["clamp"]) == {10.0}  # lamb's default clamp, from the optimizer's groups
+    s = build(cfg)  # step 0: the initial weights
+    first = norms[(norms["step"] == 0) & (norms["width"] == 16)].set_index("name")
+    for name, p in s.model.named_parameters():
+        assert first.loc[name, "norm"] == pytest.approx(p.norm().item())
+        assert first.loc[name, "role"] == s.roles[name].role
+    s.parameterization.remove()
+    # before the last update: the weights have moved (2 LAMB updates)
+    last = norms[(norms["step"] == 2) & (norms["width"] == 16)].set_index("name")
+    assert (last["norm"] != first["norm"]).all() and set(last.index) == set(first.index)
+
+
+def test_clamp_counts_count_the_tensors_above_the_clamp_per_role_and_seed() -> None:
+    rows = [{"name": f"h{i}", "role": "hidden", "numel": 4, "width": 16, "seed": seed,
+             "step": 0, "norm": norm, "clamp": 10.0}
+            for seed, norms in ((0, (5.0, 12.0, 11.0)), (1, (5.0, 9.0, 11.0)))
+            for i, norm in enumerate(norms)]  # fmt: skip
+    rows.append({"name": "g", "role": "vector", "numel": 4, "width": 16, "seed": 0, "step": 0,
+                 "norm": 3.0, "clamp": 10.0})  # fmt: skip
+    rows.append({**rows[-1], "seed": 1})
+    counts = clamp_counts(pd.DataFrame(rows))
+    hidden = next(c for c in counts if c["role"] == "hidden")
+    assert (hidden["above_lo"], hidden["above_hi"], hidden["tensors"]) == (1, 2, 3)
+    assert hidden["median_norm"] == 10.0  # median of 5, 12, 11, 5, 9, 11
+    lines = clamp_lines(counts, 10.0)
+    assert lines[0] == "| width | LAMB rule, step | hidden | vector |"
+    assert lines[2] == "| 16 | init | 1-2/3 (10) | 0/1 (3) |"
 
 
 def test_gradient_fits_extrapolate_each_roles_rms_to_where_it_meets_eps() -> None:

@@ -21,7 +21,7 @@ None where s >= 0 (the RMS does not fall with width: no crossing).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,23 +30,25 @@ from hptransfer.experiments.repro.reproduction import Record
 if TYPE_CHECKING:
     import pandas as pd
 
+    from hptransfer.assemble import Setup
     from hptransfer.config import RunConfig
-    from hptransfer.param.roles import RoleTable
 
 COLUMNS = ["name", "role", "numel", "width", "seed", "step", "rms"]
 
 
-def gradient_rms(
-    cfg: RunConfig, widths: Sequence[int], seeds: Sequence[int], every: int = 10
-) -> pd.DataFrame:
-    """Gradient RMS of every trainable parameter of ``cfg``'s run at each width and seed, at
-    steps 0, every, 2 every, ... (``cfg.train.steps`` steps with the run's LR schedule and
-    gradient clipping; the RMS is taken before clipping).
+Recorder = Callable[[list, "Setup"], list[dict]]
+"""(the trainable (name, parameter) pairs, the run's Setup) -> one record per parameter, taken
+after the backward pass and before the update."""
 
-    Returns a tidy frame with columns name, role (the RoleTable's), numel, width, seed, step,
-    rms.
-    """
-    import pandas as pd
+
+def probe_training(
+    cfg: RunConfig, widths: Sequence[int], seeds: Sequence[int], at: Callable[[int], bool],
+    record: Recorder,
+) -> list[dict]:  # fmt: skip
+    """Train ``cfg``'s run at each width and seed (``cfg.train.steps`` steps with the run's LR
+    schedule and gradient clipping, built as ``train`` builds it, on its train.device) and call
+    ``record`` at every step where ``at(step)`` holds, after the backward pass and before
+    clipping and the update; each record gets its width, seed and step."""
     import torch
 
     from hptransfer.assemble import builds
@@ -63,26 +65,35 @@ def gradient_rms(
             x, y = (t.to(device) for t in s.batches.get(step))
             s.optimizer.zero_grad(set_to_none=True)
             s.loss(s.model, x, y).backward()
-            if step % every == 0:
-                records += _record(named, s.roles, width, seed, step)
+            if at(step):
+                with torch.no_grad():
+                    records += [{**r, "width": width, "seed": seed, "step": step}
+                                for r in record(named, s)]  # fmt: skip
             if run_cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(s.model.parameters(), run_cfg.train.grad_clip)
             s.optimizer.step()
             sched.step()
+    return records
+
+
+def gradient_rms(
+    cfg: RunConfig, widths: Sequence[int], seeds: Sequence[int], every: int = 10
+) -> pd.DataFrame:
+    """Gradient RMS of every trainable parameter of ``cfg``'s run at each width and seed, at
+    steps 0, every, 2 every, ... (:func:`probe_training`; the RMS is taken before clipping).
+
+    Returns a tidy frame with columns name, role (the RoleTable's), numel, width, seed, step,
+    rms.
+    """
+    import pandas as pd
+
+    def rms(named: list, s: Setup) -> list[dict]:
+        return [{"name": name, "role": s.roles[name].role, "numel": math.prod(p.shape),
+                 "rms": p.grad.float().pow(2).mean().sqrt().item()}
+                for name, p in named if p.grad is not None]  # fmt: skip
+
+    records = probe_training(cfg, widths, seeds, lambda step: step % every == 0, rms)
     return pd.DataFrame.from_records(records, columns=COLUMNS)
-
-
-def _record(named: list, roles: RoleTable, width: int, seed: int, step: int) -> list[dict]:
-    """One record per parameter with a gradient: its RMS over coordinates."""
-    import torch
-
-    with torch.no_grad():
-        return [
-            {"name": name, "role": roles[name].role, "numel": math.prod(p.shape), "width": width,
-             "seed": seed, "step": step, "rms": p.grad.float().pow(2).mean().sqrt().item()}
-            for name, p in named
-            if p.grad is not None
-        ]  # fmt: skip
 
 
 def role_rms(grads: pd.DataFrame) -> pd.DataFrame:

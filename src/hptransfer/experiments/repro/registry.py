@@ -1,7 +1,7 @@
 """The reproductions, by name: their specs, setting columns, labels and analyses.
 
-The reproductions that need only the generic transfer analysis (e_exponents, s_optimizers,
-s_depth) keep their labels here; the others have a module of their own.
+The reproductions that need only the generic transfer analysis (e_exponents, s_depth,
+k_weight_decay's claims) keep their labels here; the others have a module of their own.
 """
 
 from __future__ import annotations
@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hptransfer.errors import ConfigError
-from hptransfer.experiments.repro import alignment, e_constants, e_epsilon, k_switches
+from hptransfer.experiments.repro import (
+    alignment,
+    e_constants,
+    e_epsilon,
+    k_switches,
+    s_optimizers,
+)
 from hptransfer.experiments.repro import verdict as v
 from hptransfer.experiments.repro.reproduction import Record, Reproduction
 from hptransfer.experiments.repro.transfer import analyse_transfer
@@ -53,28 +59,6 @@ def _e_exponents_claims(transfer: Transfer, records: list[Record]) -> list[Findi
     if {"sp", "mup"} <= set(names):
         top = max(per_layer["sp"]["width"])
         found.append(v.lower_loss(transfer, per_layer["sp"], per_layer["mup"], top))
-    return found
-
-
-def _optimizer_label(key: Record) -> str:
-    if key.get("param.lr_exponents") == "global":
-        return f"{key['optimizer']}, one global LR (control)"
-    return str(key["optimizer"])
-
-
-def _optimizer_claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
-    """[S]: each optimizer's spectral muP rule transfers, and beats its control (the same
-    optimizer with one global LR) where the two differ."""
-    found = []
-    for rec in records:
-        if rec.get("param.lr_exponents") == "global":
-            continue
-        found.append(v.transfers(rec))
-        try:
-            control = v.find(records, optimizer=rec["optimizer"], param__lr_exponents="global")
-        except KeyError:
-            continue
-        found.append(v.less_drift(transfer, rec, control))
     return found
 
 
@@ -168,9 +152,10 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             "for AdamW, ADOPT, LAMB, Sophia, Shampoo and Muon",
             specs=("s_optimizers.toml", "s_optimizers-control.toml", "s_optimizers-shampoo.toml"),
             by=("optimizer", "param.lr_exponents"),
-            analyse=analyse_transfer,
-            label=_optimizer_label,
-            claims=_optimizer_claims,
+            analyse=s_optimizers.analyse,
+            label=s_optimizers.label,
+            claims=s_optimizers.claims,
+            measure=s_optimizers.measure,
         ),
         Reproduction(
             name="k_switches",

@@ -186,8 +186,13 @@ def finish(
     return numbers
 
 
-def analyse_transfer(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
-    """Optimal LR and loss per x for each setting, drift and penalty; two figures."""
+def analyse_transfer(
+    repro: Reproduction, df: pd.DataFrame, root: Path, more_lines: Sequence[str] = (),
+    extra: Record | None = None,
+) -> Record:  # fmt: skip
+    """Optimal LR and loss per x for each setting, drift and penalty; two figures. An analysis
+    built on it adds its own table lines (after the transfer table, before the findings) and
+    numbers (``extra``, into NAME.json)."""
     import matplotlib.pyplot as plt
 
     transfer, records = transfer_table(df, repro.by, repro.label, repro.x)
@@ -195,4 +200,5 @@ def analyse_transfer(repro: Reproduction, df: pd.DataFrame, root: Path) -> Recor
     optima_panels(axes, records, repro.x, repro.style)
     axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
-    return finish(repro, root, records, figures, transfer=transfer)
+    lines = [*transfer_lines(records, repro.x), *more_lines]
+    return finish(repro, root, records, figures, lines, transfer=transfer, extra=extra)
