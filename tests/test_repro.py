@@ -151,7 +151,13 @@ def test_reproduction_runs_end_to_end_at_smoke_size(name: str, tmp_path: Path) -
         numbers = run_reproduction(name, tmp_path, smoke=True, analyse_only=True, stream=again)
         assert not (tmp_path / "gradient_rms.csv").exists() and numbers["gradient_rms"] == []
         assert "no gradient_rms.csv" in again.getvalue()
-    if name == "s_optimizers":  # the LAMB norm probe: every width and seed, init and the end
+    if name == "s_optimizers":  # each rule's loss gap to its control at the widest width
+        gaps = {g["optimizer"]: g for g in numbers["loss_gaps"]}
+        controlled = {s["optimizer"] for s in numbers["settings"]
+                      if s["param.lr_exponents"] == "global"}  # fmt: skip
+        assert set(gaps) == controlled and {"lamb", "muon", "shampoo"} <= controlled
+        assert all(g["width"] == 32 and "loss gap at the optimum" in table for g in gaps.values())
+        # the LAMB norm probe: every width and seed, init and the end
         norms = pd.read_csv(tmp_path / "lamb_norms.csv")
         assert sorted(set(norms["width"])) == [16, 32] and sorted(set(norms["step"])) == [0, 3]
         counts = numbers["lamb_clamp"]

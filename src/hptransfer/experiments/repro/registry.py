@@ -156,6 +156,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
             label=s_optimizers.label,
             claims=s_optimizers.claims,
             measure=s_optimizers.measure,
+            style=s_optimizers.style,
         ),
         Reproduction(
             name="k_switches",

@@ -143,19 +143,69 @@ def clamp_lines(counts: list[Record], clamp: float) -> list[str]:
     return lines
 
 
+def loss_gaps(transfer: Transfer, records: list[Record]) -> tuple[list[str], list[Record]]:
+    """Per optimizer with a control: the loss at the optimum of the rule minus the control's
+    at the largest width (paired by seed; ``at_edge`` where either optimum there, seed-mean or
+    a seed's, is unbracketed), as table lines and records."""
+    gaps: list[Record] = []
+    for rec in records:
+        if rec.get("param.lr_exponents") == "global":
+            continue
+        try:
+            control = v.find(records, optimizer=rec["optimizer"], param__lr_exponents="global")
+        except KeyError:
+            continue
+        top = max(rec["width"])
+        point, lo, hi = transfer.loss_gap(rec, control, top)
+        edge = any(top in r["mean_edges"] or any(w == top for w, _ in r["seed_edges"])
+                   for r in (rec, control))  # fmt: skip
+        gaps.append({"optimizer": rec["optimizer"], "width": top, "gap": point, "gap_lo": lo,
+                     "gap_hi": hi, "at_edge": edge})  # fmt: skip
+    if not gaps:
+        return [], gaps
+    lines = ["| optimizer | loss gap at the optimum, rule - control (nats) | width |",
+             "|---|---|---|"]  # fmt: skip
+    lines += [f"| {g['optimizer']} | {v.interval(g['gap'], g['gap_lo'], g['gap_hi'], 3)}"
+              f"{'*' if g['at_edge'] else ''} | {g['width']} |" for g in gaps]  # fmt: skip
+    if any(g["at_edge"] for g in gaps):
+        lines.append("(* = an optimum there, seed-mean or a seed's, at the edge of the LR window: "
+                     "its loss bounds the true one from above)")  # fmt: skip
+    return ["", *lines], gaps
+
+
+def style(rec: Record) -> Record:
+    """One colour per optimizer; the control dashed with circles, the rule solid with squares."""
+    order = ("adamw", "adopt", "lamb", "muon", "shampoo", "sophia")
+    name = str(rec["optimizer"])
+    color = f"C{order.index(name)}" if name in order else "k"
+    if rec.get("param.lr_exponents") == "global":
+        return {"color": color, "ls": "--", "marker": "o", "ms": 4, "alpha": 0.8}
+    return {"color": color, "ls": "-", "marker": "s", "ms": 4}
+
+
 def analyse(repro: Reproduction, df: pd.DataFrame, root: Path) -> Record:
-    """The transfer analysis (analyse_transfer) with, where the runs hold LAMB with its rule,
-    the clamp table of the norm probe."""
+    """The transfer analysis (analyse_transfer) with each rule's loss gap to its control and,
+    where the runs hold LAMB with its rule, the clamp table of the norm probe."""
     import pandas as pd
 
-    if _lamb_rule_runs(df).empty:
-        return analyse_transfer(repro, df, root)
-    if not (root / PROBE_FILE).is_file():  # --analyse-only of a directory never measured
-        note = (f"(no {PROBE_FILE} in {root}: the LAMB norm probe runs with the sweeps, "
-                "`hptransfer repro s_optimizers --out DIR` without --analyse-only)")  # fmt: skip
-        return analyse_transfer(repro, df, root, more_lines=["", note], extra={"lamb_clamp": []})
-    norms = pd.read_csv(root / PROBE_FILE)
-    counts = clamp_counts(norms)
-    clamp = float(norms["clamp"].dropna().iloc[0]) if norms["clamp"].notna().any() else math.nan
-    return analyse_transfer(repro, df, root, more_lines=["", *clamp_lines(counts, clamp)],
-                            extra={"lamb_clamp": counts})  # fmt: skip
+    has_lamb = not _lamb_rule_runs(df).empty
+    probed = (root / PROBE_FILE).is_file()
+
+    def more(transfer: Transfer, records: list[Record]) -> tuple[list[str], Record]:
+        lines, gaps = loss_gaps(transfer, records)
+        extra: Record = {"loss_gaps": gaps}
+        if not has_lamb:
+            return lines, extra
+        if not probed:  # --analyse-only of a directory never measured
+            lines += [
+                "",
+                f"(no {PROBE_FILE} in {root}: the LAMB norm probe runs with the "
+                "sweeps, `hptransfer repro s_optimizers --out DIR` without --analyse-only)",
+            ]
+            return lines, {**extra, "lamb_clamp": []}
+        norms = pd.read_csv(root / PROBE_FILE)
+        counts = clamp_counts(norms)
+        clamp = float(norms["clamp"].dropna().iloc[0]) if norms["clamp"].notna().any() else math.nan
+        return [*lines, "", *clamp_lines(counts, clamp)], {**extra, "lamb_clamp": counts}
+
+    return analyse_transfer(repro, df, root, more)

@@ -187,12 +187,12 @@ def finish(
 
 
 def analyse_transfer(
-    repro: Reproduction, df: pd.DataFrame, root: Path, more_lines: Sequence[str] = (),
-    extra: Record | None = None,
+    repro: Reproduction, df: pd.DataFrame, root: Path,
+    more: Callable[[Transfer, list[Record]], tuple[list[str], Record]] | None = None,
 ) -> Record:  # fmt: skip
     """Optimal LR and loss per x for each setting, drift and penalty; two figures. An analysis
-    built on it adds its own table lines (after the transfer table, before the findings) and
-    numbers (``extra``, into NAME.json)."""
+    built on it passes ``more``: (the transfer verdict, the settings) -> its own table lines
+    (after the transfer table, before the findings) and numbers (into NAME.json)."""
     import matplotlib.pyplot as plt
 
     transfer, records = transfer_table(df, repro.by, repro.label, repro.x)
@@ -200,5 +200,6 @@ def analyse_transfer(
     optima_panels(axes, records, repro.x, repro.style)
     axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figures = [save(fig, root / f"{repro.name}.png"), sweep_figure(repro, df, root)]
-    lines = [*transfer_lines(records, repro.x), *more_lines]
-    return finish(repro, root, records, figures, lines, transfer=transfer, extra=extra)
+    lines, extra = more(transfer, records) if more is not None else ([], {})
+    return finish(repro, root, records, figures, [*transfer_lines(records, repro.x), *lines],
+                  transfer=transfer, extra=extra)  # fmt: skip
