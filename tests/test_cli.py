@@ -129,6 +129,23 @@ def test_rules_shampoo_prints_its_block_factor(capsys):
     assert "rule adam_ps" in capsys.readouterr().out  # unclamped LAMB: Adam + parameter scaling
 
 
+def test_rules_warns_where_lambs_clamp_does_not_bind_at_init(capsys):
+    # nanodo at width 32: 10 of 12 hidden matrices (norm ~ sqrt(32)) and the 5 norm gains
+    # (norm sqrt(32)) are below the clamp 10; embeddings and readout are above it
+    model = ["--model", "nanodo", "--base-width", "16", "--depth", "2", "--head-dim", "8"]
+    assert main(["rules", "--optimizer", "lamb", *model, "--width", "32"]) == 0
+    warning = capsys.readouterr().out.splitlines()[-1]
+    assert warning.startswith("warning: LAMB's clamp 10 does not bind at init for 15 of 20 ")
+    assert "blocks.0.ln1.weight 5.66" in warning and "--option clamp=X" in warning
+    # at width 256 every tensor is above it; a clamp of 2 binds at 32 too; no clamp, no rule
+    assert main(["rules", "--optimizer", "lamb", *model, "--width", "256"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    for option in ("clamp=2", "clamp=false"):
+        assert main(["rules", "--optimizer", "lamb", *model, "--width", "32", "--option",
+                     option]) == 0  # fmt: skip
+        assert "warning" not in capsys.readouterr().out
+
+
 def test_rules_per_parameter_table(capsys):
     assert (
         main(

@@ -105,6 +105,25 @@ class Lamb(InHouseOptimizer):
         torch._foreach_add_(params, update, alpha=-group["lr"])
 
 
+def below_clamp(optimizer: torch.optim.Optimizer, names: Mapping[int, str]
+                ) -> list[tuple[str, float, float]]:  # fmt: skip
+    """(name, Frobenius norm, clamp) of each tensor of a LAMB optimizer whose norm is below its
+    group's clamp now (``names``: id(parameter) -> name). There the step is ``lr * ||w||``,
+    not the fixed ``lr * clamp`` the clamped rule (`regime`) is derived for. Empty without a
+    clamp."""
+    out = []
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            clamp = group.get("clamp")
+            if clamp is None:
+                continue
+            for p in group["params"]:
+                norm = float(p.norm())
+                if norm < clamp:
+                    out.append((names[id(p)], norm, float(clamp)))
+    return out
+
+
 def checked_clamp(clamp: Any) -> float | None:
     """The clamp knob: a number > 0, or None / false (TOML has no null) for no clamp."""
     if clamp is None or clamp is False:
