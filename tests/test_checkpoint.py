@@ -65,6 +65,7 @@ def test_a_run_killed_at_a_random_step_resumes_bitwise(tmp_path: Path, optimizer
     assert not store.RunDir(tmp_path / "cut").has_checkpoint()  # a finished run drops it
 
 
+@pytest.mark.filterwarnings("ignore:LAMB's clamp")  # small models: the clamp binds for few tensors
 def test_checkpoint_holds_only_plain_data_and_loads_with_weights_only(tmp_path: Path) -> None:
     for name in OPTIMIZERS:
         out = tmp_path / name

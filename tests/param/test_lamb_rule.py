@@ -152,3 +152,20 @@ def test_a_bad_clamp_is_refused_by_the_rule_and_the_optimizer(clamp) -> None:
     with pytest.raises(ConfigError, match="lamb option clamp"):
         build_optimizer("lamb", [{"params": [torch.zeros(2, requires_grad=True)], "lr": 0.1}],
                         clamp=clamp)  # fmt: skip
+
+
+def test_a_lamb_run_warns_where_its_clamp_does_not_bind_at_init() -> None:
+    # nanodo (depth 2) at width 32: the 5 norm gains and 10 of 12 hidden matrices have norms
+    # near sqrt(32) < 10; at width 256 every tensor binds, and so does every one under clamp 2
+    from hptransfer.assemble import build
+    from hptransfer.config import RunConfig
+
+    cfg = RunConfig().replace(**{"optimizer.name": "lamb", "model.depth": 2, "model.head_dim": 8,
+                                 "param.base_width": 16, "model.width": 32})  # fmt: skip
+    match = (r"LAMB's clamp 10 does not bind at init for 15 of 20 tensors "
+             r"\(blocks\.0\.ln1\.weight 5\.66, .*optimizer\.options\.clamp = X")  # fmt: skip
+    with pytest.warns(UserWarning, match=match):
+        build(cfg).parameterization.remove()
+    for quiet in (cfg.replace(**{"model.width": 256}),
+                  cfg.replace(**{"optimizer.options": {"clamp": 2.0}})):  # fmt: skip
+        build(quiet).parameterization.remove()  # no warning: filterwarnings = error

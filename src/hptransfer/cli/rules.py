@@ -246,20 +246,18 @@ def _rules_for_model(cfg: RunConfig, rule, fmt: str) -> int:
 def _lamb_clamp_warning(cfg: RunConfig) -> None:
     """With LAMB's clamp on: a warning naming the tensors whose norm at init, in the run this
     config builds, is below the clamp (where the clamped rule's exponents do not hold)."""
-    from hptransfer.assemble import build
-    from hptransfer.optim.lamb import below_clamp
+    import warnings
 
-    s = build(cfg)
+    from hptransfer.assemble import build
+    from hptransfer.optim.lamb import clamp_warning
+
+    with warnings.catch_warnings():  # build warns the same; here it is printed with the table
+        warnings.simplefilter("ignore")
+        s = build(cfg)
     try:
-        below = below_clamp(s.optimizer, {id(p): n for n, p in s.model.named_parameters()})
-        total = sum(len(g["params"]) for g in s.optimizer.param_groups)
+        names = {id(p): n for n, p in s.model.named_parameters()}
+        message = clamp_warning(s.optimizer, names, fix="--option clamp=X")
     finally:
         s.parameterization.remove()
-    if below:
-        shown = ", ".join(f"{name} {norm:.3g}" for name, norm, _ in below[:3])
-        more = ", ..." if len(below) > 3 else ""
-        print(f"\nwarning: LAMB's clamp {below[0][2]:g} does not bind at init for {len(below)} "
-              f"of {total} tensors ({shown}{more}): there a step is lr x ||w||, not the fixed "
-              "lr x clamp the clamped rule is derived for, so its exponents do not hold for "
-              "them (a wider model, or a clamp below their norms: --option clamp=X; "
-              "docs/parameterizations.md, LAMB)")  # fmt: skip
+    if message is not None:
+        print(f"\nwarning: {message}")

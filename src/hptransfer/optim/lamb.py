@@ -124,6 +124,22 @@ def below_clamp(optimizer: torch.optim.Optimizer, names: Mapping[int, str]
     return out
 
 
+def clamp_warning(optimizer: torch.optim.Optimizer, names: Mapping[int, str],
+                  fix: str = "optimizer.options.clamp = X") -> str | None:  # fmt: skip
+    """One line naming the tensors whose norm is below the clamp now (:func:`below_clamp`)
+    and what fixes it (``fix``: how the caller sets the clamp); None when every one binds."""
+    below = below_clamp(optimizer, names)
+    if not below:
+        return None
+    total = sum(len(g["params"]) for g in optimizer.param_groups)
+    shown = ", ".join(f"{name} {norm:.3g}" for name, norm, _ in below[:3])
+    more = ", ..." if len(below) > 3 else ""
+    return (f"LAMB's clamp {below[0][2]:g} does not bind at init for {len(below)} of {total} "
+            f"tensors ({shown}{more}): there a step is lr x ||w||, not the fixed lr x clamp the "
+            "clamped rule is derived for, so its exponents do not hold for them (a wider model, "
+            f"or a clamp below their norms: {fix}; docs/parameterizations.md, LAMB)")  # fmt: skip
+
+
 def checked_clamp(clamp: Any) -> float | None:
     """The clamp knob: a number > 0, or None / false (TOML has no null) for no clamp."""
     if clamp is None or clamp is False:
