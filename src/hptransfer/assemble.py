@@ -22,7 +22,7 @@ from hptransfer import data as data_mod
 from hptransfer.config import ConfigError, RunConfig, load_callable
 from hptransfer.models import build_model, hidden_depth
 from hptransfer.optim import build_optimizer
-from hptransfer.optim.lamb import clamp_warning
+from hptransfer.optim.lamb import ClampWarning, clamp_warning
 from hptransfer.param.apply import Parameterization, parameterize, scale_depth
 from hptransfer.param.detect import Scaling, check_stacking, detect_scaling
 from hptransfer.param.init import at_base_width, measure_init
@@ -288,7 +288,7 @@ def build(cfg: RunConfig, corpus: data_mod.Corpus | None = None) -> Setup:
     if o.name == "lamb":  # loud where the clamped rule's regime does not hold
         message = clamp_warning(optimizer, {id(p): n for n, p in model.named_parameters()})
         if message is not None:
-            warnings.warn(message, stacklevel=2)
+            warnings.warn(message, ClampWarning, stacklevel=2)
     batches, eval_set = run_batches(cfg, corpus)
     return Setup(model, roles, par, optimizer, corpus, run_loss(cfg), batches, eval_set)
 

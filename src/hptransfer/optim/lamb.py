@@ -105,39 +105,35 @@ class Lamb(InHouseOptimizer):
         torch._foreach_add_(params, update, alpha=-group["lr"])
 
 
-def below_clamp(optimizer: torch.optim.Optimizer, names: Mapping[int, str]
-                ) -> list[tuple[str, float, float]]:  # fmt: skip
-    """(name, Frobenius norm, clamp) of each tensor of a LAMB optimizer whose norm is below its
-    group's clamp now (``names``: id(parameter) -> name). There the step is ``lr * ||w||``,
-    not the fixed ``lr * clamp`` the clamped rule (`regime`) is derived for. Empty without a
-    clamp."""
-    out = []
+class ClampWarning(UserWarning):
+    """A LAMB run whose clamp does not bind for some tensors (:func:`clamp_warning`)."""
+
+
+def tensor_norms(optimizer: torch.optim.Optimizer, names: Mapping[int, str]
+                 ) -> list[tuple[str, float, float | None]]:  # fmt: skip
+    """(name, Frobenius norm now, its group's clamp or None) of each tensor a LAMB optimizer
+    steps (``names``: id(parameter) -> name)."""
     with torch.no_grad():
-        for group in optimizer.param_groups:
-            clamp = group.get("clamp")
-            if clamp is None:
-                continue
-            for p in group["params"]:
-                norm = float(p.norm())
-                if norm < clamp:
-                    out.append((names[id(p)], norm, float(clamp)))
-    return out
+        return [(names[id(p)], float(p.norm()), group.get("clamp"))
+                for group in optimizer.param_groups for p in group["params"]]  # fmt: skip
 
 
-def clamp_warning(optimizer: torch.optim.Optimizer, names: Mapping[int, str],
-                  fix: str = "optimizer.options.clamp = X") -> str | None:  # fmt: skip
-    """One line naming the tensors whose norm is below the clamp now (:func:`below_clamp`)
-    and what fixes it (``fix``: how the caller sets the clamp); None when every one binds."""
-    below = below_clamp(optimizer, names)
+def clamp_warning(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> str | None:
+    """One line naming the tensors whose norm is below their clamp now, where the step is
+    ``lr * ||w||``, not the fixed ``lr * clamp`` the clamped rule (`regime`) is derived for,
+    and what fixes it; None when every one binds (or there is no clamp)."""
+    norms = tensor_norms(optimizer, names)
+    below = [(name, norm, clamp) for name, norm, clamp in norms
+             if clamp is not None and norm < clamp]  # fmt: skip
     if not below:
         return None
-    total = sum(len(g["params"]) for g in optimizer.param_groups)
     shown = ", ".join(f"{name} {norm:.3g}" for name, norm, _ in below[:3])
     more = ", ..." if len(below) > 3 else ""
-    return (f"LAMB's clamp {below[0][2]:g} does not bind at init for {len(below)} of {total} "
-            f"tensors ({shown}{more}): there a step is lr x ||w||, not the fixed lr x clamp the "
-            "clamped rule is derived for, so its exponents do not hold for them (a wider model, "
-            f"or a clamp below their norms: {fix}; docs/parameterizations.md, LAMB)")  # fmt: skip
+    return (f"LAMB's clamp {below[0][2]:g} does not bind at init for {len(below)} of "
+            f"{len(norms)} tensors ({shown}{more}): there a step is lr x ||w||, not the fixed "
+            "lr x clamp the clamped rule is derived for, so its exponents do not hold for them (a "
+            "wider model, or a clamp below their norms: optimizer.options.clamp = X, in rules "
+            "--option clamp=X; docs/parameterizations.md, LAMB)")  # fmt: skip
 
 
 def checked_clamp(clamp: Any) -> float | None:

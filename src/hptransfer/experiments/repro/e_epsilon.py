@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hptransfer.atomic import write_text
 from hptransfer.experiments.repro.gradients import gradient_figure, gradient_fits, gradient_lines
 from hptransfer.experiments.repro.reproduction import (
     Record,
@@ -126,7 +127,8 @@ def measure_probe(repro: Reproduction, df: pd.DataFrame, root: Path) -> None:
     cfg = cfg.replace(**{"optimizer.eps": PROBE_EPS, "param.eps_mode": "constant"})
     widths = sorted(int(w) for w in df["width"].unique())
     seeds = sorted(int(s) for s in df["seed"].unique())
-    gradient_rms(cfg, widths, seeds, every=PROBE_EVERY).to_csv(path, index=False)
+    # atomic: a probe killed mid-write leaves no partial file to be kept as measured
+    write_text(path, gradient_rms(cfg, widths, seeds, every=PROBE_EVERY).to_csv(index=False))
 
 
 def _runs_at(df: pd.DataFrame, by: Sequence[str], rec: Record, width: int, lr: float

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hptransfer.atomic import write_text
 from hptransfer.experiments.repro import verdict as v
 from hptransfer.experiments.repro.reproduction import Record, Reproduction, run_config
 from hptransfer.experiments.repro.transfer import analyse_transfer
@@ -43,19 +44,29 @@ def label(key: Record) -> str:
     return str(key["optimizer"])
 
 
+def _rules_and_controls(records: list[Record]) -> list[tuple[Record, Record | None]]:
+    """Each rule's setting with its control (the same optimizer with one global LR; None
+    without one)."""
+    pairs = []
+    for rec in records:
+        if rec.get("param.lr_exponents") == "global":
+            continue
+        try:
+            control = v.find(records, optimizer=rec["optimizer"], param__lr_exponents="global")
+        except KeyError:
+            control = None
+        pairs.append((rec, control))
+    return pairs
+
+
 def claims(transfer: Transfer, records: list[Record]) -> list[Finding]:
     """[S]: each optimizer's spectral muP rule transfers, and beats its control (the same
     optimizer with one global LR) where the two differ."""
     found = []
-    for rec in records:
-        if rec.get("param.lr_exponents") == "global":
-            continue
+    for rec, control in _rules_and_controls(records):
         found.append(v.transfers(rec))
-        try:
-            control = v.find(records, optimizer=rec["optimizer"], param__lr_exponents="global")
-        except KeyError:
-            continue
-        found.append(v.less_drift(transfer, rec, control))
+        if control is not None:
+            found.append(v.less_drift(transfer, rec, control))
     return found
 
 
@@ -73,15 +84,16 @@ def lamb_norms(cfg: RunConfig, widths: list[int], seeds: list[int]) -> pd.DataFr
     import pandas as pd
 
     from hptransfer.experiments.repro.gradients import probe_training
+    from hptransfer.optim.lamb import tensor_norms
 
     last = cfg.train.steps - 1
 
     def norms(named: list, s: Setup) -> list[dict]:
-        clamp = {id(p): g.get("clamp") for g in s.optimizer.param_groups for p in g["params"]}
-        return [{"name": name, "role": s.roles[name].role, "numel": math.prod(p.shape),
-                 "norm": p.detach().float().norm().item(),
-                 "clamp": math.nan if clamp.get(id(p)) is None else clamp[id(p)]}
-                for name, p in named]  # fmt: skip
+        sizes = {name: math.prod(p.shape) for name, p in named}
+        found = tensor_norms(s.optimizer, {id(p): name for name, p in named})
+        return [{"name": name, "role": s.roles[name].role, "numel": sizes[name], "norm": norm,
+                 "clamp": math.nan if clamp is None else clamp}
+                for name, norm, clamp in found]  # fmt: skip
 
     records = probe_training(cfg, widths, seeds, lambda step: step in (0, last), norms)
     return pd.DataFrame.from_records(records, columns=COLUMNS)
@@ -100,7 +112,8 @@ def measure(repro: Reproduction, df: pd.DataFrame, root: Path) -> None:
     cfg = run_config(root / "runs" / str(run["run_id"].iloc[0]))
     widths = sorted(int(w) for w in df["width"].unique())
     seeds = sorted(int(s) for s in df["seed"].unique())
-    lamb_norms(cfg, widths, seeds).to_csv(path, index=False)
+    # atomic: a probe killed mid-write leaves no partial file to be kept as measured
+    write_text(path, lamb_norms(cfg, widths, seeds).to_csv(index=False))
 
 
 def clamp_counts(norms: pd.DataFrame) -> list[Record]:
@@ -148,12 +161,8 @@ def loss_gaps(transfer: Transfer, records: list[Record]) -> tuple[list[str], lis
     at the largest width (paired by seed; ``at_edge`` where either optimum there, seed-mean or
     a seed's, is unbracketed), as table lines and records."""
     gaps: list[Record] = []
-    for rec in records:
-        if rec.get("param.lr_exponents") == "global":
-            continue
-        try:
-            control = v.find(records, optimizer=rec["optimizer"], param__lr_exponents="global")
-        except KeyError:
+    for rec, control in _rules_and_controls(records):
+        if control is None:
             continue
         top = max(rec["width"])
         point, lo, hi = transfer.loss_gap(rec, control, top)
